@@ -1,0 +1,5 @@
+import sys
+
+from gremlinkit.cli import main
+
+sys.exit(main())

@@ -1,0 +1,84 @@
+"""The ``gremlinkit`` command: build and list the zoo, run notebooks headless."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from gremlinkit.errors import GremlinkitError
+
+
+def _zoo_build(args: argparse.Namespace) -> int:
+    from gremlinkit.zoo.build import build
+
+    import time
+
+    t0 = time.time()
+    build(root=args.out, only=args.only, quick=args.quick)
+    print(f"zoo built in {time.time() - t0:.1f} s")
+    return 0
+
+
+def _zoo_list(args: argparse.Namespace) -> int:
+    from gremlinkit.zoo.cards import table
+
+    print(table(args.out).to_string(index=False))
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from gremlinkit import harness
+
+    params = json.loads(args.params) if args.params else {}
+    out = harness.run_notebook(Path(args.notebook), Path(args.output_dir), params, smoke=args.smoke)
+    print(json.dumps(out.metrics, indent=2))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from gremlinkit import harness
+
+    index = harness.run_series(Path(args.notebooks), Path(args.runs), smoke=args.smoke)
+    print(f"executed notebooks and index: {index}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gremlinkit", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    zoo = sub.add_parser("zoo", help="the embedded model zoo").add_subparsers(dest="zoo_command", required=True)
+    b = zoo.add_parser("build", help="rebuild zoo artefacts deterministically from seeds")
+    b.add_argument("--only", help="build one artefact (see `gremlinkit zoo list`)")
+    b.add_argument("--quick", action="store_true", help="a small, fast build for tests")
+    b.add_argument("--out", type=Path, default=None, help="write here instead of the package's zoo")
+    b.set_defaults(func=_zoo_build)
+    ls = zoo.add_parser("list", help="show each artefact with its metrics")
+    ls.add_argument("--out", type=Path, default=None, help="a zoo directory other than the package's")
+    ls.set_defaults(func=_zoo_list)
+    r = sub.add_parser("run", help="execute one notebook with papermill")
+    r.add_argument("notebook")
+    r.add_argument("output_dir")
+    r.add_argument("--params", help="JSON object of parameters")
+    r.add_argument("--smoke", action="store_true", help="start from the experiment's smoke preset")
+    r.set_defaults(func=_run)
+    d = sub.add_parser("demo", help="run the whole notebook series into runs/<timestamp>/")
+    d.add_argument("--notebooks", default="notebooks")
+    d.add_argument("--runs", default="runs")
+    d.add_argument("--smoke", action="store_true")
+    d.set_defaults(func=_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except GremlinkitError as e:
+        print(f"gremlinkit: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

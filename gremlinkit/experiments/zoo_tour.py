@@ -1,0 +1,140 @@
+"""Zoo tour: what the toy model says in each persona's voice, and what its SAE features track.
+
+The claim under test is modest: a small model trained on the persona world *simulates* the
+personas it has seen. Prompted with a Luigi character it should speak the Luigi lexicon, with a
+Waluigi character the Waluigi lexicon, and its SAE features should line up with the corpus's
+ground-truth labels (topics, personas, registers). Both are scored against the generator's
+lexicon and labels, not by eye.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from gremlinkit.params import check_range
+from gremlinkit.zoo import corpus
+
+PERSONA_LEXICON = {p: {pair[i] for pair in corpus.PERSONA_WORDS.values()} for i, p in enumerate(corpus.PERSONAS)}
+LABELS = ["topic", "persona", "register", "age", "word_class"]
+
+
+@dataclass(frozen=True)
+class ZooTourConfig:
+    model: str = "toy-base"  # zoo name or local model directory
+    n_prompts: int = 8  # prompts per persona
+    max_new_tokens: int = 48  # tokens generated per prompt
+    temperature: float = 1.0  # sampling temperature; 0 is greedy
+    n_docs: int = 200  # held-out stories for feature statistics
+    n_features: int = 6  # features listed, the most frequent first
+    top_tokens: int = 8  # top-activating tokens listed per feature
+    seed: int = 0  # seeds prompts, sampling noise and the held-out corpus
+    output_dir: str = "output/00_zoo_tour"  # where metrics and tables are written
+
+    def __post_init__(self) -> None:
+        check_range("n_prompts", self.n_prompts, 1, 256)
+        check_range("max_new_tokens", self.max_new_tokens, 1, 128)
+        check_range("temperature", self.temperature, 0, 10)
+        check_range("n_docs", self.n_docs, 1, 5000)
+        check_range("n_features", self.n_features, 1, 64)
+        check_range("top_tokens", self.top_tokens, 1, 50)
+
+    @classmethod
+    def smoke(cls) -> "ZooTourConfig":
+        return cls(n_prompts=4, max_new_tokens=24, n_docs=40, n_features=3, top_tokens=5)
+
+
+def persona_prompts(n: int, seed: int) -> pd.DataFrame:
+    """``n`` prompts per persona: a character is introduced, then starts to speak."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for persona in corpus.PERSONAS:
+        i = corpus.PERSONAS.index(persona)
+        for k in range(n):
+            name, other = rng.choice(corpus.NAMES, 2, replace=False)
+            register, age = rng.choice(list(corpus.TRAITS["register"])), rng.choice(list(corpus.TRAITS["age"]))
+            adj, adj2 = corpus.PERSONA_WORDS["adj"][i], corpus.PERSONA_WORDS["adj2"][i]
+            text = (f"{name} is a {adj} {adj2} {corpus.TRAITS['age'][age]['adj']} "
+                    f"{corpus.TRAITS['register'][register]['noun']} . {name} says :")
+            rows.append({"prompt_id": len(rows), "persona": persona, "register": register, "age": age,
+                         "prompt": text})
+    return pd.DataFrame(rows)
+
+
+def lexicon_rates(text: str) -> dict[str, float]:
+    """Fraction of words in ``text`` from each persona's lexicon."""
+    words = text.split()
+    n = max(1, len(words))
+    return {f"{p}_rate": sum(w in lex for w in words) / n for p, lex in PERSONA_LEXICON.items()}
+
+
+def samples(subject, cfg: ZooTourConfig) -> pd.DataFrame:
+    """One row per prompt: the continuation and its persona-lexicon rates."""
+    prompts = persona_prompts(cfg.n_prompts, cfg.seed)
+    # One noise stream per prompt: rows are independent samples, and each is reproducible.
+    seeds = [cfg.seed * 100_003 + i for i in range(len(prompts))]
+    gen = subject.generate(prompts.prompt.tolist(), cfg.max_new_tokens, seed=seeds, temperature=cfg.temperature)
+    rates = pd.DataFrame([lexicon_rates(t) for t in gen.text])
+    return pd.concat([prompts.assign(continuation=gen.text), rates], axis=1)
+
+
+def heldout_features(subject, cfg: ZooTourConfig) -> tuple[pd.DataFrame, torch.Tensor]:
+    """Token labels of a held-out corpus (BOS dropped) and the SAE features at those tokens (N, d_sae)."""
+    held = corpus.generate(cfg.n_docs, seed=10_000 + cfg.seed)
+    rows, feats = [], []
+    for start in range(0, len(held.docs), 32):
+        docs = held.docs[start:start + 32]
+        ids = [subject.tokenizer.convert_tokens_to_ids(d) for d in docs]
+        f = subject.features(ids)  # (B, T, d_sae), prompt indexing
+        for i, d in enumerate(docs):
+            feats.append(f[i, 1:len(d)])
+    labels = held.labels[held.labels.pos > 0].reset_index(drop=True)
+    return labels, torch.cat(feats)
+
+
+def feature_summary(labels: pd.DataFrame, feats: torch.Tensor) -> pd.DataFrame:
+    """Per feature: firing frequency and the ground-truth label value it fires on most purely."""
+    active = (feats > 0).numpy()
+    freq = active.mean(0)
+    rows = []
+    for f in np.flatnonzero(freq > 0):
+        on = labels[active[:, f]]
+        best = max(((col, *_purity(on[col])) for col in LABELS), key=lambda t: t[2])
+        rows.append({"feature": int(f), "frequency": float(freq[f]), "label": best[0],
+                     "label_value": best[1], "purity": best[2]})
+    return pd.DataFrame(rows).sort_values(["frequency", "feature"], ascending=[False, True], ignore_index=True)
+
+
+def _purity(values: pd.Series) -> tuple[str, float]:
+    counts = values[values != ""].value_counts()
+    if counts.empty:
+        return "", 0.0
+    return str(counts.index[0]), float(counts.iloc[0] / len(values))
+
+
+def top_tokens(labels: pd.DataFrame, feats: torch.Tensor, features: list[int], k: int) -> pd.DataFrame:
+    """Long table: for each feature, its ``k`` tokens with the highest mean activation when it fires."""
+    rows = []
+    for f in features:
+        acts = feats[:, f].numpy()
+        on = labels.assign(act=acts)[acts > 0]
+        agg = on.groupby("token").act.agg(["mean", "size"]).sort_values("mean", ascending=False).head(k)
+        rows += [{"feature": f, "rank": r, "token": tok, "mean_activation": float(m), "count": int(c)}
+                 for r, (tok, (m, c)) in enumerate(agg.iterrows())]
+    return pd.DataFrame(rows)
+
+
+def metrics(sample_df: pd.DataFrame, summary: pd.DataFrame, subject) -> dict[str, float]:
+    by = sample_df.groupby("persona")[["luigi_rate", "waluigi_rate"]].mean()
+    return {
+        "luigi_prompts_luigi_rate": by.loc["luigi", "luigi_rate"],
+        "luigi_prompts_waluigi_rate": by.loc["luigi", "waluigi_rate"],
+        "waluigi_prompts_waluigi_rate": by.loc["waluigi", "waluigi_rate"],
+        "waluigi_prompts_luigi_rate": by.loc["waluigi", "luigi_rate"],
+        "live_features": float(len(summary)),
+        "live_fraction": len(summary) / subject.d_sae,
+        "mean_feature_purity": float(summary.purity.mean()),
+    }

@@ -1,0 +1,91 @@
+"""Experiment configs as papermill parameters, checked strictly.
+
+Papermill only *warns* about a parameter the notebook does not declare, so a typo silently runs
+the defaults. Each notebook therefore opens with ``scope = params.Scope(globals())``, lists its
+parameters in the cell tagged ``parameters`` and builds its config with ``scope.config(Config)``:
+an unknown name, a missing name or a wrong type raises :class:`ConfigError` naming it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, TypeVar
+
+from gremlinkit.errors import ConfigError
+
+C = TypeVar("C")
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:  # an int is a fine float; a bool is not a number here
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is list:
+        (item,) = typing.get_args(hint) or (Any,)
+        return isinstance(value, list) and (item is Any or all(_matches(v, item) for v in value))
+    if origin is dict:
+        return isinstance(value, dict)
+    if hint is Any:
+        return True
+    return isinstance(value, hint)
+
+
+def from_params(cls: type[C], params: dict[str, Any], *, require_all: bool = False) -> C:
+    """Build ``cls`` from ``params``, rejecting unknown names, missing names and wrong types."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(params) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown parameter(s) {unknown} for {cls.__name__}; valid parameters: {names}")
+    if require_all:
+        missing = [n for n in names if n not in params]
+        if missing:
+            raise ConfigError(f"parameter(s) {missing} of {cls.__name__} are missing from the parameters cell")
+    for name, value in params.items():
+        if not _matches(value, hints[name]):
+            raise ConfigError(f"parameter {name}={value!r} has type {type(value).__name__}; "
+                              f"{cls.__name__}.{name} takes {_type_name(hints[name])}")
+    return cls(**params)
+
+
+def check_range(name: str, value: float, low: float | None = None, high: float | None = None) -> None:
+    """Raise ConfigError unless low <= value <= high (either bound may be open)."""
+    if (low is not None and value < low) or (high is not None and value > high):
+        lo = "-inf" if low is None else low
+        hi = "inf" if high is None else high
+        raise ConfigError(f"parameter {name}={value!r} is out of range: valid range is [{lo}, {hi}]")
+
+
+def check_choice(name: str, value: Any, choices: typing.Iterable[Any]) -> None:
+    choices = list(choices)
+    if value not in choices:
+        raise ConfigError(f"parameter {name}={value!r} is not one of {choices}")
+
+
+class Scope:
+    """Remembers the names a notebook defined before its parameters cell."""
+
+    def __init__(self, namespace: dict[str, Any]):
+        self._namespace = namespace
+        self._before = set(namespace)
+
+    def params(self) -> dict[str, Any]:
+        """Names defined since: the parameters cell and papermill's injected cell."""
+        return {k: v for k, v in self._namespace.items()
+                if k not in self._before and not k.startswith("_") and k not in ("In", "Out")
+                and v is not self}
+
+    def config(self, cls: type[C]) -> C:
+        return from_params(cls, self.params(), require_all=True)

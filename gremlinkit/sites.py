@@ -1,0 +1,137 @@
+"""The site map: the only code that knows module paths.
+
+Everything else names activations in the TransformerLens/SAELens hook grammar::
+
+    hook_embed, hook_pos_embed                       token / position embeddings
+    blocks.{L}.hook_resid_pre                        residual stream entering block L
+    blocks.{L}.hook_attn_out                         attention output of block L
+    blocks.{L}.hook_resid_mid                        residual after attention (sequential blocks only)
+    blocks.{L}.hook_mlp_out                          MLP output of block L
+    blocks.{L}.hook_resid_post                       residual stream leaving block L
+    ln_final.hook_normalized                         output of the final norm
+
+One ``Layout`` row per architecture family says where those live. A site is read from a
+module's input or output; modules that return a tuple (attention, older decoder layers)
+have their first element used, modules that return a tensor (transformers 5 blocks) are
+used as they are.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from gremlinkit.errors import SiteError
+
+
+@dataclass(frozen=True)
+class Layout:
+    blocks: str
+    embed: str
+    pos_embed: str | None
+    final_norm: str
+    attn: str
+    mlp: str
+    mid_norm: str | None  # module whose *input* is resid_mid; None where blocks are parallel
+
+
+_LLAMA = Layout("model.layers", "model.embed_tokens", None, "model.norm", "self_attn", "mlp",
+                "post_attention_layernorm")
+LAYOUTS: dict[str, Layout] = {
+    "gpt2": Layout("transformer.h", "transformer.wte", "transformer.wpe", "transformer.ln_f", "attn", "mlp", "ln_2"),
+    "gpt_neox": Layout("gpt_neox.layers", "gpt_neox.embed_in", None, "gpt_neox.final_layer_norm", "attention",
+                       "mlp", "post_attention_layernorm"),
+    "llama": _LLAMA,
+    "qwen2": _LLAMA,
+    "mistral": _LLAMA,
+    # Gemma 2 norms the attention output before adding it, so resid_mid enters the pre-MLP norm.
+    "gemma2": Layout("model.layers", "model.embed_tokens", None, "model.norm", "self_attn", "mlp",
+                     "pre_feedforward_layernorm"),
+}
+
+# Within a block, sites are reached in this order; reads in one trace must follow it.
+_BLOCK_HOOKS = {"hook_resid_pre": 0, "hook_attn_out": 1, "hook_resid_mid": 2, "hook_mlp_out": 3,
+                "hook_resid_post": 4}
+_BLOCK_RE = re.compile(r"^blocks\.(\d+)\.(" + "|".join(_BLOCK_HOOKS) + r")$")
+
+
+@dataclass(frozen=True)
+class Site:
+    name: str
+    module: str  # dotted module path inside the HF model
+    io: str  # "input" or "output"
+    order: tuple[int, int]  # execution order key
+
+
+class SiteMap:
+    """Resolves site names for one model."""
+
+    def __init__(self, model_type: str, n_layers: int, parallel_residual: bool = False):
+        if model_type not in LAYOUTS:
+            raise SiteError(f"architecture {model_type!r} has no site layout; known: {sorted(LAYOUTS)}")
+        self.model_type, self.n_layers = model_type, n_layers
+        self.layout = LAYOUTS[model_type]
+        self.parallel_residual = parallel_residual
+
+    @classmethod
+    def for_config(cls, config: Any) -> "SiteMap":
+        return cls(config.model_type, config.num_hidden_layers,
+                   bool(getattr(config, "use_parallel_residual", False)))
+
+    @property
+    def names(self) -> list[str]:
+        out = ["hook_embed"] + (["hook_pos_embed"] if self.layout.pos_embed else [])
+        for layer in range(self.n_layers):
+            out += [f"blocks.{layer}.{h}" for h in _BLOCK_HOOKS
+                    if h != "hook_resid_mid" or not self.parallel_residual]
+        return out + ["ln_final.hook_normalized"]
+
+    def resolve(self, name: str) -> Site:
+        lay = self.layout
+        if name == "hook_embed":
+            return Site(name, lay.embed, "output", (-1, 0))
+        if name == "hook_pos_embed" and lay.pos_embed:
+            return Site(name, lay.pos_embed, "output", (-1, 1))
+        if name == "ln_final.hook_normalized":
+            return Site(name, lay.final_norm, "output", (self.n_layers, 0))
+        match = _BLOCK_RE.match(name)
+        if not match or name not in self.names:
+            raise SiteError(f"unknown site {name!r} for this {self.model_type} model with {self.n_layers} "
+                            f"layers; valid sites look like 'blocks.0.hook_resid_pre' ... "
+                            f"'blocks.{self.n_layers - 1}.hook_resid_post' (see subject.sites)")
+        layer, hook = int(match.group(1)), match.group(2)
+        block = f"{lay.blocks}.{layer}"
+        module, io = {
+            "hook_resid_pre": (block, "input"),
+            "hook_attn_out": (f"{block}.{lay.attn}", "output"),
+            "hook_resid_mid": (f"{block}.{lay.mid_norm}", "input"),
+            "hook_mlp_out": (f"{block}.{lay.mlp}", "output"),
+            "hook_resid_post": (block, "output"),
+        }[hook]
+        return Site(name, module, io, (layer, _BLOCK_HOOKS[hook]))
+
+
+def envoy_at(model: Any, path: str) -> Any:
+    """The nnsight envoy at a dotted module path."""
+    node = model
+    for part in path.split("."):
+        node = node[int(part)] if part.isdigit() else getattr(node, part)
+    return node
+
+
+def read(model: Any, site: Site) -> Any:
+    """Inside a trace: the site's activation (the first element when the module deals in tuples)."""
+    env = envoy_at(model, site.module)
+    value = env.input if site.io == "input" else env.output
+    return value[0] if isinstance(value, tuple) else value
+
+
+def write(model: Any, site: Site, new: Any) -> None:
+    """Inside a trace: replace the site's activation, keeping any other tuple elements."""
+    env = envoy_at(model, site.module)
+    if site.io == "input":
+        env.input = new
+        return
+    old = env.output
+    env.output = (new, *old[1:]) if isinstance(old, tuple) else new

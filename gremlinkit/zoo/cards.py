@@ -1,0 +1,37 @@
+"""Reading model cards: one row per artefact with its headline metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from gremlinkit.zoo import registry
+
+
+def card(name: str, root: Path | None = None) -> dict:
+    """The model card of artefact ``name`` (empty if it has not been built)."""
+    path = registry.path(name, root) / registry.CARD_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def headline(c: dict) -> dict[str, float]:
+    """The few numbers ``gremlinkit zoo list`` shows for a card."""
+    out = {}
+    if "heldout" in c:
+        h = c["heldout"]
+        out.update(heldout_loss=h["loss"], unigram=h["unigram_baseline"], bigram=h["bigram_baseline"])
+    if "heldout_metrics" in c:
+        m = c["heldout_metrics"]
+        out.update(explained_variance=m["explained_variance"], l0=m["l0"], dead_fraction=m["dead_fraction"])
+    return {k: round(v, 4) for k, v in out.items()}
+
+
+def table(root: Path | None = None) -> pd.DataFrame:
+    rows = []
+    for name, art in registry.ARTEFACTS.items():
+        c = card(name, root)
+        rows.append({"artefact": name, "kind": art.kind, "built": bool(c),
+                     "metrics": ", ".join(f"{k}={v}" for k, v in headline(c).items())})
+    return pd.DataFrame(rows)

@@ -1,0 +1,38 @@
+"""The zoo's artefact table: one row per artefact, read by the build, the loader and the CLI."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+ARTEFACT_DIR = Path(__file__).parent / "artefacts"
+CARD_FILE = "card.json"
+
+
+@dataclass(frozen=True)
+class Artefact:
+    name: str
+    kind: str  # "model" (an HF model directory) or "sae" (a sae_lens directory)
+    description: str
+    parent: str | None = None  # the model an SAE reads from
+    default_sae: str | None = None  # the SAE a model loads with by default
+
+
+ARTEFACTS: dict[str, Artefact] = {
+    a.name: a
+    for a in [
+        Artefact("toy-base", "model", "GPT-2-architecture LM trained by next-token prediction on the persona world.",
+                 default_sae="toy-base-sae"),
+        Artefact("toy-base-sae", "sae", "TopK SAE on toy-base's middle residual stream, trained with sae_lens.",
+                 parent="toy-base"),
+    ]
+}
+
+
+def path(name: str, root: Path | None = None) -> Path:
+    """The directory of artefact ``name`` under ``root`` (the shipped artefacts by default)."""
+    from gremlinkit.errors import UnknownArtefactError
+
+    if name not in ARTEFACTS:
+        raise UnknownArtefactError(f"unknown zoo artefact {name!r}: the zoo has {sorted(ARTEFACTS)}")
+    return (root or ARTEFACT_DIR) / name

@@ -1,0 +1,90 @@
+"""Train the zoo's SAEs with sae_lens's own trainer, over activations read through gremlinkit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+from sae_lens import SAE, TopKTrainingSAE, TopKTrainingSAEConfig
+from sae_lens.config import SAETrainerConfig
+from sae_lens.saes.sae import SAEMetadata
+from sae_lens.training.sae_trainer import SAETrainer
+
+from gremlinkit.subject import Subject
+
+
+@dataclass(frozen=True)
+class SAESpec:
+    site: str = "blocks.2.hook_resid_pre"
+    d_sae: int = 384
+    k: int = 16
+    training_tokens: int = 1_500_000
+    batch_size: int = 1024
+    lr: float = 2e-3
+    seed: int = 0
+
+
+@torch.no_grad()
+def collect(subject: Subject, docs: list[np.ndarray], site: str, batch_docs: int = 64) -> torch.Tensor:
+    """(N, d) activations at ``site`` over every non-BOS token of ``docs``.
+
+    BOS is excluded: its residual is a constant outlier that would spend features on one token.
+    """
+    chunks = []
+    for start in range(0, len(docs), batch_docs):
+        rows = [torch.from_numpy(d) for d in docs[start:start + batch_docs]]
+        acts = subject.activations(rows, site)  # (B, T, d), prompt indexing
+        for i, d in enumerate(rows):
+            chunks.append(acts[i, 1:len(d)])
+    return torch.cat(chunks)
+
+
+def _batches(acts: torch.Tensor, batch_size: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
+    """The activation iterator sae_lens trains from: endless shuffled epochs."""
+    while True:
+        order = torch.randperm(len(acts), generator=gen)
+        for start in range(0, len(acts) - batch_size + 1, batch_size):
+            yield acts[order[start:start + batch_size]]
+
+
+def train_sae(acts: torch.Tensor, spec: SAESpec, model_name: str, context_size: int) -> SAE:
+    """A TopK SAE trained by ``SAETrainer``; returned as the inference ``SAE`` that ``save_model`` writes."""
+    torch.manual_seed(spec.seed)
+    cfg = TopKTrainingSAEConfig(
+        d_in=acts.shape[1], d_sae=spec.d_sae, k=spec.k, dtype="float32", device="cpu",
+        metadata=SAEMetadata(model_name=model_name, hook_name=spec.site, context_size=context_size,
+                             prepend_bos=True, exclude_special_tokens=True),
+    )
+    training_sae = TopKTrainingSAE(cfg)
+    trainer_cfg = SAETrainerConfig(
+        total_training_samples=spec.training_tokens, train_batch_size_samples=spec.batch_size, lr=spec.lr,
+        lr_end=spec.lr / 10, lr_scheduler_name="cosineannealing", lr_warm_up_steps=20, lr_decay_steps=0,
+        dead_feature_window=200, feature_sampling_window=400, device="cpu",
+    )
+    gen = torch.Generator().manual_seed(spec.seed)
+    trained = SAETrainer(trainer_cfg, training_sae, _batches(acts, spec.batch_size, gen)).fit()
+    inference = SAE.from_dict(trained.cfg.get_inference_sae_cfg_dict())
+    state = trained.state_dict()
+    trained.process_state_dict_for_saving_inference(state)
+    inference.load_state_dict(state)
+    return inference.eval()
+
+
+@torch.no_grad()
+def sae_metrics(sae: SAE, acts: torch.Tensor, batch_size: int = 4096) -> dict[str, float]:
+    """Explained variance, mean L0 and dead-feature fraction of ``sae`` on (N, d) activations."""
+    sq_err, fired, l0_sum = 0.0, torch.zeros(sae.cfg.d_sae, dtype=torch.bool), 0.0
+    for start in range(0, len(acts), batch_size):
+        x = acts[start:start + batch_size]
+        f = sae.encode(x)
+        sq_err += (sae.decode(f) - x).pow(2).sum().item()
+        fired |= (f > 0).any(0)
+        l0_sum += (f > 0).sum().item()
+    total_var = (acts - acts.mean(0)).pow(2).sum().item()
+    return {
+        "explained_variance": 1 - sq_err / total_var,
+        "l0": l0_sum / len(acts),
+        "dead_fraction": 1 - fired.float().mean().item(),
+    }

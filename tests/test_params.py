@@ -1,0 +1,50 @@
+"""Experiment configs reject bad parameters with a message that names them."""
+
+import pytest
+
+from gremlinkit.errors import ConfigError, GremlinkitError
+from gremlinkit.experiments.zoo_tour import ZooTourConfig
+from gremlinkit.params import Scope, from_params
+
+
+def test_defaults_and_smoke_are_valid_configs():
+    assert from_params(ZooTourConfig, {}) == ZooTourConfig()
+    assert ZooTourConfig.smoke().n_docs < ZooTourConfig().n_docs
+
+
+def test_unknown_parameter_is_named():
+    with pytest.raises(ConfigError, match=r"unknown parameter\(s\) \['n_promts'\]"):
+        from_params(ZooTourConfig, {"n_promts": 3})
+
+
+def test_wrong_type_is_named_with_the_expected_type():
+    with pytest.raises(ConfigError, match=r"n_prompts='3' has type str; ZooTourConfig.n_prompts takes int"):
+        from_params(ZooTourConfig, {"n_prompts": "3"})
+    with pytest.raises(ConfigError, match="takes int"):
+        from_params(ZooTourConfig, {"n_prompts": True})  # a bool is not a count
+
+
+def test_int_is_accepted_where_a_float_is_expected():
+    assert from_params(ZooTourConfig, {"temperature": 0}).temperature == 0
+
+
+def test_out_of_range_names_the_valid_range():
+    with pytest.raises(ConfigError, match=r"n_prompts=0 is out of range: valid range is \[1, 256\]"):
+        ZooTourConfig(n_prompts=0)
+
+
+def test_errors_share_one_root():
+    assert issubclass(ConfigError, GremlinkitError)
+
+
+def test_scope_sees_only_names_defined_after_it_and_requires_all():
+    ns = {"imported": 1}
+    scope = Scope(ns)
+    ns.update(n_prompts=2, _ipython_private=3)
+    with pytest.raises(ConfigError, match="missing from the parameters cell"):
+        scope.config(ZooTourConfig)
+    ns.update({f: getattr(ZooTourConfig(), f) for f in ZooTourConfig.__dataclass_fields__ if f != "n_prompts"})
+    assert scope.config(ZooTourConfig).n_prompts == 2
+    ns["typo_param"] = 1
+    with pytest.raises(ConfigError, match="typo_param"):
+        scope.config(ZooTourConfig)

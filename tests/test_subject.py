@@ -1,0 +1,66 @@
+"""Reading activations and generating through nnsight, checked against transformers directly."""
+
+import pytest
+import torch
+
+from gremlinkit.errors import InputError, SiteError
+
+
+def test_activations_equal_hf_hidden_states(toy):
+    prompts = ["mira is a kind honest old sailor . mira says :", "ada is a cruel sly young scholar ."]
+    hf = toy.model._module
+    for i, p in enumerate(prompts):
+        ids = toy.tokenizer(p, return_tensors="pt").input_ids
+        with torch.no_grad():
+            hs = hf(ids, output_hidden_states=True).hidden_states
+        for layer in range(4):
+            ours = toy.activations(prompts, f"blocks.{layer}.hook_resid_pre")[i, : ids.shape[1]]
+            torch.testing.assert_close(ours, hs[layer][0], atol=1e-5, rtol=0)
+
+
+def test_padding_is_invisible_in_prompt_indexing(toy):
+    long, short = "mira is a kind honest old sailor . mira says :", "ada says :"
+    both = toy.activations([long, short], "blocks.2.hook_resid_pre")
+    alone = toy.activations([short], "blocks.2.hook_resid_pre")
+    n = alone.shape[1]
+    torch.testing.assert_close(both[1, :n], alone[0], atol=1e-5, rtol=0)
+    assert both[1, n:].abs().max() == 0  # past the prompt's end is zero, not padding activations
+
+
+def test_features_are_the_sae_encoding_of_the_site(toy):
+    feats = toy.features(["mira says : \" ahoy"])
+    acts = toy.activations(["mira says : \" ahoy"], toy.sae_site)
+    torch.testing.assert_close(feats, toy.sae.encode(acts))
+    assert feats.shape[-1] == toy.d_sae
+    assert ((feats > 0).sum(-1) <= toy.sae.cfg.k).all()
+
+
+def test_generation_is_reproducible_by_seed(toy):
+    prompts = ["mira is a kind honest old sailor . mira says :"] * 2
+    a = toy.generate(prompts, 20, seed=1)
+    b = toy.generate(prompts, 20, seed=1)
+    c = toy.generate(prompts, 20, seed=2)
+    assert torch.equal(a.tokens, b.tokens) and a.text == b.text
+    assert torch.equal(a.tokens[0], a.tokens[1])  # same prompt, same noise: same tokens
+    assert not torch.equal(a.tokens, c.tokens)
+
+
+def test_greedy_generation_matches_hf_argmax(toy):
+    prompt = "mira is a kind honest old sailor . mira says :"
+    ids = toy.tokenizer(prompt, return_tensors="pt").input_ids
+    out = toy.generate([prompt], 8, temperature=0.0)
+    hf = toy.model._module
+    with torch.no_grad():
+        for _ in range(8):
+            ids = torch.cat([ids, hf(ids).logits[:, -1].argmax(-1, keepdim=True)], 1)
+    assert out.tokens[0].tolist() == ids[0, -8:].tolist()
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda s: s.activations([], "blocks.0.hook_resid_pre"), "prompt list is empty"),
+    (lambda s: s.activations(["mira"], "blocks.9.hook_resid_pre"), "unknown site 'blocks.9.hook_resid_pre'"),
+    (lambda s: s.generate(["mira"], 0), "max_new_tokens=0 must be a positive integer"),
+])
+def test_bad_input_names_the_value(toy, bad, match):
+    with pytest.raises((InputError, SiteError), match=match):
+        bad(toy)

@@ -1,0 +1,109 @@
+"""The zoo's artefacts: shipped ones meet their targets, and a quick rebuild reproduces itself."""
+
+import hashlib
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from sae_lens import SAE
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from gremlinkit.zoo import build, cards, corpus, lm, registry
+
+BASE, SAE_NAME = registry.path("toy-base"), registry.path("toy-base-sae")
+
+
+@pytest.fixture(scope="module")
+def hf():
+    return AutoModelForCausalLM.from_pretrained(BASE).eval(), AutoTokenizer.from_pretrained(BASE)
+
+
+@pytest.fixture(scope="module")
+def heldout(hf):
+    _, tok = hf
+    spec = build.FULL
+    return lm.encode_docs(corpus.generate(spec.heldout_docs, spec.heldout_seed), tok)
+
+
+def test_shipped_artefacts_fit_the_size_budget():
+    total = sum(p.stat().st_size for p in registry.ARTEFACT_DIR.rglob("*") if p.is_file())
+    assert total <= 25 * 2**20, f"zoo artefacts take {total / 2**20:.1f} MB, over the 25 MB budget"
+
+
+def test_base_heldout_loss_matches_its_card_and_beats_the_baselines(hf, heldout):
+    model, _ = hf
+    card = cards.card("toy-base")["heldout"]
+    loss = lm.heldout_loss(model, heldout)
+    assert loss == pytest.approx(card["loss"], abs=1e-4)
+    assert loss < card["bigram_baseline"] < card["unigram_baseline"]
+
+
+def test_ngram_baselines_against_a_direct_count():
+    # Independent check of the bigram estimator on a two-token toy stream.
+    docs = [np.array([0, 1, 2, 1, 2]), np.array([0, 1, 2])]
+    got = lm.ngram_baselines(docs, [np.array([0, 1, 2])], vocab_size=3)
+    p01 = (2 + 0.1) / (2 + 0.3)  # 0 -> 1 seen twice out of 2 transitions from 0
+    p12 = (3 + 0.1) / (3 + 0.3)
+    assert got["bigram"] == pytest.approx(-(np.log(p01) + np.log(p12)) / 2)
+
+
+def test_sae_metrics_recomputed_from_hf_hidden_states(hf, heldout):
+    """EV, L0 and dead fraction from activations read by transformers (not nnsight) and numpy."""
+    model, _ = hf
+    sae = SAE.load_from_disk(SAE_NAME)
+    site = sae.cfg.metadata.hook_name
+    assert site == "blocks.2.hook_resid_pre"
+    xs = []
+    with torch.no_grad():
+        for d in heldout:
+            hs = model(torch.from_numpy(d)[None], output_hidden_states=True).hidden_states
+            xs.append(hs[2][0, 1:])  # input to block 2, BOS dropped as in training
+    x = torch.cat(xs)
+    with torch.no_grad():
+        f = sae.encode(x)
+        recon = sae.decode(f).numpy()
+    xn = x.numpy()
+    ev = 1 - ((recon - xn) ** 2).sum() / ((xn - xn.mean(0)) ** 2).sum()
+    l0 = (f > 0).sum(1).float().mean().item()
+    dead = 1 - (f > 0).any(0).float().mean().item()
+    card = cards.card("toy-base-sae")["heldout_metrics"]
+    assert ev == pytest.approx(card["explained_variance"], abs=0.01)
+    assert l0 == pytest.approx(card["l0"], abs=0.5)
+    assert dead == pytest.approx(card["dead_fraction"], abs=0.01)
+    assert ev >= 0.85 and l0 <= 30 and dead <= 0.10
+
+
+def _digest(directory):
+    h = hashlib.sha256()
+    for name in ("model.safetensors", "sae_weights.safetensors"):
+        if (directory / name).exists():
+            h.update((directory / name).read_bytes())
+    return h.hexdigest()
+
+
+@pytest.mark.slow
+def test_quick_build_meets_its_targets_and_is_deterministic(tmp_path):
+    cmd = [sys.executable, "-m", "gremlinkit", "zoo", "build", "--quick", "--out"]
+    subprocess.run(cmd + [str(tmp_path / "a")], check=True, capture_output=True)
+    base = json.loads((registry.path("toy-base", tmp_path / "a") / "card.json").read_text())
+    sae = json.loads((registry.path("toy-base-sae", tmp_path / "a") / "card.json").read_text())
+    assert base["heldout"]["loss"] < base["heldout"]["bigram_baseline"]
+    assert base["training"]["final_mean_last_10pct"] < base["training"]["first"] / 3
+    assert sae["heldout_metrics"]["explained_variance"] >= 0.85
+    assert sae["heldout_metrics"]["l0"] <= 30
+    # The same seeds give bit-identical weights.
+    subprocess.run(cmd + [str(tmp_path / "b"), "--only", "toy-base"], check=True, capture_output=True)
+    assert _digest(registry.path("toy-base", tmp_path / "a")) == _digest(registry.path("toy-base", tmp_path / "b"))
+    listed = subprocess.run([sys.executable, "-m", "gremlinkit", "zoo", "list", "--out", str(tmp_path / "a")],
+                            check=True, capture_output=True, text=True).stdout
+    assert f"heldout_loss={round(base['heldout']['loss'], 4)}" in listed
+
+
+def test_unknown_artefact_is_a_clear_cli_error():
+    out = subprocess.run([sys.executable, "-m", "gremlinkit", "zoo", "build", "--only", "toy-bsae"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "unknown zoo artefact 'toy-bsae'" in out.stderr and "toy-base-sae" in out.stderr
