@@ -37,6 +37,18 @@ class Batch:
             parts.append(Batch(self.input_ids[rows, -width:], self.attention_mask[rows, -width:], lengths))
         return parts
 
+    def positions(self) -> torch.Tensor:
+        """(B, T) each column's position in its prompt's own indexing; -1 on padding."""
+        cols = torch.arange(self.input_ids.shape[1])[None] - self.offsets[:, None]
+        return torch.where(cols >= 0, cols, torch.full_like(cols, -1))
+
+    def from_prompt_index(self, x: torch.Tensor, into: torch.Tensor) -> torch.Tensor:
+        """The inverse of `to_prompt_index`: ``x``'s rows placed into a copy of ``into`` (differentiable)."""
+        out = into.clone()
+        for i, (off, n) in enumerate(zip(self.offsets.tolist(), self.lengths.tolist())):
+            out[i, off:off + n] = x[i, :n]
+        return out
+
     def to_prompt_index(self, x: torch.Tensor) -> torch.Tensor:
         """Shift each row of a (B, T, ...) tensor so that column p is the prompt's own token p.
 

@@ -7,9 +7,11 @@ from typing import Any, Sequence
 
 import torch
 
+from gremlinkit import interventions as ivmod
 from gremlinkit import sites as sitemod
 from gremlinkit.errors import InputError, SiteError
 from gremlinkit.generation import Generation, GumbelMax, gumbel_noise
+from gremlinkit.interventions import Intervention
 from gremlinkit.prompts import Batch, Prompts, make_batch
 
 
@@ -71,69 +73,175 @@ class Subject:
         return sorted((self.site_map.resolve(n) for n in names), key=lambda s: s.order)
 
     @torch.no_grad()
-    def activations(self, prompts: Prompts, site: str) -> torch.Tensor:
+    def activations(self, prompts: Prompts, site: str, interventions: Sequence[Intervention] = ()) -> torch.Tensor:
         """Activations at ``site`` as (batch, pos, d), positions in each prompt's own indexing."""
-        return self.activations_at(prompts, [site])[site]
+        return self.activations_at(prompts, [site], interventions)[site]
 
     @torch.no_grad()
-    def activations_at(self, prompts: Prompts, names: Sequence[str], batch_size: int = 32
-                       ) -> dict[str, torch.Tensor]:
-        """Several sites from one forward pass per chunk of ``batch_size`` prompts.
+    def activations_at(self, prompts: Prompts, names: Sequence[str], interventions: Sequence[Intervention] = (),
+                       batch_size: int = 32) -> dict[str, torch.Tensor]:
+        """Several sites, read after ``interventions``, from one forward pass per chunk of prompts.
 
-        Results are in prompt indexing, zero past each prompt's end.
+        Results are in prompt indexing, zero past each prompt's end. Row-targeted interventions
+        need the whole batch in one chunk, so they switch chunking off.
         """
         batch = self.batch(prompts)
-        resolved = self._resolve(names)
-        chunks: dict[str, list[torch.Tensor]] = {s.name: [] for s in resolved}
-        for part in batch.split(batch_size):
-            saved: list[torch.Tensor] = []  # filled inside the trace; nnsight runs the body in its own frame
+        plan = self._plan(interventions, batch)
+        for n in names:
+            self.site_map.resolve(n)
+        parts = [batch] if any(iv.rows is not None or isinstance(iv.pos, (list, tuple)) for iv in interventions) \
+            else batch.split(batch_size)
+        chunks: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+        for part in parts:
+            saved: dict[str, torch.Tensor] = {}  # filled inside the trace; nnsight runs the body in its own frame
             with self.model.trace(part.inputs(), remote=self.remote):
-                for s in resolved:
-                    saved.append(sitemod.read(self.model, s).save())
-            for s, value in zip(resolved, saved):
-                chunks[s.name].append(part.to_prompt_index(value))
+                self._edit_sites(plan, names, part.positions(), part.lengths, None, saved)
+            for n in names:
+                chunks[n].append(part.to_prompt_index(saved[n]))
         width = int(batch.lengths.max())
         return {n: torch.cat([torch.nn.functional.pad(c, (0, 0, 0, width - c.shape[1])) for c in cs])
                 for n, cs in chunks.items()}
 
     @torch.no_grad()
-    def features(self, prompts: Prompts, site: str | None = None) -> torch.Tensor:
-        """SAE feature activations (batch, pos, d_sae) at the SAE's site."""
+    def features(self, prompts: Prompts, site: str | None = None, interventions: Sequence[Intervention] = ()
+                 ) -> torch.Tensor:
+        """SAE feature activations (batch, pos, d_sae) at the SAE's site, after ``interventions``."""
         hook = self.sae_site
         if site is not None and site != hook:
             raise SiteError(f"the attached SAE reads {hook!r}, not {site!r}")
-        acts = self.activations(prompts, hook)
+        acts = self.activations(prompts, hook, interventions)
         return self.sae.encode(acts)
+
+    # ----------------------------------------------------------------- intervening
+    def _plan(self, interventions: Sequence[Intervention], batch: Batch, extra: int = 0
+              ) -> dict[str, list[Intervention]]:
+        """Group interventions by site after checking them against the batch."""
+        max_len = (batch.lengths + extra).tolist()
+        for iv in interventions:
+            ivmod.validate(iv, n_rows=len(batch.lengths), max_len=max_len, d_model=self.d_model, d_sae=self.d_sae)
+        groups = ivmod.group_by_site(interventions, self.sae_site if self.sae is not None else None)
+        for name in groups:
+            self.site_map.resolve(name)
+        return groups
+
+    def _edit_sites(self, plan: dict[str, list[Intervention]], watch: Sequence[str], positions: torch.Tensor,
+                    lengths: torch.Tensor, step: int | None, saved: dict[str, torch.Tensor]) -> None:
+        """Inside a trace: apply ``plan`` site by site and save each watched site's (edited) value."""
+        for site in self._resolve(sorted(set(plan) | set(watch))):
+            x = sitemod.read(self.model, site)
+            if site.name in plan:
+                x = ivmod.apply(x, plan[site.name], self.sae, positions, lengths, step)
+                sitemod.write(self.model, site, x)
+            if site.name in watch:
+                saved[site.name] = x.save()
+
+    def run(self, prompts: Prompts, interventions: Sequence[Intervention] = (), *,
+            embeddings: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (batch, pos, vocab) in prompt indexing, with ``interventions`` applied.
+
+        ``embeddings`` (batch, pos, d_model), in prompt indexing, replace the token embeddings;
+        if they require grad the logits are differentiable with respect to them (see `embed`).
+        """
+        batch = self.batch(prompts)
+        plan = self._plan(interventions, batch)
+        positions = batch.positions()
+        embed = sitemod.envoy_at(self.model, self.site_map.layout.embed)
+        grad = embeddings is not None and embeddings.requires_grad
+        with torch.set_grad_enabled(grad):
+            with self.model.trace(batch.inputs(), remote=self.remote):
+                if embeddings is not None:
+                    embed.output = batch.from_prompt_index(embeddings, embed.output)
+                self._edit_sites(plan, (), positions, batch.lengths, None, {})
+                logits = self.model.output.logits.save()
+        return batch.to_prompt_index(logits)
+
+    def one_hot(self, prompts: Prompts) -> torch.Tensor:
+        """(batch, pos, vocab) one-hot tokens in prompt indexing; pass ``embed(one_hot)`` to `run`."""
+        batch = self.batch(prompts)
+        ids = batch.to_prompt_index(batch.input_ids)
+        return torch.nn.functional.one_hot(ids, int(self.model.config.vocab_size)).float()
+
+    def embed(self, one_hot: torch.Tensor) -> torch.Tensor:
+        """Token embeddings of (possibly relaxed) one-hot tokens: ``one_hot @ W_E``."""
+        weight = sitemod.envoy_at(self.model, self.site_map.layout.embed).weight
+        return one_hot @ weight
 
     # ----------------------------------------------------------------- generating
     @torch.no_grad()
-    def generate(self, prompts: Prompts, max_new_tokens: int, *, seed: int | Sequence[int] = 0,
-                 temperature: float = 1.0) -> Generation:
+    def generate(self, prompts: Prompts, max_new_tokens: int, interventions: Sequence[Intervention] = (), *,
+                 seed: int | Sequence[int] = 0, temperature: float = 1.0, record: Sequence[str] = ()
+                 ) -> Generation:
         """Sample continuations with paired (Gumbel-max) noise fixed by ``seed`` and step.
 
-        ``seed`` may be one seed for every row or one per row. ``temperature=0`` is greedy.
+        ``seed`` is one seed for every row or one per row; ``temperature=0`` is greedy. ``record``
+        names sites (or ``"features"``) whose activation at each step's newest position is
+        returned as (batch, max_new_tokens, d).
         """
         if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
             raise InputError(f"max_new_tokens={max_new_tokens!r} must be a positive integer")
         if not temperature >= 0:
             raise InputError(f"temperature={temperature!r} must be >= 0")
         batch = self.batch(prompts)
-        if self.n_ctx is not None and batch.input_ids.shape[1] + max_new_tokens > self.n_ctx:
-            raise InputError(f"prompt width {batch.input_ids.shape[1]} + max_new_tokens={max_new_tokens} "
+        width = batch.input_ids.shape[1]
+        if self.n_ctx is not None and width + max_new_tokens > self.n_ctx:
+            raise InputError(f"prompt width {width} + max_new_tokens={max_new_tokens} "
                              f"exceeds the model's context of {self.n_ctx}")
+        plan = self._plan(interventions, batch, extra=max_new_tokens)
+        for r in record:
+            if r != "features":
+                self.site_map.resolve(r)
         vocab = int(self.model.config.vocab_size)
-        if isinstance(seed, int):
-            noise = gumbel_noise(seed, max_new_tokens, vocab)
-        else:
-            noise = torch.stack([gumbel_noise(s, max_new_tokens, vocab) for s in seed])
-        processor = GumbelMax(noise, batch.input_ids.shape[1], temperature)
-        with self.model.generate(batch.inputs(), max_new_tokens=max_new_tokens, do_sample=False,
-                                 logits_processor=[processor], pad_token_id=self.tokenizer.pad_token_id,
-                                 remote=self.remote) as tracer:
+        seeds = [seed] if isinstance(seed, int) else list(seed)
+        if len(seeds) not in (1, len(batch.lengths)):
+            raise InputError(f"{len(seeds)} seeds for {len(batch.lengths)} prompts: pass one, or one per prompt")
+        noise = torch.stack([gumbel_noise(s, max_new_tokens, vocab) for s in seeds])  # (1 or B, steps, V)
+        processor = GumbelMax(noise, width, temperature)
+        records: dict[str, list] = {r: [] for r in record}
+        watch = [self.sae_site if r == "features" else r for r in record]
+        active = bool(plan or record)
+        with self.model.generate(batch.inputs(), max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
+                                 do_sample=False, logits_processor=[processor],
+                                 pad_token_id=self.tokenizer.pad_token_id, remote=self.remote) as tracer:
+            if active:
+                for step in tracer.iter[:max_new_tokens]:
+                    pos = batch.positions() if step == 0 else (batch.lengths + step - 1)[:, None]
+                    seen: dict[str, torch.Tensor] = {}
+                    self._edit_sites(plan, watch, pos, batch.lengths, step, seen)
+                    for r, w in zip(record, watch):
+                        last = seen[w][:, -1]  # (B, d): the newest position
+                        records[r].append(self.sae.encode(last) if r == "features" else last)
             ids = tracer.result.save()
-        new = ids[:, batch.input_ids.shape[1]:]
+        new = ids[:, width:]
         text = self.tokenizer.batch_decode(new, skip_special_tokens=True)
-        return Generation(tokens=new, text=text, prompt_lengths=batch.lengths)
+        stacked = {r: torch.stack(v, 1) for r, v in records.items()}  # (B, steps, d)
+        return Generation(tokens=new, text=text, prompt_lengths=batch.lengths, records=stacked)
+
+    # ----------------------------------------------------------------- SAE health
+    @torch.no_grad()
+    def check_sae(self, prompts: Prompts) -> dict[str, float]:
+        """Explained variance, L0 and the next-token loss increase when the SAE is spliced in.
+
+        BOS positions are left out, as in training. A wrong site mapping shows as a low explained
+        variance and a large loss increase.
+        """
+        site = self.sae_site
+        batch = self.batch(prompts)
+        keep = batch.positions() > 0  # (B, T): real tokens after BOS
+        clean_logits = self.run(prompts)
+        with self.model.trace(batch.inputs(), remote=self.remote):
+            x = sitemod.read(self.model, self.site_map.resolve(site))
+            recon = self.sae.decode(self.sae.encode(x))
+            sitemod.write(self.model, self.site_map.resolve(site), torch.where(keep[..., None], recon, x))
+            spliced_logits = self.model.output.logits.save()
+            acts, codes = x.save(), self.sae.encode(x).save()
+        xs, fs = acts[keep], codes[keep]  # (N, d), (N, d_sae)
+        ev = 1 - (self.sae.decode(fs) - xs).pow(2).sum() / (xs - xs.mean(0)).pow(2).sum()
+        ids = batch.to_prompt_index(batch.input_ids)
+        clean = _next_token_loss(clean_logits, ids, batch.lengths)
+        spliced = _next_token_loss(batch.to_prompt_index(spliced_logits), ids, batch.lengths)
+        return {"explained_variance": float(ev), "l0": float((fs > 0).sum(-1).float().mean()),
+                "dead_fraction": float(1 - (fs > 0).any(0).float().mean()), "tokens": int(keep.sum()),
+                "ce_loss_clean": clean, "ce_loss_spliced": spliced, "ce_loss_increase": spliced - clean}
 
     def __repr__(self) -> str:
         sae = f", sae at {self.sae_site} (d_sae={self.d_sae})" if self.sae is not None else ""
@@ -180,3 +288,10 @@ def load(name_or_path: str | Path, *, sae: Any = None, device: str = "cpu", remo
     model.tokenizer.padding_side = "left"
     sae_obj = load_sae(sae, device=device) if sae not in (None, False) else None
     return Subject(model, sae_obj, name=Path(name).name if Path(name).exists() else name, remote=remote)
+
+
+def _next_token_loss(logits: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor) -> float:
+    """Mean next-token cross-entropy over real tokens; logits and ids in prompt indexing."""
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
+    valid = torch.arange(ids.shape[1] - 1)[None] < (lengths - 1)[:, None]
+    return float(nll[valid].mean())

@@ -64,3 +64,23 @@ def test_greedy_generation_matches_hf_argmax(toy):
 def test_bad_input_names_the_value(toy, bad, match):
     with pytest.raises((InputError, SiteError), match=match):
         bad(toy)
+
+
+def test_loading_local_directories_takes_the_hub_code_path():
+    import gremlinkit
+    from gremlinkit.zoo import registry
+
+    plain = gremlinkit.load(str(registry.path("toy-base")))  # a directory, not a zoo name: no default SAE
+    assert plain.sae is None and plain.model.config.model_type == "gpt2"
+    with_dir_sae = gremlinkit.load(str(registry.path("toy-base")), sae=str(registry.path("toy-base-sae")))
+    assert with_dir_sae.sae_site == "blocks.2.hook_resid_pre" and with_dir_sae.d_sae == 384
+    named = gremlinkit.load("toy-base", sae="toy-base-sae")
+    torch.testing.assert_close(named.sae.W_dec, with_dir_sae.sae.W_dec)
+
+
+def test_a_release_pair_goes_to_sae_lens_pretrained_directory():
+    import gremlinkit
+
+    # sae_lens validates the release against its directory before any download.
+    with pytest.raises(ValueError, match="no-such-release"):
+        gremlinkit.load("toy-base", sae=("no-such-release", "blocks.0.hook_resid_pre"))

@@ -1,0 +1,206 @@
+"""Interventions: small frozen dataclasses applied at chosen rows, positions and generation steps.
+
+SAE-feature edits (`ablate`, `add`, `clamp`) go through the SAE and keep its error term::
+
+    f  = sae.encode(x)          f' = f with the edits
+    x' = x + sae.decode(f') - sae.decode(f)        (= sae.decode(f') + (x - sae.decode(f)))
+
+so an edit that leaves ``f`` unchanged (ablating an inactive feature, adding 0) leaves ``x``
+bit-for-bit unchanged. Residual edits (`steer`, `project_out`) act on the site directly.
+
+Where an intervention applies:
+
+* ``pos``: ``"all"``, an int (negative counts back from the prompt's last token), a slice, or a
+  per-row list of lists of positions. Positions are in each prompt's own indexing; in generation,
+  the token generated at step ``s`` sits at position ``len(prompt) + s``.
+* ``rows``: ``None`` (every row), an int or a list of rows. K interventions on K rows run in one
+  batched forward.
+* ``step``: ``None`` (every forward of a generation) or the one generation step whose forward it
+  edits (step 0 reads the prompt, step ``s`` reads the token generated at step ``s - 1``).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Sequence, Union
+
+import torch
+
+from gremlinkit.errors import InterventionError
+
+Positions = Union[int, slice, str, Sequence[Sequence[int]]]
+Rows = Union[int, Sequence[int], None]
+
+
+@dataclass(frozen=True)
+class Intervention:
+    pos: Positions = "all"
+    rows: Rows = None
+    step: int | None = None
+
+    site: str | None = None  # None: the SAE's site
+    kind: str = ""
+
+
+@dataclass(frozen=True)
+class FeatureEdit(Intervention):
+    feature: int = 0
+    value: float = 0.0  # the scale for "add", the target for "clamp"
+
+
+@dataclass(frozen=True, eq=False)  # holds a tensor: compared by identity
+class VectorEdit(Intervention):
+    vector: Any = None  # (d,) tensor
+    coeff: float = 1.0
+
+
+def ablate(feature: int, pos: Positions = "all", *, rows: Rows = None, step: int | None = None) -> FeatureEdit:
+    """Set SAE feature ``feature`` to zero."""
+    return FeatureEdit(pos=pos, rows=rows, step=step, kind="ablate", feature=int(feature))
+
+
+def add(feature: int, scale: float, pos: Positions = "all", *, rows: Rows = None,
+        step: int | None = None) -> FeatureEdit:
+    """Add ``scale`` to SAE feature ``feature``."""
+    return FeatureEdit(pos=pos, rows=rows, step=step, kind="add", feature=int(feature), value=float(scale))
+
+
+def clamp(feature: int, value: float, pos: Positions = "all", *, rows: Rows = None,
+          step: int | None = None) -> FeatureEdit:
+    """Set SAE feature ``feature`` to ``value``."""
+    return FeatureEdit(pos=pos, rows=rows, step=step, kind="clamp", feature=int(feature), value=float(value))
+
+
+def _vector(vector: Any) -> torch.Tensor:
+    v = torch.as_tensor(vector, dtype=torch.float32).detach()
+    if v.ndim != 1:
+        raise InterventionError(f"a direction must be one vector; got shape {tuple(v.shape)}")
+    if not torch.isfinite(v).all():
+        raise InterventionError(f"the direction has {int((~torch.isfinite(v)).sum())} non-finite entries")
+    return v
+
+
+def steer(vector: Any, coeff: float, site: str, pos: Positions = "all", *, rows: Rows = None,
+          step: int | None = None) -> VectorEdit:
+    """Add ``coeff * vector`` to the residual at ``site``."""
+    if not torch.isfinite(torch.tensor(float(coeff))):
+        raise InterventionError(f"steering coefficient {coeff!r} is not finite")
+    return VectorEdit(pos=pos, rows=rows, step=step, site=site, kind="steer", vector=_vector(vector),
+                      coeff=float(coeff))
+
+
+def project_out(vector: Any, site: str, pos: Positions = "all", *, rows: Rows = None,
+                step: int | None = None) -> VectorEdit:
+    """Remove the component along ``vector`` from the activation at ``site``."""
+    v = _vector(vector)
+    if float(v.norm()) == 0:
+        raise InterventionError("cannot project out a zero vector")
+    return VectorEdit(pos=pos, rows=rows, step=step, site=site, kind="project_out", vector=v / v.norm())
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def site_of(iv: Intervention, sae_site: str | None) -> str:
+    if isinstance(iv, FeatureEdit):
+        if sae_site is None:
+            raise InterventionError(f"{iv.kind}(feature={iv.feature}) needs an SAE: load the model with sae=")
+        if iv.site not in (None, sae_site):
+            raise InterventionError(f"feature edits act at the SAE's site {sae_site!r}, not {iv.site!r}")
+        return sae_site
+    return iv.site
+
+
+def validate(iv: Intervention, *, n_rows: int, max_len: Sequence[int], d_model: int, d_sae: int) -> None:
+    """Check ``iv`` against a batch whose row ``i`` may hold positions ``0 .. max_len[i] - 1``."""
+    if isinstance(iv, FeatureEdit) and not 0 <= iv.feature < d_sae:
+        raise InterventionError(f"feature {iv.feature} is out of range: this SAE has {d_sae} features "
+                                f"(valid 0..{d_sae - 1})")
+    if isinstance(iv, VectorEdit) and iv.vector.shape[0] != d_model:
+        raise InterventionError(f"the direction has {iv.vector.shape[0]} entries; site {iv.site!r} has width {d_model}")
+    rows = _rows(iv.rows, n_rows)
+    if isinstance(iv.pos, int):
+        for r in rows:
+            p = iv.pos if iv.pos >= 0 else max_len[r] + iv.pos
+            if not 0 <= p < max_len[r]:
+                raise InterventionError(f"position {iv.pos} is beyond row {r}, whose sequence has {max_len[r]} "
+                                        f"tokens (valid {-max_len[r]}..{max_len[r] - 1})")
+    elif isinstance(iv.pos, str) and iv.pos != "all":
+        raise InterventionError(f"pos={iv.pos!r}: use 'all', an int, a slice or a per-row list")
+    elif isinstance(iv.pos, (list, tuple)):
+        if len(iv.pos) != n_rows:
+            raise InterventionError(f"a per-row position list needs {n_rows} entries, one per row; got {len(iv.pos)}")
+        for r, ps in enumerate(iv.pos):
+            bad = [p for p in ps if not 0 <= p < max_len[r]]
+            if bad:
+                raise InterventionError(f"positions {bad} are beyond row {r}, whose sequence has {max_len[r]} tokens")
+
+
+def _rows(rows: Rows, n_rows: int) -> list[int]:
+    if rows is None:
+        return list(range(n_rows))
+    out = [rows] if isinstance(rows, int) else list(rows)
+    bad = [r for r in out if not 0 <= r < n_rows]
+    if bad:
+        raise InterventionError(f"rows {bad} are out of range: the batch has {n_rows} rows (valid 0..{n_rows - 1})")
+    return out
+
+
+def group_by_site(ivs: Sequence[Intervention], sae_site: str | None) -> dict[str, list[Intervention]]:
+    groups: dict[str, list[Intervention]] = defaultdict(list)
+    for iv in ivs:
+        groups[site_of(iv, sae_site)].append(iv)
+    return dict(groups)
+
+
+# --------------------------------------------------------------------------- applying
+
+
+def mask(iv: Intervention, positions: torch.Tensor, lengths: torch.Tensor, step: int | None) -> torch.Tensor:
+    """(B, T) bool: where ``iv`` applies, given each column's prompt position (-1 for padding)."""
+    if iv.step is not None and step is not None and iv.step != step:
+        return torch.zeros_like(positions, dtype=torch.bool)
+    valid = positions >= 0
+    if iv.pos == "all":
+        m = valid
+    elif isinstance(iv.pos, int):
+        target = iv.pos if iv.pos >= 0 else lengths + iv.pos  # () or (B,)
+        m = valid & (positions == torch.as_tensor(target).reshape(-1, 1))
+    elif isinstance(iv.pos, slice):
+        idx = torch.arange(int(positions.max()) + 1)[iv.pos]
+        m = valid & torch.isin(positions, idx)
+    else:
+        m = torch.zeros_like(valid)
+        for r, ps in enumerate(iv.pos):
+            m[r] = valid[r] & torch.isin(positions[r], torch.as_tensor(list(ps), dtype=positions.dtype))
+    if iv.rows is not None:
+        keep = torch.zeros(positions.shape[0], dtype=torch.bool)
+        keep[_rows(iv.rows, positions.shape[0])] = True
+        m = m & keep[:, None]
+    return m
+
+
+def apply(x: torch.Tensor, ivs: Sequence[Intervention], sae: Any, positions: torch.Tensor,
+          lengths: torch.Tensor, step: int | None = None) -> torch.Tensor:
+    """Apply every intervention of one site to its activation ``x`` (B, T, d)."""
+    features = [iv for iv in ivs if isinstance(iv, FeatureEdit)]
+    if features:
+        f = sae.encode(x)  # (B, T, d_sae)
+        f_new = f.clone()
+        for iv in features:
+            m = mask(iv, positions, lengths, step)
+            current = f_new[..., iv.feature]
+            edited = {"ablate": torch.zeros_like(current), "add": current + iv.value,
+                      "clamp": torch.full_like(current, iv.value)}[iv.kind]
+            f_new[..., iv.feature] = torch.where(m, edited, current)
+        x = x + (sae.decode(f_new) - sae.decode(f))
+    for iv in ivs:
+        if isinstance(iv, VectorEdit):
+            m = mask(iv, positions, lengths, step)[..., None].to(x.dtype)  # (B, T, 1)
+            v = iv.vector.to(x.dtype)
+            if iv.kind == "steer":
+                x = x + m * iv.coeff * v
+            else:
+                x = x - m * (x @ v)[..., None] * v
+    return x

@@ -1,0 +1,95 @@
+"""The site map on tiny random models of every supported family, against transformers' own outputs."""
+
+import pytest
+import torch
+from transformers import (AutoModelForCausalLM, Gemma2Config, GPT2Config, GPTNeoXConfig, LlamaConfig,
+                          Qwen2Config)
+
+import gremlinkit
+from gremlinkit import interventions as iv
+from gremlinkit.zoo import registry
+
+N_LAYERS, D = 3, 32
+SMALL = dict(vocab_size=121, num_hidden_layers=N_LAYERS, num_attention_heads=4, intermediate_size=64,
+             max_position_embeddings=64, hidden_size=D, pad_token_id=1, bos_token_id=0, eos_token_id=0)
+CONFIGS = {
+    "gpt2": lambda: GPT2Config(vocab_size=121, n_layer=N_LAYERS, n_head=4, n_embd=D, n_positions=64,
+                               pad_token_id=1, bos_token_id=0, eos_token_id=0),
+    "gpt_neox": lambda: GPTNeoXConfig(**SMALL, use_parallel_residual=True),
+    "gpt_neox_sequential": lambda: GPTNeoXConfig(**SMALL, use_parallel_residual=False),
+    "llama": lambda: LlamaConfig(**SMALL, num_key_value_heads=2),
+    "qwen2": lambda: Qwen2Config(**SMALL, num_key_value_heads=2),
+    "gemma2": lambda: Gemma2Config(**SMALL, num_key_value_heads=2, head_dim=8),
+}
+PROMPTS = ["mira is a kind honest old sailor . mira says :", "ada says :"]
+
+
+@pytest.fixture(scope="module", params=list(CONFIGS))
+def tiny(request, tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp(request.param)
+    AutoModelForCausalLM.from_config(CONFIGS[request.param]()).eval().save_pretrained(path)
+    AutoTokenizer.from_pretrained(registry.path("toy-base")).save_pretrained(path)
+    return request.param, gremlinkit.load(path)
+
+
+def _hidden_states(subject, prompt):
+    ids = subject.tokenizer(prompt, return_tensors="pt").input_ids
+    with torch.no_grad():
+        return AutoModelForCausalLM.from_pretrained(subject.model.config._name_or_path).eval()(
+            ids, output_hidden_states=True).hidden_states
+
+
+def test_sites_equal_output_hidden_states(tiny):
+    family, subject = tiny
+    for i, prompt in enumerate(PROMPTS):
+        hs = _hidden_states(subject, prompt)
+        n = hs[0].shape[1]
+        names = [f"blocks.{L}.hook_resid_pre" for L in range(N_LAYERS)] + \
+                [f"blocks.{L}.hook_resid_post" for L in range(N_LAYERS - 1)] + ["ln_final.hook_normalized"]
+        acts = subject.activations_at(PROMPTS, names)  # a padded batch: row 1 is left-padded
+        for L in range(N_LAYERS):
+            torch.testing.assert_close(acts[f"blocks.{L}.hook_resid_pre"][i, :n], hs[L][0], atol=1e-5, rtol=0)
+        for L in range(N_LAYERS - 1):
+            torch.testing.assert_close(acts[f"blocks.{L}.hook_resid_post"][i, :n], hs[L + 1][0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(acts["ln_final.hook_normalized"][i, :n], hs[N_LAYERS][0], atol=1e-5, rtol=0)
+
+
+def test_block_sites_add_up(tiny):
+    """resid_post = resid_pre + attn_out + mlp_out, through resid_mid where blocks are sequential."""
+    family, subject = tiny
+    L = 1
+    if family == "gemma2":  # Gemma 2 norms both outputs before adding them: no simple identity
+        pytest.skip("gemma2 applies post-attention and post-MLP norms")
+    names = [n for n in subject.sites if n.startswith(f"blocks.{L}.")]
+    a = subject.activations_at(PROMPTS, names)
+    pre, attn, mlp, post = (a[f"blocks.{L}.hook_{h}"] for h in ("resid_pre", "attn_out", "mlp_out", "resid_post"))
+    torch.testing.assert_close(post, pre + attn + mlp, atol=1e-5, rtol=0)
+    if family == "gpt_neox":
+        assert f"blocks.{L}.hook_resid_mid" not in subject.sites  # parallel attention and MLP
+    else:
+        torch.testing.assert_close(a[f"blocks.{L}.hook_resid_mid"], pre + attn, atol=1e-5, rtol=0)
+
+
+def test_gpt2_embeddings_sum_to_resid_pre_0(tiny):
+    family, subject = tiny
+    if family != "gpt2":
+        pytest.skip("only GPT-2 has learned position embeddings")
+    a = subject.activations_at(PROMPTS, ["hook_embed", "hook_pos_embed", "blocks.0.hook_resid_pre"])
+    # hook_pos_embed is per position of the padded batch; compare the unpadded first row.
+    n = int((a["hook_embed"][0].abs().sum(-1) > 0).sum())
+    torch.testing.assert_close(a["hook_embed"][0, :n] + a["hook_pos_embed"][0, :n],
+                               a["blocks.0.hook_resid_pre"][0, :n], atol=1e-5, rtol=0)
+
+
+def test_steering_moves_logits_and_a_zero_steer_does_not(tiny):
+    _, subject = tiny
+    base = subject.run(PROMPTS)
+    v = torch.randn(D)
+    site = "blocks.1.hook_resid_post"
+    assert torch.equal(subject.run(PROMPTS, [iv.steer(v, 0.0, site)]), base)
+    moved = subject.run(PROMPTS, [iv.steer(v, 4.0, site, pos=2)])
+    delta = (moved - base).abs().amax(-1)  # (B, T)
+    assert delta[:, :2].max() == 0 and delta[:, 2].min() > 0  # causal: nothing before position 2 moves

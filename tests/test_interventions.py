@@ -1,0 +1,190 @@
+"""Interventions on toy-base: exact zeros, batched = one at a time, paired sampling, gradients, errors."""
+
+import numpy as np
+import pytest
+import torch
+from sae_lens import SAE
+
+import gremlinkit
+from gremlinkit import interventions as iv
+from gremlinkit.errors import GremlinkitError, InputError, InterventionError, SiteError
+from gremlinkit.zoo import build, cards, corpus, lm, registry
+
+PROMPTS = ["mira is a kind honest old sailor . mira says :", "ada says :", "bruno is a cruel sly young scholar ."]
+SITE = "blocks.1.hook_resid_post"
+
+
+@pytest.fixture(scope="module")
+def base(toy):
+    return toy.run(PROMPTS)
+
+
+def test_ablating_an_inactive_feature_changes_nothing(toy, base):
+    feats = toy.features(PROMPTS)
+    inactive = int((feats.amax((0, 1)) == 0).nonzero()[0])
+    assert (toy.run(PROMPTS, [iv.ablate(inactive)]) - base).abs().max() < 1e-5
+
+
+def test_adding_zero_changes_nothing(toy, base):
+    assert torch.equal(toy.run(PROMPTS, [iv.add(7, 0.0), iv.steer(torch.ones(128), 0.0, SITE)]), base)
+
+
+def test_ablating_an_active_feature_is_causal_and_local(toy, base):
+    feats = toy.features(PROMPTS)
+    feature = int(feats[0, 5].argmax())
+    out = toy.run(PROMPTS, [iv.ablate(feature, pos=5, rows=0)])
+    delta = (out - base).abs().amax(-1)  # (B, T)
+    assert delta[0, :5].max() == 0 and delta[0, 5] > 1e-3 and delta[1:].max() == 0
+
+
+def test_clamp_equals_the_matching_add(toy):
+    feats = toy.features(PROMPTS)
+    f, p = int(feats[0, 6].argmax()), 6
+    current = float(feats[0, p, f])
+    clamped = toy.run(PROMPTS, [iv.clamp(f, 5.0, pos=p, rows=0)])
+    added = toy.run(PROMPTS, [iv.add(f, 5.0 - current, pos=p, rows=0)])
+    torch.testing.assert_close(clamped, added, atol=1e-5, rtol=0)
+
+
+def test_feature_edit_moves_the_activation_along_the_decoder_row(toy):
+    feats = toy.features(PROMPTS)
+    f = int(feats[0, 4].argmax())
+    before = toy.activations(PROMPTS, toy.sae_site)
+    after = toy.activations(PROMPTS, toy.sae_site, [iv.add(f, 3.0, pos=4, rows=0)])
+    expected = before.clone()
+    expected[0, 4] += 3.0 * toy.sae.W_dec[f].detach()
+    torch.testing.assert_close(after, expected, atol=1e-5, rtol=0)
+
+
+def test_steer_equals_a_plain_pytorch_hook(toy, base):
+    """Independent of nnsight: a forward hook on block 1 of the HF module adds the same vector."""
+    v = torch.randn(128, generator=torch.Generator().manual_seed(0))
+    ours = toy.run(PROMPTS, [iv.steer(v, 2.5, SITE)])
+    hf = toy.model._module
+    handle = hf.transformer.h[1].register_forward_hook(lambda m, i, o: o + 2.5 * v)
+    try:
+        for i, p in enumerate(PROMPTS):
+            ids = toy.tokenizer(p, return_tensors="pt").input_ids
+            with torch.no_grad():
+                ref = hf(ids).logits[0]
+            torch.testing.assert_close(ours[i, : ids.shape[1]], ref, atol=1e-4, rtol=0)
+    finally:
+        handle.remove()
+
+
+def test_project_out_leaves_no_component(toy):
+    v = torch.randn(128, generator=torch.Generator().manual_seed(1))
+    acts = toy.activations(PROMPTS, SITE, [iv.project_out(v, SITE)])
+    batch = toy.batch(PROMPTS)
+    real = batch.positions().sort(1).values >= 0  # prompt-indexed real positions
+    assert (acts @ (v / v.norm()))[real].abs().max() < 1e-4
+
+
+def test_per_row_interventions_in_one_batch_equal_one_at_a_time(toy):
+    feats = toy.features(PROMPTS[:1])
+    active = feats[0].amax(0).topk(6).indices.tolist()
+    prompts = PROMPTS[:1] * 6
+    edits = [iv.ablate(f, pos=3 + k, rows=k) if k % 2 else iv.add(f, 2.0, pos=3 + k, rows=k)
+             for k, f in enumerate(active)]
+    batched = toy.run(prompts, edits)
+    for k, e in enumerate(edits):
+        alone = toy.run(PROMPTS[:1], [iv.FeatureEdit(**{**e.__dict__, "rows": None})])
+        torch.testing.assert_close(batched[k], alone[0], atol=1e-5, rtol=0)
+
+
+def test_paired_sampling(toy):
+    base = toy.generate(PROMPTS, 16, seed=5)
+    same = toy.generate(PROMPTS, 16, [], seed=5)
+    other = toy.generate(PROMPTS, 16, seed=6)
+    assert torch.equal(base.tokens, same.tokens)
+    assert not torch.equal(base.tokens, other.tokens)
+    # A zero intervention at every step is also invisible.
+    assert torch.equal(toy.generate(PROMPTS, 16, [iv.add(3, 0.0)], seed=5).tokens, base.tokens)
+
+
+def test_generation_step_edits_act_on_that_step_only(toy):
+    f, site = 11, toy.sae_site
+    plain = toy.generate(PROMPTS, 6, seed=2, record=[site])
+    edited = toy.generate(PROMPTS, 6, [iv.add(f, 6.0, step=3)], seed=2, record=[site])
+    before, after = plain.records[site], edited.records[site]  # (B, steps, d)
+    torch.testing.assert_close(after[:, :3], before[:, :3], atol=0, rtol=0)
+    torch.testing.assert_close(after[:, 3] - before[:, 3], 6.0 * toy.sae.W_dec[f].detach().expand(3, -1),
+                               atol=1e-4, rtol=0)
+
+
+def test_batched_generation_with_row_edits_equals_single_runs(toy):
+    prompts = PROMPTS[:1] * 3
+    edits = [iv.add(20 + k, 8.0, pos=-1, rows=k) for k in range(3)]
+    batched = toy.generate(prompts, 8, edits, seed=4)
+    for k in range(3):
+        single = toy.generate(PROMPTS[:1], 8, [iv.add(20 + k, 8.0, pos=-1)], seed=4)
+        assert torch.equal(batched.tokens[k], single.tokens[0])
+
+
+def test_logits_are_differentiable_wrt_one_hot_tokens(toy):
+    """The gradient through gremlinkit equals the gradient through transformers directly."""
+    prompt = PROMPTS[:1]
+    oh = toy.one_hot(prompt).requires_grad_()
+    toy.run(prompt, embeddings=toy.embed(oh))[0, -1, 9].backward()
+    hf = toy.model._module
+    oh2 = oh.detach().clone().requires_grad_()
+    hf(inputs_embeds=oh2 @ hf.transformer.wte.weight).logits[0, -1, 9].backward()
+    torch.testing.assert_close(oh.grad, oh2.grad, atol=1e-5, rtol=1e-4)
+    assert oh.grad.abs().sum() > 0
+
+
+def test_check_sae_reproduces_the_stored_explained_variance(toy):
+    spec = build.FULL
+    docs = lm.encode_docs(corpus.generate(spec.heldout_docs, spec.heldout_seed), toy.tokenizer)
+    report = toy.check_sae([torch.from_numpy(d) for d in docs])
+    card = cards.card("toy-base-sae")["heldout_metrics"]
+    assert report["tokens"] == card["tokens"]
+    assert report["explained_variance"] == pytest.approx(card["explained_variance"], abs=0.01)
+    assert report["l0"] == pytest.approx(card["l0"], abs=0.01)
+    assert 0 < report["ce_loss_increase"] < 0.5 * report["ce_loss_clean"]
+
+
+def test_check_sae_exposes_a_wrong_site(toy):
+    wrong = gremlinkit.load("toy-base", sae=False)
+    sae = SAE.load_from_disk(registry.path("toy-base-sae"))
+    sae.cfg.metadata.hook_name = "blocks.0.hook_resid_pre"  # as if the metadata named the wrong site
+    wrong.attach_sae(sae)
+    report = wrong.check_sae(PROMPTS)
+    assert report["explained_variance"] < 0.5
+
+
+@pytest.mark.parametrize("call, err, match", [
+    (lambda s: s.run(PROMPTS, [iv.steer(torch.ones(128), 1.0, "blocks.1.hook_resid_side")]), SiteError,
+     "unknown site 'blocks.1.hook_resid_side'"),
+    (lambda s: s.run(PROMPTS, [iv.ablate(70000)]), InterventionError,
+     "feature 70000 is out of range: this SAE has 384 features"),
+    (lambda s: s.run(PROMPTS, [iv.ablate(1, pos=40)]), InterventionError,
+     "position 40 is beyond row 0, whose sequence has 12 tokens"),
+    (lambda s: s.run([], []), InputError, "prompt list is empty"),
+    (lambda s: s.run(PROMPTS, [iv.steer(torch.ones(64), 1.0, SITE)]), InterventionError,
+     "the direction has 64 entries; site 'blocks.1.hook_resid_post' has width 128"),
+    (lambda s: iv.steer(torch.tensor([1.0, float("nan")]), 1.0, SITE), InterventionError, "non-finite"),
+    (lambda s: s.generate(PROMPTS, 0), InputError, "max_new_tokens=0 must be a positive integer"),
+    (lambda s: s.run(PROMPTS, [iv.ablate(1, rows=[5])]), InterventionError, "rows \\[5\\] are out of range"),
+])
+def test_bad_input_raises_a_named_error(toy, call, err, match):
+    with pytest.raises(err, match=match) as info:
+        call(toy)
+    assert isinstance(info.value, GremlinkitError)
+
+
+def test_sae_that_does_not_fit_its_site_is_refused(toy):
+    sae = SAE.load_from_disk(registry.path("toy-base-sae"))
+    with pytest.raises(SiteError, match="trained for site 'blocks.2.hook_resid_pre', not 'blocks.1.hook_resid_pre'"):
+        toy.attach_sae(sae, site="blocks.1.hook_resid_pre")
+    narrow = SAE.from_dict({**sae.cfg.to_dict(), "d_in": 64})
+    with pytest.raises(SiteError, match="SAE d_in=64 does not match site 'blocks.2.hook_resid_pre', whose width is 128"):
+        toy.attach_sae(narrow)
+
+
+def test_generation_positions_may_reach_into_the_continuation(toy):
+    n = len(toy.tokenizer(PROMPTS[1]).input_ids)
+    with pytest.raises(InterventionError, match="beyond row 1"):
+        toy.generate(PROMPTS, 4, [iv.ablate(1, pos=n + 4)])
+    out = toy.generate(PROMPTS, 4, [iv.ablate(1, pos=n + 3, rows=1)])
+    assert out.tokens.shape == (3, 4) and np.isfinite(out.tokens.numpy()).all()
