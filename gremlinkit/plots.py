@@ -39,3 +39,56 @@ def feature_frequencies(summary: pd.DataFrame, *, top: int = 40,
                      alt.Tooltip("frequency:Q", format=".3f")],
         )
     )
+
+
+def decay_curves(scan: pd.DataFrame, *, title: str = "Effect of one edit, by lag") -> alt.Chart:
+    """Mean delta of each edited feature against lag, one line per feature, faceted by model and mode."""
+    own = scan[scan.measured == scan.feature] if "measured" in scan else scan
+    curves = own.groupby(["model", "mode", "feature", "lag"], as_index=False).delta.mean()
+    curves["feature"] = curves.feature.astype(str)
+    return (
+        alt.Chart(curves, title=title)
+        .mark_line(point=False)
+        .encode(
+            x=alt.X("lag:Q", title="tokens after the edit"),
+            y=alt.Y("delta:Q", title="mean change in the feature"),
+            color=alt.Color("feature:N"),
+            row=alt.Row("model:N"),
+            column=alt.Column("mode:N"),
+            tooltip=["model", "mode", "feature", "lag", alt.Tooltip("delta:Q", format=".4f")],
+        )
+    )
+
+
+def half_life_distribution(summary: pd.DataFrame, *, title: str = "Fitted half-lives per model") -> alt.Chart:
+    """Each feature's half-life (tokens) with its bootstrap interval, per model and mode."""
+    data = summary.assign(feature=summary.feature.astype(str))
+    base = alt.Chart(data, title=title).encode(
+        y=alt.Y("model:N", title=None),
+        yOffset=alt.YOffset("mode:N"),
+        color=alt.Color("mode:N"),
+        tooltip=["model", "mode", "feature", alt.Tooltip("half_life:Q", format=".2f"),
+                 alt.Tooltip("half_life_low:Q", format=".2f"), alt.Tooltip("half_life_high:Q", format=".2f")],
+    )
+    rules = base.mark_rule(opacity=0.4).encode(x=alt.X("half_life_low:Q", title="half-life (tokens)"),
+                                                x2="half_life_high:Q")
+    return rules + base.mark_point(filled=True).encode(x="half_life:Q")
+
+
+def feature_lag_heatmap(scan: pd.DataFrame, *, title: str = "Mean |delta| by feature and lag") -> alt.Chart:
+    """Feature x lag heatmap of the mean absolute change, faceted by model and mode."""
+    own = scan[scan.measured == scan.feature] if "measured" in scan else scan
+    heat = own.assign(abs_delta=own.delta.abs()).groupby(["model", "mode", "feature", "lag"],
+                                                         as_index=False).abs_delta.mean()
+    heat["feature"] = heat.feature.astype(str)
+    return (
+        alt.Chart(heat, title=title)
+        .mark_rect()
+        .encode(
+            x=alt.X("lag:O", title="lag"),
+            y=alt.Y("feature:N", title="feature"),
+            color=alt.Color("abs_delta:Q", title="mean |delta|", scale=alt.Scale(type="symlog")),
+            row=alt.Row("model:N"),
+            column=alt.Column("mode:N"),
+        )
+    )

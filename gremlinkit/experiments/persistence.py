@@ -1,0 +1,340 @@
+"""Persistence scans: the gremlin test.
+
+A "gremlin" is a circuit that up-weights tokens which give *itself* more influence later. The
+test: ablate or add an SAE feature at one token and follow that feature ``lag`` tokens later,
+against a paired baseline. An ordinary feature's effect is gone within a few tokens; a gremlin's
+persists, or grows. Two modes:
+
+* ``teacher_forced``: the continuation is the held-out story itself, so the effect can travel
+  only through the residual stream (attention to the edited position). Read at the site it was
+  made at, such an edit cannot reach later positions at all: the residual entering layer L at
+  position q depends only on layers below L. Its deltas at lags >= 1 are exactly zero, a causal
+  control that the tests check.
+* ``on_policy``: the model generates after the edit with paired Gumbel-max noise, so effects
+  that travel through the tokens the model *chooses* count too. The hypothesis is about this mode.
+
+**Summary rule.** For each (model, mode, feature), ``c(lag)`` is the mean delta over prompts.
+``effect_lag1 = c(1)`` is the direct effect; ``auc = sum_{lag>=1} |c(lag)|``. The persistence
+half-life ``h`` comes from fitting ``A * 2**(-lag / h)`` with ``scipy.optimize.curve_fit`` to the
+*tail*, lags ``H//4 .. H``, once the direct effect has passed, when the tail is distinguishable
+from zero (the bootstrap 95% interval of its mean excludes 0); otherwise to ``c(0..H)`` (an
+effect that dies out early has a short half-life). ``[half_life_low, half_life_high]`` is the
+2.5-97.5% range over bootstrap resamples of prompts. A feature is **persistent** when
+``half_life_low >= PERSISTENT_HALF_LIFE`` (8 tokens).
+
+**Truth on the zoo.** The corpus switches topic with probability p = 0.2 before each sentence,
+to one of the K - 1 = 5 other topics. Forcing a topic and comparing with a baseline, the expected
+difference in topic occupancy decays by the chain's second eigenvalue, ``1 - p K / (K - 1)`` =
+0.76 per sentence; with the corpus's mean sentence of 12.84 tokens that is a half-life of
+``ln 2 / -ln 0.76 * 12.84`` = 32.4 tokens (:func:`expected_topic_half_life`). A topic feature
+pushed on-policy at a sentence end (``positions=["sentence_end:24"]``: the first "." at or after
+token 24), where the corpus chooses topics, should decay at that rate; a feature tied to one-off
+tokens should not survive.
+
+**SAEs across models.** The SAE given in ``sae`` (default: toy-base's) is shared by every model
+in one scan, so the same feature ids mean the same directions everywhere.
+
+Scans are cut into chunks of ``chunk_size`` interventions; each chunk is written atomically to
+``output_dir/scan-<config hash>/`` as soon as it is done, so an interrupted scan resumes where it
+stopped and the same seed always gives the same DataFrame.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.optimize import curve_fit
+from tqdm.auto import tqdm
+
+from gremlinkit import interventions as iv
+from gremlinkit.errors import ConfigError
+from gremlinkit.params import check_choice, check_range
+from gremlinkit.results import write_table
+from gremlinkit.zoo import corpus
+
+MODES = ("teacher_forced", "on_policy")
+PERSISTENT_HALF_LIFE = 8.0
+ATOL = 1e-5  # float noise between differently shaped batches; smaller effects count as zero
+COLUMNS = ["model", "feature", "prompt_id", "position", "mode", "lag", "baseline", "intervened", "delta"]
+
+
+@dataclass(frozen=True)
+class PersistenceConfig:
+    models: list = field(default_factory=lambda: ["toy-base"])  # zoo names or model directories
+    sae: str = "toy-base-sae"  # one SAE shared by every model
+    features: Any = "top-8"  # "top-N" by firing frequency, "random-N", or a list of feature ids
+    intervention: str = "add"  # "ablate" or "add"
+    scale: float = 8.0  # added to the feature when intervention is "add"
+    positions: list = field(default_factory=lambda: ["sentence_end:24"])  # ints, or "sentence_end:N"
+    horizon: int = 32  # tokens followed after the edit
+    n_prompts: int = 32  # held-out stories
+    mode: str = "both"  # "teacher_forced", "on_policy" or "both"
+    record_all: bool = False  # also record every other feature, not only the edited one
+    temperature: float = 1.0  # on-policy sampling temperature
+    chunk_size: int = 256  # interventions per batched forward, and per file written
+    n_bootstrap: int = 200  # bootstrap resamples of prompts for half-life intervals
+    seed: int = 0  # seeds prompts, random features, sampling noise and the bootstrap
+    output_dir: str = "output/03_persistence_scan"  # where chunks, tables and metrics go
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise ConfigError("parameter models=[] is empty: name at least one model")
+        check_choice("intervention", self.intervention, ("ablate", "add"))
+        check_choice("mode", self.mode, (*MODES, "both"))
+        check_range("horizon", self.horizon, 1, 200)
+        check_range("n_prompts", self.n_prompts, 1, 4096)
+        check_range("chunk_size", self.chunk_size, 1, 4096)
+        check_range("n_bootstrap", self.n_bootstrap, 10, 10_000)
+        if not self.positions or not all(_position_ok(p) for p in self.positions):
+            raise ConfigError(f"parameter positions={self.positions!r}: give ints >= 1 (0 is BOS) "
+                              "or 'sentence_end:N' (the first '.' at or after token N)")
+        if isinstance(self.features, str):
+            kind, _, n = self.features.partition("-")
+            if kind not in ("top", "random") or not n.isdigit() or int(n) < 1:
+                raise ConfigError(f"parameter features={self.features!r}: use 'top-N', 'random-N' or a list of ids")
+        elif not isinstance(self.features, list) or not self.features:
+            raise ConfigError(f"parameter features={self.features!r}: use 'top-N', 'random-N' or a list of ids")
+
+    @classmethod
+    def smoke(cls) -> "PersistenceConfig":
+        return cls(features="top-3", intervention="ablate", positions=[8], horizon=12, n_prompts=6, chunk_size=8,
+                   n_bootstrap=50)
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        return MODES if self.mode == "both" else (self.mode,)
+
+    def scan_key(self) -> str:
+        """Hash of everything that changes the scan's rows (not where it is written)."""
+        d = dataclasses.asdict(self)
+        for k in ("output_dir", "n_bootstrap", "chunk_size"):
+            d.pop(k)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _position_ok(p: Any) -> bool:
+    if isinstance(p, str):
+        kind, _, n = p.partition(":")
+        return kind == "sentence_end" and n.isdigit() and int(n) >= 1
+    return isinstance(p, int) and not isinstance(p, bool) and p >= 1
+
+
+def resolve_position(spec: Any, tokens: list[str]) -> int | None:
+    """The edit position ``spec`` names in one story (None if the story has no such position)."""
+    if isinstance(spec, int):
+        return spec
+    start = int(spec.split(":")[1])
+    return next((i for i in range(start, len(tokens)) if tokens[i] == "."), None)
+
+
+# --------------------------------------------------------------------------- truth
+
+
+def expected_topic_half_life(p_switch: float = corpus.P_TOPIC_SWITCH, n_topics: int = len(corpus.TOPICS),
+                             sentence_tokens: float | None = None) -> float:
+    """Half-life in tokens of a forced topic's surplus, from the corpus's switching chain."""
+    if sentence_tokens is None:
+        sentence_tokens = corpus.topic_persistence(corpus.generate(2000, seed=0))["mean_sentence_tokens"]
+    eigen = 1 - p_switch * n_topics / (n_topics - 1)
+    return math.log(2) / -math.log(eigen) * sentence_tokens
+
+
+# --------------------------------------------------------------------------- the scan
+
+
+def scan_prompts(cfg: PersistenceConfig, tokenizer) -> tuple[list[torch.Tensor], list[list[int]]]:
+    """Held-out stories with every edit position resolved, long enough for the horizon.
+
+    Returns the token ids and, per story, its edit positions (one per entry of ``positions``).
+    """
+    pool = corpus.generate(max(4 * cfg.n_prompts, 64), seed=20_000 + cfg.seed)
+    prompts, positions = [], []
+    for doc in pool.docs:
+        pos = [resolve_position(p, doc) for p in cfg.positions]
+        if any(p is None or p + cfg.horizon + 1 > len(doc) for p in pos):
+            continue
+        prompts.append(torch.tensor(tokenizer.convert_tokens_to_ids(doc[: max(pos) + cfg.horizon + 1])))
+        positions.append(pos)
+        if len(prompts) == cfg.n_prompts:
+            return prompts, positions
+    raise ConfigError(f"only {len(prompts)} held-out stories have every position in {cfg.positions} plus "
+                      f"horizon={cfg.horizon} tokens; lower positions, horizon or n_prompts")
+
+
+def choose_features(subject, prompts: list[torch.Tensor], spec: Any, seed: int) -> list[int]:
+    """Explicit ids, the top-N by firing frequency on the prompts, or N random live features."""
+    if isinstance(spec, list):
+        for f in spec:
+            iv.validate(iv.ablate(f), n_rows=1, max_len=[1], d_model=subject.d_model, d_sae=subject.d_sae)
+        return [int(f) for f in spec]
+    kind, n = spec.split("-")[0], int(spec.split("-")[1])
+    feats = subject.features(prompts)[:, 1:]  # (B, T-1, d_sae), BOS dropped
+    freq = (feats > 0).float().mean((0, 1))
+    live = torch.nonzero(freq > 0).flatten()
+    if kind == "top":
+        return freq.argsort(descending=True)[:n].tolist()
+    gen = torch.Generator().manual_seed(seed)
+    return sorted(live[torch.randperm(len(live), generator=gen)[:n]].tolist())
+
+
+def _units(features: list[int], positions: list[list[int]]) -> list[tuple[int, int, int]]:
+    """(feature, prompt_id, position) for every intervention of the scan."""
+    return [(f, p, pos) for f in features for p, row in enumerate(positions) for pos in row]
+
+
+def _edit(cfg: PersistenceConfig, feature: int, pos: int, row: int) -> iv.FeatureEdit:
+    if cfg.intervention == "ablate":
+        return iv.ablate(feature, pos=pos, rows=row)
+    return iv.add(feature, cfg.scale, pos=pos, rows=row)
+
+
+def _row_seed(cfg: PersistenceConfig, prompt_id: int, pos: int) -> int:
+    """One noise stream per (prompt, position): an edited row and its baseline share it."""
+    return cfg.seed * 1_000_003 + prompt_id * 1009 + pos
+
+
+def _trajectories(subject, cfg, mode, prompts, rows: list[tuple[int, int]], edits) -> torch.Tensor:
+    """(rows, H+1, d_sae) features at lags 0..H after each (prompt, position) row's edit position."""
+    h = cfg.horizon
+    if mode == "teacher_forced":
+        feats = subject.features([prompts[p][: pos + h + 1] for p, pos in rows], interventions=edits)
+        return torch.stack([feats[k, pos: pos + h + 1] for k, (_, pos) in enumerate(rows)])  # (R, H+1, d_sae)
+    seeds = [_row_seed(cfg, p, pos) for p, pos in rows]
+    out = subject.generate([prompts[p][: pos + 1] for p, pos in rows], h + 1, edits, seed=seeds,
+                           temperature=cfg.temperature, record=["features"])
+    return out.records["features"]  # step s records position pos + s
+
+
+def _scan_chunk(subject, cfg, mode, prompts, chunk) -> tuple[torch.Tensor, torch.Tensor]:
+    """Baseline and intervened trajectories for one chunk; each baseline row is run once."""
+    keys = sorted({(p, pos) for _, p, pos in chunk})
+    base = _trajectories(subject, cfg, mode, prompts, keys, [])
+    index = {k: i for i, k in enumerate(keys)}
+    base = base[[index[(p, pos)] for _, p, pos in chunk]]
+    edits = [_edit(cfg, f, pos, k) for k, (f, _, pos) in enumerate(chunk)]
+    inter = _trajectories(subject, cfg, mode, prompts, [(p, pos) for _, p, pos in chunk], edits)
+    return base, inter
+
+
+def _long_table(model, mode, units, base, inter, record_all) -> pd.DataFrame:
+    """Tidy rows: one per (unit, lag[, measured feature])."""
+    n_units, n_lags = len(units), base.shape[1]
+    feat = np.array([u[0] for u in units])
+    if record_all:
+        measured = np.arange(base.shape[2])
+        shape = (n_units, n_lags, len(measured))
+        b, i = base.numpy().reshape(-1), inter.numpy().reshape(-1)
+        idx = np.indices(shape).reshape(3, -1)
+        df = pd.DataFrame({"feature": feat[idx[0]], "measured": measured[idx[2]], "lag": idx[1]})
+        unit_idx = idx[0]
+    else:
+        sel = torch.arange(n_units)
+        b = base[sel, :, torch.as_tensor(feat)].numpy().reshape(-1)  # (units*lags,)
+        i = inter[sel, :, torch.as_tensor(feat)].numpy().reshape(-1)
+        unit_idx = np.repeat(np.arange(n_units), n_lags)
+        df = pd.DataFrame({"feature": feat[unit_idx], "lag": np.tile(np.arange(n_lags), n_units)})
+    df.insert(0, "model", model)
+    df.insert(2, "prompt_id", np.array([u[1] for u in units])[unit_idx])
+    df.insert(3, "position", np.array([u[2] for u in units])[unit_idx])
+    df.insert(4, "mode", mode)
+    df["baseline"], df["intervened"] = b, i
+    df["delta"] = df.intervened - df.baseline
+    return df[COLUMNS + (["measured"] if record_all else [])]
+
+
+def run(cfg: PersistenceConfig, subjects: dict | None = None) -> pd.DataFrame:
+    """Run (or resume) the scan; returns the tidy table with columns ``COLUMNS`` (+ ``measured``)."""
+    from gremlinkit import load
+
+    subjects = subjects or {m: load(m, sae=cfg.sae) for m in cfg.models}
+    first = subjects[cfg.models[0]]
+    prompts, positions = scan_prompts(cfg, first.tokenizer)
+    features = choose_features(first, prompts, cfg.features, cfg.seed)
+    units = _units(features, positions)
+    scan_dir = Path(cfg.output_dir) / f"scan-{cfg.scan_key()}"
+    jobs = [(m, mode, start) for m in cfg.models for mode in cfg.modes
+            for start in range(0, len(units), cfg.chunk_size)]
+    tables = []
+    for model, mode, start in tqdm(jobs, desc="persistence scan", unit="chunk"):
+        path = scan_dir / f"{Path(model).name}-{mode}-{start:06d}.parquet"
+        if not path.exists():
+            chunk = units[start: start + cfg.chunk_size]
+            base, inter = _scan_chunk(subjects[model], cfg, mode, prompts, chunk)
+            write_table(_long_table(Path(model).name, mode, chunk, base, inter, cfg.record_all), path)
+        tables.append(pd.read_parquet(path))
+    return pd.concat(tables, ignore_index=True)
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def _decay(lags: np.ndarray, a: float, h: float) -> np.ndarray:
+    return a * np.exp2(-(lags - lags[0]) / h)
+
+
+def fit_half_life(curve: np.ndarray, start: int) -> float:
+    """Least-squares half-life (tokens) of ``A * 2**(-(lag - start) / h)`` over lags start..H."""
+    horizon = len(curve) - 1
+    lags = np.arange(start, len(curve), dtype=float)
+    y = curve[start:]
+    if not np.any(np.abs(y) > ATOL):
+        return 0.0
+    try:
+        (_, h), _ = curve_fit(_decay, lags, y, p0=(y[0] if abs(y[0]) > ATOL else y.mean(), 2.0),
+                              bounds=([-np.inf, 0.05], [np.inf, 10.0 * horizon]), maxfev=5000)
+    except RuntimeError:  # no convergence
+        return float("nan")
+    return float(h)
+
+
+def tail_start(horizon: int) -> int:
+    return max(1, horizon // 4)
+
+
+def _half_life(mat: np.ndarray, tail_significant: bool) -> float:
+    curve = mat.mean(0)
+    horizon = mat.shape[1] - 1
+    return fit_half_life(curve, tail_start(horizon)) if tail_significant else fit_half_life(curve, 0)
+
+
+def summarize(df: pd.DataFrame, n_bootstrap: int = 200, seed: int = 0) -> pd.DataFrame:
+    """One row per (model, mode, feature): lag-1 effect, area, fitted half-life with a bootstrap CI."""
+    own = df[df.measured == df.feature] if "measured" in df else df
+    rng = np.random.default_rng(seed)
+    rows = []
+    for (model, mode, feature), g in own.groupby(["model", "mode", "feature"], sort=True):
+        # (units, lags): one trajectory per (prompt, position)
+        mat = g.pivot_table(index=["prompt_id", "position"], columns="lag", values="delta").to_numpy()
+        boots = rng.integers(0, len(mat), size=(n_bootstrap, len(mat)))
+        tail = mat[:, tail_start(mat.shape[1] - 1):].mean(1)  # (units,)
+        tail_means = tail[boots].mean(1)
+        significant = bool(np.quantile(tail_means, 0.025) > ATOL or np.quantile(tail_means, 0.975) < -ATOL)
+        hl = _half_life(mat, significant)
+        boot_hl = np.array([_half_life(mat[b], significant) for b in boots])
+        curve = mat.mean(0)
+        low, high = np.nanquantile(boot_hl, [0.025, 0.975])
+        rows.append({"model": model, "mode": mode, "feature": int(feature), "effect_lag0": float(curve[0]),
+                     "effect_lag1": float(curve[1]), "auc": float(np.abs(curve[1:]).sum()),
+                     "half_life": hl, "half_life_low": float(low), "half_life_high": float(high),
+                     "tail_significant": significant, "persistent": bool(low >= PERSISTENT_HALF_LIFE)})
+    return pd.DataFrame(rows)
+
+
+def metrics(summary: pd.DataFrame) -> dict[str, float]:
+    """Key numbers per model and mode, for the regression harness."""
+    out = {}
+    for (model, mode), g in summary.groupby(["model", "mode"]):
+        key = f"{model}_{mode}"
+        out[f"{key}_median_half_life"] = float(g.half_life.median())
+        out[f"{key}_persistent_features"] = int(g.persistent.sum())
+        out[f"{key}_mean_abs_effect_lag1"] = float(g.effect_lag1.abs().mean())
+    return out

@@ -1,0 +1,160 @@
+"""Persistence scans against the zoo's truth, causality, a known decay, determinism and resume."""
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from gremlinkit import plots
+from gremlinkit.errors import ConfigError
+from gremlinkit.experiments import persistence as ps
+from gremlinkit.experiments import zoo_tour
+
+
+def _cfg(tmp_path, **kw):
+    return dataclasses.replace(ps.PersistenceConfig.smoke(), output_dir=str(tmp_path), **kw)
+
+
+@pytest.fixture(scope="module")
+def heldout(toy):
+    return zoo_tour.heldout_features(toy, zoo_tour.ZooTourConfig(n_docs=120))
+
+
+def test_expected_topic_half_life_follows_from_the_chain():
+    # Second eigenvalue of the 6-topic switching chain: 1 - 0.2 * 6 / 5 = 0.76 per sentence.
+    assert ps.expected_topic_half_life(sentence_tokens=10.0) == pytest.approx(np.log(2) / -np.log(0.76) * 10)
+    assert 30 < ps.expected_topic_half_life() < 35
+
+
+def test_fit_recovers_a_planted_decay():
+    rng = np.random.default_rng(0)
+    lags = np.arange(65)
+    rows = [{"model": "m", "mode": "on_policy", "feature": 1, "prompt_id": p, "position": 5, "lag": int(lag),
+             "delta": 2.0 * 2 ** (-lag / 12.0) + rng.normal(0, 0.3)} for p in range(200) for lag in lags]
+    summary = ps.summarize(pd.DataFrame(rows), n_bootstrap=100)
+    row = summary.iloc[0]
+    assert row.half_life == pytest.approx(12.0, rel=0.1)
+    assert row.half_life_low < 12.0 < row.half_life_high and row.tail_significant and row.persistent
+
+
+def test_topic_feature_recovers_the_corpus_persistence(toy, heldout, tmp_path):
+    labels, feats = heldout
+    on = (feats > 0).numpy()
+    sea = (labels.topic == "sea").to_numpy()
+    score = on[sea].mean(0) * (on[sea].sum(0) / on.sum(0).clip(1))  # recall x precision
+    feature = int(score.argmax())
+    cfg = ps.PersistenceConfig(features=[feature], intervention="add", scale=16.0, positions=["sentence_end:24"],
+                               horizon=64, n_prompts=256, mode="on_policy", n_bootstrap=100, output_dir=str(tmp_path))
+    summary = ps.summarize(ps.run(cfg, {"toy-base": toy}), n_bootstrap=100)
+    truth = ps.expected_topic_half_life()
+    half_life = float(summary.half_life.iloc[0])
+    assert abs(half_life - truth) <= 0.3 * truth, f"fitted {half_life:.1f} tokens, corpus truth {truth:.1f}"
+
+
+def test_one_off_token_feature_dies_within_two_tokens(toy, heldout, tmp_path):
+    labels, feats = heldout
+    on = (feats > 0).numpy()
+    purity = np.array([pd.Series(labels.token[on[:, f]]).value_counts(normalize=True).max() if on[:, f].any()
+                       else 0.0 for f in range(on.shape[1])])
+    cfg = ps.PersistenceConfig(features=[0], intervention="ablate", positions=["sentence_end:24"], horizon=32,
+                               n_prompts=128, mode="on_policy", n_bootstrap=100, output_dir=str(tmp_path))
+    prompts, positions = ps.scan_prompts(cfg, toy.tokenizer)
+    at_edit = torch.stack([toy.features([p])[0, pos[0]] for p, pos in zip(prompts, positions)]).mean(0)
+    one_off = [f for f in at_edit.argsort(descending=True).tolist() if purity[f] >= 0.95][0]
+    assert at_edit[one_off] > 0.5  # the premise: it is really active where it is ablated
+    cfg = dataclasses.replace(cfg, features=[one_off])
+    summary = ps.summarize(ps.run(cfg, {"toy-base": toy}), n_bootstrap=100)
+    assert summary.half_life.iloc[0] <= 2.0
+
+
+def test_teacher_forced_edits_cannot_reach_later_positions_of_their_own_site(toy, tmp_path):
+    df = ps.run(_cfg(tmp_path, mode="teacher_forced", intervention="add", scale=8.0), {"toy-base": toy})
+    assert (df[df.lag == 0].delta.abs() > 1).all()  # the edit itself
+    assert (df[df.lag > 0].delta == 0).all()  # causality: exactly zero afterwards
+
+
+def test_table_columns_and_record_all(toy, tmp_path):
+    df = ps.run(_cfg(tmp_path, record_all=True, features=[5, 9]), {"toy-base": toy})
+    assert list(df.columns) == ps.COLUMNS + ["measured"]
+    n_units = 2 * 6 * 1
+    assert len(df) == n_units * (12 + 1) * toy.d_sae * 2  # units x lags x measured features x modes
+    own = df[df.measured == df.feature]
+    np.testing.assert_allclose(own.delta, own.intervened - own.baseline, atol=1e-6)
+
+
+def test_same_seed_same_dataframe(toy, tmp_path):
+    a = ps.run(_cfg(tmp_path / "a"), {"toy-base": toy})
+    b = ps.run(_cfg(tmp_path / "b"), {"toy-base": toy})
+    pd.testing.assert_frame_equal(a, b)
+    c = ps.run(_cfg(tmp_path / "c", seed=1), {"toy-base": toy})
+    assert not a.delta.equals(c.delta)
+
+
+def test_an_interrupted_scan_resumes_without_losing_or_repeating_rows(toy, tmp_path):
+    cfg = _cfg(tmp_path / "killed", chunk_size=2, n_prompts=8, mode="on_policy")
+    code = ("import dataclasses, json, sys; from gremlinkit.experiments import persistence as ps; "
+            "ps.run(ps.PersistenceConfig(**json.loads(sys.argv[1])))")
+    import json
+
+    proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(dataclasses.asdict(cfg))],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    scan_dir = tmp_path / "killed" / f"scan-{cfg.scan_key()}"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (scan_dir.exists() and any(scan_dir.glob("*.parquet"))):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(list(scan_dir.glob("*.parquet")))
+    n_chunks = 3 * 8 // 2  # features x prompts / chunk_size
+    assert 1 <= done_before < n_chunks, "the scan was not interrupted mid-way"
+    assert not [p for p in os.listdir(scan_dir) if not p.endswith(".parquet")]  # no half-written chunk
+    resumed = ps.run(cfg, {"toy-base": toy})
+    keys = ["model", "mode", "feature", "prompt_id", "position", "lag"]
+    assert not resumed.duplicated(keys).any()
+    fresh = ps.run(dataclasses.replace(cfg, output_dir=str(tmp_path / "fresh")), {"toy-base": toy})
+    pd.testing.assert_frame_equal(resumed, fresh)
+
+
+def test_comparison_across_models_uses_the_same_features(toy, tmp_path):
+    import gremlinkit
+
+    other = gremlinkit.load("toy-base")  # a second copy stands in for a fine-tuned model
+    cfg = _cfg(tmp_path, models=["toy-base", "copy"], mode="teacher_forced")
+    df = ps.run(cfg, {"toy-base": toy, "copy": other})
+    by_model = df.groupby("model").feature.unique()
+    assert sorted(by_model["toy-base"]) == sorted(by_model["copy"])
+    pd.testing.assert_frame_equal(df[df.model == "toy-base"].drop(columns="model").reset_index(drop=True),
+                                  df[df.model == "copy"].drop(columns="model").reset_index(drop=True))
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"intervention": "zap"}, "intervention='zap' is not one of"),
+    ({"mode": "offline"}, "mode='offline' is not one of"),
+    ({"features": "best-3"}, "features='best-3'"),
+    ({"positions": [0]}, "positions=\\[0\\]"),
+    ({"horizon": 0}, "horizon=0 is out of range"),
+    ({"models": []}, "models=\\[\\] is empty"),
+])
+def test_bad_config_names_the_parameter(kw, match):
+    with pytest.raises(ConfigError, match=match):
+        ps.PersistenceConfig(**kw)
+
+
+def test_charts_encode_the_scan(toy, tmp_path):
+    df = ps.run(_cfg(tmp_path, mode="on_policy"), {"toy-base": toy})
+    summary = ps.summarize(df, n_bootstrap=20)
+    curves = plots.decay_curves(df).to_dict()
+    assert curves["encoding"]["x"]["field"] == "lag" and curves["encoding"]["column"]["field"] == "mode"
+    data = next(iter(curves["datasets"].values()))
+    assert len(data) == df.groupby(["model", "mode", "feature", "lag"]).ngroups
+    dist = plots.half_life_distribution(summary).to_dict()
+    assert len(next(iter(dist["datasets"].values()))) == len(summary)
+    heat = plots.feature_lag_heatmap(df).to_dict()
+    assert heat["mark"]["type"] == "rect" and heat["encoding"]["y"]["field"] == "feature"
