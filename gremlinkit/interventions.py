@@ -184,20 +184,21 @@ def mask(iv: Intervention, positions: torch.Tensor, lengths: torch.Tensor, step:
 def apply(x: torch.Tensor, ivs: Sequence[Intervention], sae: Any, positions: torch.Tensor,
           lengths: torch.Tensor, step: int | None = None) -> torch.Tensor:
     """Apply every intervention of one site to its activation ``x`` (B, T, d)."""
-    features = [iv for iv in ivs if isinstance(iv, FeatureEdit)]
+    masks = [mask(iv, positions, lengths, step) for iv in ivs]
+    live = [(iv, m) for iv, m in zip(ivs, masks) if bool(m.any())]  # edits that touch this forward
+    features = [(iv, m) for iv, m in live if isinstance(iv, FeatureEdit)]
     if features:
         f = sae.encode(x)  # (B, T, d_sae)
         f_new = f.clone()
-        for iv in features:
-            m = mask(iv, positions, lengths, step)
+        for iv, m in features:
             current = f_new[..., iv.feature]
             edited = {"ablate": torch.zeros_like(current), "add": current + iv.value,
                       "clamp": torch.full_like(current, iv.value)}[iv.kind]
             f_new[..., iv.feature] = torch.where(m, edited, current)
         x = x + (sae.decode(f_new) - sae.decode(f))
-    for iv in ivs:
+    for iv, m in live:
         if isinstance(iv, VectorEdit):
-            m = mask(iv, positions, lengths, step)[..., None].to(x.dtype)  # (B, T, 1)
+            m = m[..., None].to(x.dtype)  # (B, T, 1)
             v = iv.vector.to(x.dtype)
             if iv.kind == "steer":
                 x = x + m * iv.coeff * v

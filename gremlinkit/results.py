@@ -38,7 +38,17 @@ def write_table(df: pd.DataFrame, path: Path) -> None:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MB (Linux reports KiB)."""
+    """Peak resident memory of this process so far, in MB.
+
+    On Linux this is ``VmHWM``, which belongs to the process's own address space. ``ru_maxrss``
+    is the fallback elsewhere; Linux carries it over from the parent across fork and exec, so a
+    kernel started by a large process would report the parent's peak.
+    """
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -94,8 +94,9 @@ class Subject:
         chunks: dict[str, list[torch.Tensor]] = {n: [] for n in names}
         for part in parts:
             saved: dict[str, torch.Tensor] = {}  # filled inside the trace; nnsight runs the body in its own frame
-            with self.model.trace(part.inputs(), remote=self.remote):
+            with self.model.trace(part.inputs(), remote=self.remote) as tracer:
                 self._edit_sites(plan, names, part.positions(), part.lengths, None, saved)
+                tracer.stop()  # nothing past the last site is needed: skip the rest of the model
             for n in names:
                 chunks[n].append(part.to_prompt_index(saved[n]))
         width = int(batch.lengths.max())

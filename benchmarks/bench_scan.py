@@ -1,0 +1,131 @@
+"""Persistence-scan throughput on toy-base: gremlinkit's batched scan vs a naive loop vs the floor.
+
+For each mode, one scan of 256 interventions (8 features x 32 prompts) with horizon 32:
+
+* **batched**: `persistence.run`, every chunk one batched nnsight forward (teacher-forced) or one
+  batched generation (on-policy), baselines included;
+* **naive**: one nnsight trace (or generate) per intervention, plus one per baseline;
+* **floor**: the same number of rows through plain transformers, batched, no nnsight and no hooks
+  (a forward for teacher-forced, a `generate` of the same length for on-policy).
+
+The naive on-policy loop is timed on its first 32 interventions and scaled to 256 (stated below).
+Then the batched scan at three sizes shows how the cost grows. The last line is the on-policy
+summary, the mode the gremlin hypothesis is about.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+
+import torch
+
+import gremlinkit
+from gremlinkit import interventions as iv
+from gremlinkit.experiments import persistence as ps
+from gremlinkit.generation import GumbelMax, gumbel_noise
+from gremlinkit.results import peak_rss_mb
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _config(out: str, mode: str, n_features: int = 8, n_prompts: int = 32, horizon: int = 32):
+    return ps.PersistenceConfig(features=f"top-{n_features}", intervention="add", scale=8.0, positions=[16],
+                                horizon=horizon, n_prompts=n_prompts, mode=mode, chunk_size=256, output_dir=out)
+
+
+def _setup(subject, cfg):
+    prompts, positions = ps.scan_prompts(cfg, subject.tokenizer)
+    features = ps.choose_features(subject, prompts, cfg.features, cfg.seed)
+    return prompts, ps._units(features, positions)
+
+
+def naive(subject, cfg, limit: int | None = None) -> tuple[float, int]:
+    """One trace or generate per baseline and per intervention; returns (seconds, interventions run)."""
+    prompts, units = _setup(subject, cfg)
+    units = units[:limit] if limit else units
+    keys = sorted({(p, pos) for _, p, pos in units})
+    h = cfg.horizon
+
+    def one(p, pos, edits):
+        if cfg.mode == "teacher_forced":
+            subject.features([prompts[p][: pos + h + 1]], interventions=edits)
+        else:
+            subject.generate([prompts[p][: pos + 1]], h + 1, edits, seed=ps._row_seed(cfg, p, pos),
+                             record=["features"])
+
+    def loop():
+        for p, pos in keys:
+            one(p, pos, [])
+        for f, p, pos in units:
+            one(p, pos, [iv.add(f, cfg.scale, pos=pos)])
+
+    return _timed(loop), len(units)
+
+
+def floor(subject, cfg) -> float:
+    """Plain batched transformers on the same rows (baselines + interventions), no hooks."""
+    prompts, units = _setup(subject, cfg)
+    keys = sorted({(p, pos) for _, p, pos in units})
+    rows = [(p, pos) for p, pos in keys] + [(p, pos) for _, p, pos in units]
+    hf = subject.model._module
+    h = cfg.horizon
+    vocab = int(hf.config.vocab_size)
+
+    def run():
+        with torch.no_grad():
+            for start in range(0, len(rows), cfg.chunk_size):
+                part = rows[start: start + cfg.chunk_size]
+                if cfg.mode == "teacher_forced":
+                    batch = subject.batch([prompts[p][: pos + h + 1] for p, pos in part])
+                    hf(**batch.inputs())
+                else:
+                    batch = subject.batch([prompts[p][: pos + 1] for p, pos in part])
+                    noise = torch.stack([gumbel_noise(ps._row_seed(cfg, p, pos), h + 1, vocab) for p, pos in part])
+                    hf.generate(**batch.inputs(), max_new_tokens=h + 1, min_new_tokens=h + 1, do_sample=False,
+                                logits_processor=[GumbelMax(noise, batch.input_ids.shape[1], 1.0)],
+                                pad_token_id=subject.tokenizer.pad_token_id)
+
+    return _timed(run)
+
+
+def batched(subject, cfg) -> float:
+    with tempfile.TemporaryDirectory() as out:
+        return _timed(lambda: ps.run(dataclasses.replace(cfg, output_dir=out), {"toy-base": subject}))
+
+
+def main() -> None:
+    torch.set_num_threads(2)
+    subject = gremlinkit.load("toy-base")
+    print("persistence scan on toy-base, 8 features x 32 prompts = 256 interventions, horizon 32")
+    lines = {}
+    for mode, naive_limit in (("teacher_forced", None), ("on_policy", 32)):
+        cfg = _config("unused", mode)
+        batched(subject, dataclasses.replace(cfg, n_prompts=2))  # warm-up
+        t_batched, t_floor = batched(subject, cfg), floor(subject, cfg)
+        t_naive, n_naive = naive(subject, cfg, naive_limit)
+        t_naive_256 = t_naive * 256 / n_naive
+        rate = 256 / t_batched
+        note = "" if naive_limit is None else f" (timed on {n_naive} interventions, scaled to 256)"
+        print(f"  {mode:15s} batched {t_batched:6.2f} s | naive loop {t_naive_256:7.2f} s{note} | "
+              f"floor {t_floor:6.2f} s")
+        lines[mode] = f"{rate:,.0f} interventions/s, {t_naive_256 / t_batched:.1f}x naive, {t_batched / t_floor:.2f}x floor"
+        print(f"  {mode:15s} {lines[mode]}")
+    print("cost of the batched scan as it grows (interventions x horizon):")
+    for n_features, n_prompts, horizon in ((4, 16, 16), (8, 32, 32), (16, 32, 64)):
+        for mode in ps.MODES:
+            cfg = _config("unused", mode, n_features, n_prompts, horizon)
+            t = batched(subject, cfg)
+            n = n_features * n_prompts
+            print(f"  {n:4d} x {horizon:2d}  {mode:15s} {t:6.2f} s  ({n / t:,.0f} interventions/s)")
+    print(f"peak RSS {peak_rss_mb():.0f} MB")
+    print(f"scan: {lines['on_policy']}")
+
+
+if __name__ == "__main__":
+    main()
