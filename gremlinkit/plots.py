@@ -92,3 +92,31 @@ def feature_lag_heatmap(scan: pd.DataFrame, *, title: str = "Mean |delta| by fea
             column=alt.Column("mode:N"),
         )
     )
+
+
+def layer_profile(scores: pd.DataFrame, *, metric: str = "auroc",
+                  title: str = "Trait decodability by layer (held-out templates)") -> alt.Chart:
+    """``metric`` against layer, one line per trait and method."""
+    data = scores[scores.metric == metric]
+    return (
+        alt.Chart(data, title=title)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("layer:O", title="layer (blocks.L.hook_resid_post)"),
+            y=alt.Y("value:Q", title=metric, scale=alt.Scale(domain=[0.4, 1.0])),
+            color=alt.Color("trait:N"),
+            strokeDash=alt.StrokeDash("method:N"),
+            tooltip=["trait", "method", "layer", alt.Tooltip("value:Q", format=".3f")],
+        )
+    )
+
+
+def dose_response(dose: pd.DataFrame, *, metrics: tuple[str, ...] = ("luigi_rate", "waluigi_rate"),
+                  title: str = "Steering Luigi prompts along the Waluigi direction") -> alt.Chart:
+    """Mean and 95% CI over prompts against the steering coefficient, one panel per metric group."""
+    data = dose[dose.metric.isin(metrics)]
+    base = alt.Chart(data, title=title).encode(
+        x=alt.X("coefficient:Q", title="steering coefficient"), color=alt.Color("metric:N"))
+    band = base.mark_errorband().encode(y=alt.Y("low:Q", title="mean over prompts"), y2="high:Q")
+    return band + base.mark_line(point=True).encode(y="mean:Q", tooltip=["metric", "coefficient",
+                                                                          alt.Tooltip("mean:Q", format=".3f")])

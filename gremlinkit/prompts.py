@@ -42,6 +42,11 @@ class Batch:
         cols = torch.arange(self.input_ids.shape[1])[None] - self.offsets[:, None]
         return torch.where(cols >= 0, cols, torch.full_like(cols, -1))
 
+    def prompt_mask(self, skip_bos: bool = False) -> torch.Tensor:
+        """(B, T) True where a prompt-indexed tensor holds a real token (optionally not BOS)."""
+        cols = torch.arange(self.input_ids.shape[1])[None]
+        return (cols < self.lengths[:, None]) & (cols >= int(skip_bos))
+
     def from_prompt_index(self, x: torch.Tensor, into: torch.Tensor) -> torch.Tensor:
         """The inverse of `to_prompt_index`: ``x``'s rows placed into a copy of ``into`` (differentiable)."""
         out = into.clone()

@@ -84,3 +84,9 @@ def test_a_release_pair_goes_to_sae_lens_pretrained_directory():
     # sae_lens validates the release against its directory before any download.
     with pytest.raises(ValueError, match="no-such-release"):
         gremlinkit.load("toy-base", sae=("no-such-release", "blocks.0.hook_resid_pre"))
+
+
+def test_prompt_mask_marks_each_prompts_own_tokens(toy):
+    batch = toy.batch(["mira is a kind", "ada"])
+    assert batch.prompt_mask().tolist() == [[True] * 5, [True, True, False, False, False]]
+    assert batch.prompt_mask(skip_bos=True)[:, 0].tolist() == [False, False]
