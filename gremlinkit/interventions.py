@@ -6,7 +6,7 @@ SAE-feature edits (`ablate`, `add`, `clamp`) go through the SAE and keep its err
     x' = x + sae.decode(f') - sae.decode(f)        (= sae.decode(f') + (x - sae.decode(f)))
 
 so an edit that leaves ``f`` unchanged (ablating an inactive feature, adding 0) leaves ``x``
-bit-for-bit unchanged. Residual edits (`steer`, `project_out`) act on the site directly.
+bit-for-bit unchanged. Residual edits (`steer`, `project_out`, `reflect`) act on the site directly.
 
 Where an intervention applies:
 
@@ -88,6 +88,15 @@ def steer(vector: Any, coeff: float, site: str, pos: Positions = "all", *, rows:
         raise InterventionError(f"steering coefficient {coeff!r} is not finite")
     return VectorEdit(pos=pos, rows=rows, step=step, site=site, kind="steer", vector=_vector(vector),
                       coeff=float(coeff))
+
+
+def reflect(vector: Any, site: str, pos: Positions = "all", *, rows: Rows = None,
+            step: int | None = None) -> VectorEdit:
+    """Flip the sign of the component along ``vector`` at ``site`` (x -> x - 2 (x . v) v, v unit)."""
+    v = _vector(vector)
+    if float(v.norm()) == 0:
+        raise InterventionError("cannot reflect along a zero vector")
+    return VectorEdit(pos=pos, rows=rows, step=step, site=site, kind="reflect", vector=v / v.norm())
 
 
 def project_out(vector: Any, site: str, pos: Positions = "all", *, rows: Rows = None,
@@ -202,6 +211,7 @@ def apply(x: torch.Tensor, ivs: Sequence[Intervention], sae: Any, positions: tor
             v = iv.vector.to(x.dtype)
             if iv.kind == "steer":
                 x = x + m * iv.coeff * v
-            else:
-                x = x - m * (x @ v)[..., None] * v
+            else:  # project_out removes the component once, reflect twice
+                times = 2.0 if iv.kind == "reflect" else 1.0
+                x = x - times * m * (x @ v)[..., None] * v
     return x

@@ -120,3 +120,41 @@ def dose_response(dose: pd.DataFrame, *, metrics: tuple[str, ...] = ("luigi_rate
     band = base.mark_errorband().encode(y=alt.Y("low:Q", title="mean over prompts"), y2="high:Q")
     return band + base.mark_line(point=True).encode(y="mean:Q", tooltip=["metric", "coefficient",
                                                                           alt.Tooltip("mean:Q", format=".3f")])
+
+
+def sign_histograms(values: pd.DataFrame, *, bins: int = 40,
+                    title: str = "Values of one-sign units on the reference stories") -> alt.Chart:
+    """Histogram of each unit's values (long table: unit, value), binned here, with zero marked."""
+    import numpy as np
+
+    rows = []
+    for unit, g in values.groupby("unit", sort=False):
+        counts, edges = np.histogram(g.value.to_numpy(), bins=bins)
+        rows += [{"unit": unit, "start": float(a), "end": float(b), "count": int(c)}
+                 for a, b, c in zip(edges[:-1], edges[1:], counts)]
+    base = alt.Chart(pd.DataFrame(rows))
+    bars = base.mark_rect().encode(x=alt.X("start:Q", title="value"), x2="end:Q",
+                                   y=alt.Y("count:Q", title="positions"), y2=alt.datum(0))
+    zero = base.mark_rule(color="red").encode(x=alt.datum(0))
+    return alt.layer(bars, zero).properties(width=220, height=120).facet(
+        facet=alt.Facet("unit:N", title=None), columns=3, title=title)
+
+
+def search_trajectories(trajectories: pd.DataFrame, *, title: str = "Flip search: best sign * value by step"
+                        ) -> alt.Chart:
+    """Best objective so far against step, GCG against random search, one panel per unit (below 0 = flipped)."""
+    curves = trajectories.groupby(["unit", "method", "step"], as_index=False).best.mean()
+    base = alt.Chart(curves)
+    lines = base.mark_line().encode(
+        x=alt.X("step:Q"), y=alt.Y("best:Q", title="sign * value (mean over restarts)"),
+        color=alt.Color("method:N"))
+    zero = base.mark_rule(strokeDash=[4, 4]).encode(y=alt.datum(0))
+    return alt.layer(lines, zero).properties(width=220, height=140).facet(
+        facet=alt.Facet("unit:N", title=None), columns=3, title=title)
+
+
+def behavior_bars(calls: pd.DataFrame, *, title: str = "Behaviour Y = Luigi rate - Waluigi rate") -> alt.Chart:
+    """Mean Y per condition with its 95% interval, coloured by the -Y / 0 / +Y call."""
+    base = alt.Chart(calls, title=title).encode(y=alt.Y("condition:N", sort=None, title=None))
+    bars = base.mark_bar().encode(x=alt.X("mean_y:Q", title="Y (mean over prompts)"), color=alt.Color("call:N"))
+    return bars + base.mark_rule().encode(x="low:Q", x2="high:Q")

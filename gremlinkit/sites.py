@@ -6,6 +6,7 @@ Everything else names activations in the TransformerLens/SAELens hook grammar::
     blocks.{L}.hook_resid_pre                        residual stream entering block L
     blocks.{L}.hook_attn_out                         attention output of block L
     blocks.{L}.hook_resid_mid                        residual after attention (sequential blocks only)
+    blocks.{L}.mlp.hook_pre                          MLP pre-activations (before the nonlinearity)
     blocks.{L}.hook_mlp_out                          MLP output of block L
     blocks.{L}.hook_resid_post                       residual stream leaving block L
     ln_final.hook_normalized                         output of the final norm
@@ -34,26 +35,28 @@ class Layout:
     attn: str
     mlp: str
     mid_norm: str | None  # module whose *input* is resid_mid; None where blocks are parallel
+    mlp_pre: str  # module (inside the MLP) whose output is the pre-activation
 
 
 _LLAMA = Layout("model.layers", "model.embed_tokens", None, "model.norm", "self_attn", "mlp",
-                "post_attention_layernorm")
+                "post_attention_layernorm", "gate_proj")
 LAYOUTS: dict[str, Layout] = {
-    "gpt2": Layout("transformer.h", "transformer.wte", "transformer.wpe", "transformer.ln_f", "attn", "mlp", "ln_2"),
+    "gpt2": Layout("transformer.h", "transformer.wte", "transformer.wpe", "transformer.ln_f", "attn", "mlp", "ln_2",
+                   "c_fc"),
     "gpt_neox": Layout("gpt_neox.layers", "gpt_neox.embed_in", None, "gpt_neox.final_layer_norm", "attention",
-                       "mlp", "post_attention_layernorm"),
+                       "mlp", "post_attention_layernorm", "dense_h_to_4h"),
     "llama": _LLAMA,
     "qwen2": _LLAMA,
     "mistral": _LLAMA,
     # Gemma 2 norms the attention output before adding it, so resid_mid enters the pre-MLP norm.
     "gemma2": Layout("model.layers", "model.embed_tokens", None, "model.norm", "self_attn", "mlp",
-                     "pre_feedforward_layernorm"),
+                     "pre_feedforward_layernorm", "gate_proj"),
 }
 
 # Within a block, sites are reached in this order; reads in one trace must follow it.
-_BLOCK_HOOKS = {"hook_resid_pre": 0, "hook_attn_out": 1, "hook_resid_mid": 2, "hook_mlp_out": 3,
-                "hook_resid_post": 4}
-_BLOCK_RE = re.compile(r"^blocks\.(\d+)\.(" + "|".join(_BLOCK_HOOKS) + r")$")
+_BLOCK_HOOKS = {"hook_resid_pre": 0, "hook_attn_out": 1, "hook_resid_mid": 2, "mlp.hook_pre": 3,
+                "hook_mlp_out": 4, "hook_resid_post": 5}
+_BLOCK_RE = re.compile(r"^blocks\.(\d+)\.(" + "|".join(re.escape(h) for h in _BLOCK_HOOKS) + r")$")
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,7 @@ class SiteMap:
             "hook_resid_pre": (block, "input"),
             "hook_attn_out": (f"{block}.{lay.attn}", "output"),
             "hook_resid_mid": (f"{block}.{lay.mid_norm}", "input"),
+            "mlp.hook_pre": (f"{block}.{lay.mlp}.{lay.mlp_pre}", "output"),
             "hook_mlp_out": (f"{block}.{lay.mlp}", "output"),
             "hook_resid_post": (block, "output"),
         }[hook]

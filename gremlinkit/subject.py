@@ -72,33 +72,37 @@ class Subject:
     def _resolve(self, names: Sequence[str]) -> list[sitemod.Site]:
         return sorted((self.site_map.resolve(n) for n in names), key=lambda s: s.order)
 
-    @torch.no_grad()
     def activations(self, prompts: Prompts, site: str, interventions: Sequence[Intervention] = ()) -> torch.Tensor:
         """Activations at ``site`` as (batch, pos, d), positions in each prompt's own indexing."""
         return self.activations_at(prompts, [site], interventions)[site]
 
-    @torch.no_grad()
     def activations_at(self, prompts: Prompts, names: Sequence[str], interventions: Sequence[Intervention] = (),
-                       batch_size: int = 32) -> dict[str, torch.Tensor]:
+                       batch_size: int = 32, *, embeddings: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Several sites, read after ``interventions``, from one forward pass per chunk of prompts.
 
         Results are in prompt indexing, zero past each prompt's end. Row-targeted interventions
-        need the whole batch in one chunk, so they switch chunking off.
+        and ``embeddings`` need the whole batch in one forward, so they switch chunking off. With
+        ``embeddings`` that require grad (see `embed`), the results are differentiable.
         """
         batch = self.batch(prompts)
         plan = self._plan(interventions, batch)
         for n in names:
             self.site_map.resolve(n)
-        parts = [batch] if any(iv.rows is not None or isinstance(iv.pos, (list, tuple)) for iv in interventions) \
-            else batch.split(batch_size)
+        whole = embeddings is not None or any(iv.rows is not None or isinstance(iv.pos, (list, tuple))
+                                              for iv in interventions)
+        parts = [batch] if whole else batch.split(batch_size)
+        embed = sitemod.envoy_at(self.model, self.site_map.layout.embed)
         chunks: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-        for part in parts:
-            saved: dict[str, torch.Tensor] = {}  # filled inside the trace; nnsight runs the body in its own frame
-            with self.model.trace(part.inputs(), remote=self.remote) as tracer:
-                self._edit_sites(plan, names, part.positions(), part.lengths, None, saved)
-                tracer.stop()  # nothing past the last site is needed: skip the rest of the model
-            for n in names:
-                chunks[n].append(part.to_prompt_index(saved[n]))
+        with torch.set_grad_enabled(embeddings is not None and embeddings.requires_grad):
+            for part in parts:
+                saved: dict[str, torch.Tensor] = {}  # filled inside the trace; nnsight runs the body in its own frame
+                with self.model.trace(part.inputs(), remote=self.remote) as tracer:
+                    if embeddings is not None:
+                        embed.output = part.from_prompt_index(embeddings, embed.output)
+                    self._edit_sites(plan, names, part.positions(), part.lengths, None, saved)
+                    tracer.stop()  # nothing past the last site is needed: skip the rest of the model
+                for n in names:
+                    chunks[n].append(part.to_prompt_index(saved[n]))
         width = int(batch.lengths.max())
         return {n: torch.cat([torch.nn.functional.pad(c, (0, 0, 0, width - c.shape[1])) for c in cs])
                 for n, cs in chunks.items()}

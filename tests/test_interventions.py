@@ -188,3 +188,33 @@ def test_generation_positions_may_reach_into_the_continuation(toy):
         toy.generate(PROMPTS, 4, [iv.ablate(1, pos=n + 4)])
     out = toy.generate(PROMPTS, 4, [iv.ablate(1, pos=n + 3, rows=1)])
     assert out.tokens.shape == (3, 4) and np.isfinite(out.tokens.numpy()).all()
+
+
+def test_reflect_flips_the_component_and_keeps_the_rest(toy):
+    v = torch.randn(128, generator=torch.Generator().manual_seed(2))
+    u = v / v.norm()
+    before = toy.activations(PROMPTS, SITE)
+    after = toy.activations(PROMPTS, SITE, [iv.reflect(v, SITE)])
+    real = toy.batch(PROMPTS).prompt_mask()
+    torch.testing.assert_close((after @ u)[real], -(before @ u)[real], atol=1e-4, rtol=0)
+    rest = lambda x: x - (x @ u)[..., None] * u  # noqa: E731
+    torch.testing.assert_close(rest(after)[real], rest(before)[real], atol=1e-4, rtol=0)
+
+
+def test_site_reads_are_differentiable_wrt_one_hot_tokens(toy):
+    """d(MLP pre-activation)/d(one-hot) through gremlinkit equals the gradient through transformers."""
+    prompt = PROMPTS[:1]
+    site = "blocks.1.mlp.hook_pre"
+    oh = toy.one_hot(prompt).requires_grad_()
+    toy.activations_at(prompt, [site], embeddings=toy.embed(oh))[site][0, -1, 7].backward()
+    hf = toy.model._module
+    captured = {}
+    handle = hf.transformer.h[1].mlp.c_fc.register_forward_hook(lambda m, i, o: captured.setdefault("x", o))
+    try:
+        oh2 = oh.detach().clone().requires_grad_()
+        hf(inputs_embeds=oh2 @ hf.transformer.wte.weight)
+        captured["x"][0, -1, 7].backward()
+    finally:
+        handle.remove()
+    torch.testing.assert_close(oh.grad, oh2.grad, atol=1e-5, rtol=1e-4)
+    assert oh.grad.abs().sum() > 0

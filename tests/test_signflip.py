@@ -1,0 +1,90 @@
+"""Sign-flip search: unit statistics against a direct count, searches, and behaviour under the flip."""
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from gremlinkit import plots
+from gremlinkit.errors import ConfigError
+from gremlinkit.experiments import signflip as sf
+
+
+@pytest.fixture(scope="module")
+def result(toy):
+    return sf.run(sf.SignFlipConfig(), toy)
+
+
+def test_sign_statistics_match_a_direct_count():
+    v = torch.tensor([[1.0, -1.0], [2.0, -3.0], [-1.0, -2.0], [3.0, 0.5]])
+    table = sf.one_sign_units({"blocks.0.mlp.hook_pre": v}, None, n_layers=1)
+    first = table.iloc[0]
+    assert (first["index"], first.consistency, first.majority_sign) == (0, 0.75, 1)
+    assert table.set_index("index").loc[1, "frac_negative"] == 0.75
+    assert list(table.columns) == ["kind", "site", "index", "frac_positive", "frac_negative", "consistency",
+                                   "mean_abs", "majority_sign"]
+
+
+def test_units_are_ranked_and_their_values_are_what_the_site_says(toy, result):
+    top = result.units.head(5)
+    assert (np.diff(top.consistency) <= 0).all()
+    assert (result.units.consistency >= 0.99).sum() >= 3
+    sae_row = result.units[result.units.kind == "sae"].iloc[0]
+    unit = sf.Unit("sae", sae_row.site, int(sae_row["index"]))
+    prompt = ["mira is a kind honest old sailor ."]
+    acts = toy.activations(prompt, sae_row.site)[0, -1]
+    expected = (acts - toy.sae.b_dec) @ toy.sae.W_enc[:, unit.index] + toy.sae.b_enc[unit.index]
+    torch.testing.assert_close(sf.unit_value(toy, unit, prompt)[0], expected, atol=1e-4, rtol=0)
+
+
+def test_searches_flip_units_and_found_prompts_really_flip(toy, result):
+    flipped = result.searches[result.searches.flipped]
+    assert set(flipped.method) == {"gcg", "random"} and (flipped.method == "gcg").sum() >= 1
+    # Re-read the best GCG prompt for the top unit: its value has the flipped sign.
+    row = result.searches[(result.searches.method == "gcg")].sort_values("best").iloc[0]
+    urow = result.units[result.units.apply(lambda r: sf.Unit(r.kind, r.site, int(r["index"])).name, axis=1)
+                        == row.unit].iloc[0]
+    direction = None
+    if urow.kind == "direction":
+        _, dirs = sf.reference_values(toy, 100, 0)
+        direction = dirs[urow.site]
+    unit = sf.Unit(urow.kind, urow.site, int(urow["index"]), direction)
+    ids = [toy.tokenizer.bos_token_id] + toy.tokenizer.convert_tokens_to_ids(row.prompt.split())
+    value = float(sf.unit_value(toy, unit, [torch.tensor(ids)])[0])
+    assert urow.majority_sign * value == pytest.approx(row.best, abs=1e-4) and row.best < 0
+
+
+def test_behaviour_under_the_flip(result):
+    calls = result.calls.set_index("condition")
+    assert calls.loc["+X (Luigi prompt)", "call"] == "+Y (Luigi)"
+    assert calls.loc["0 (X projected out)", "call"] == "0 (neither)"
+    assert calls.loc["-X (X reflected)", "call"] == "-Y (Waluigi)"
+    assert calls.loc["-X (searched prompt)", "call"] == "-Y (Waluigi)"
+    # The edits do what they say to X at the last token.
+    assert calls.loc["-X (X reflected)", "mean_x"] == pytest.approx(-calls.loc["+X (Luigi prompt)", "mean_x"], rel=1e-4)
+    assert abs(calls.loc["0 (X projected out)", "mean_x"]) < 1e-4
+    assert calls.loc["-X (searched prompt)", "mean_x"] < 0
+
+
+def test_same_seed_same_search(toy):
+    cfg = dataclasses.replace(sf.SignFlipConfig.smoke(), n_steps=5)
+    unit = sf.Unit("mlp", "blocks.1.mlp.hook_pre", 3)
+    a = sf.search(toy, unit, -1, "gcg", cfg, restart=0)
+    b = sf.search(toy, unit, -1, "gcg", cfg, restart=0)
+    assert a == b and sorted(a[0], reverse=True) == a[0]  # best-so-far never gets worse
+
+
+def test_bad_config_is_named():
+    with pytest.raises(ConfigError, match="prompt_length=0 is out of range"):
+        sf.SignFlipConfig(prompt_length=0)
+
+
+def test_charts(result):
+    hist = plots.sign_histograms(sf.unit_values(result, 3)).to_dict()
+    assert hist["facet"]["field"] == "unit"
+    traj = plots.search_trajectories(result.trajectories).to_dict()
+    assert len(next(iter(traj["datasets"].values()))) == result.trajectories.groupby(["unit", "method", "step"]).ngroups
+    bars = plots.behavior_bars(result.calls).to_dict()
+    assert len(next(iter(bars["datasets"].values()))) == len(result.calls) == 5
