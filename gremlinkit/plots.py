@@ -158,3 +158,28 @@ def behavior_bars(calls: pd.DataFrame, *, title: str = "Behaviour Y = Luigi rate
     base = alt.Chart(calls, title=title).encode(y=alt.Y("condition:N", sort=None, title=None))
     bars = base.mark_bar().encode(x=alt.X("mean_y:Q", title="Y (mean over prompts)"), color=alt.Color("call:N"))
     return bars + base.mark_rule().encode(x="low:Q", x2="high:Q")
+
+
+def persistent_counts(counts: pd.DataFrame, *, title: str = "Persistent features per model (95% Wilson CI)"
+                      ) -> alt.Chart:
+    """Fraction of scanned features that are persistent, per model, with its interval."""
+    base = alt.Chart(counts, title=title).encode(x=alt.X("model:N", sort=None, title=None))
+    bars = base.mark_bar().encode(y=alt.Y("fraction:Q", title="persistent fraction", scale=alt.Scale(domain=[0, 1])),
+                                  tooltip=["model", "persistent", "scanned"])
+    return bars + base.mark_rule().encode(y="fraction_low:Q", y2="fraction_high:Q")
+
+
+def localisation(loc: pd.DataFrame, *, title: str = "Where fine-tuning changed the model") -> alt.Chart:
+    """Relative change per block of weights and of the residual stream, per fine-tuned model."""
+    return (
+        alt.Chart(loc, title=title)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("part:N", sort=None, title=None),
+            y=alt.Y("relative_change:Q", title="relative change"),
+            color=alt.Color("model:N"),
+            column=alt.Column("measure:N", title=None),
+            tooltip=["model", "measure", "part", alt.Tooltip("relative_change:Q", format=".4f")],
+        )
+        .resolve_scale(y="independent")
+    )

@@ -94,6 +94,11 @@ def test_quick_build_meets_its_targets_and_is_deterministic(tmp_path):
     assert base["training"]["final_mean_last_10pct"] < base["training"]["first"] / 3
     assert sae["heldout_metrics"]["explained_variance"] >= 0.85
     assert sae["heldout_metrics"]["l0"] <= 30
+    for name in ("toy-rl", "toy-sft"):  # the fine-tuned organisms, with their cards
+        card = json.loads((registry.path(name, tmp_path / "a") / "card.json").read_text())
+        assert card["training"]["steps"] == build.QUICK.finetune.steps
+        assert 0 <= card["eval"]["reward"] <= 1 and card["eval"]["kl_to_base"] > 0
+        assert (registry.path(name, tmp_path / "a") / "model.safetensors").exists()
     # The same seeds give bit-identical weights.
     subprocess.run(cmd + [str(tmp_path / "b"), "--only", "toy-base"], check=True, capture_output=True)
     assert _digest(registry.path("toy-base", tmp_path / "a")) == _digest(registry.path("toy-base", tmp_path / "b"))

@@ -15,8 +15,8 @@ persists, or grows. Two modes:
 
 **Summary rule.** For each (model, mode, feature), ``c(lag)`` is the mean delta over prompts.
 ``effect_lag1 = c(1)`` is the direct effect; ``auc = sum_{lag>=1} |c(lag)|``. The persistence
-half-life ``h`` comes from fitting ``A * 2**(-lag / h)`` with ``scipy.optimize.curve_fit`` to the
-*tail*, lags ``H//4 .. H``, once the direct effect has passed, when the tail is distinguishable
+half-life ``h`` comes from a least-squares fit of ``A * 2**(-lag / h)`` (:func:`fit_half_life`) to
+the *tail*, lags ``H//4 .. H``, once the direct effect has passed, when the tail is distinguishable
 from zero (the bootstrap 95% interval of its mean excludes 0); otherwise to ``c(0..H)`` (an
 effect that dies out early has a short half-life). ``[half_life_low, half_life_high]`` is the
 2.5-97.5% range over bootstrap resamples of prompts. A feature is **persistent** when
@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from scipy.optimize import curve_fit
+from scipy.optimize import minimize_scalar
 from tqdm.auto import tqdm
 
 from gremlinkit import interventions as iv
@@ -277,23 +277,26 @@ def run(cfg: PersistenceConfig, subjects: dict | None = None) -> pd.DataFrame:
 # --------------------------------------------------------------------------- summary
 
 
-def _decay(lags: np.ndarray, a: float, h: float) -> np.ndarray:
-    return a * np.exp2(-(lags - lags[0]) / h)
-
-
 def fit_half_life(curve: np.ndarray, start: int) -> float:
-    """Least-squares half-life (tokens) of ``A * 2**(-(lag - start) / h)`` over lags start..H."""
+    """Least-squares half-life (tokens) of ``A * 2**(-(lag - start) / h)`` over lags start..H.
+
+    Variable projection: for a given ``h`` the best ``A`` is linear least squares, which leaves a
+    bounded one-dimensional search over ``log h`` (``scipy.optimize.minimize_scalar``).
+    """
     horizon = len(curve) - 1
-    lags = np.arange(start, len(curve), dtype=float)
+    lags = np.arange(len(curve) - start, dtype=float)
     y = curve[start:]
     if not np.any(np.abs(y) > ATOL):
         return 0.0
-    try:
-        (_, h), _ = curve_fit(_decay, lags, y, p0=(y[0] if abs(y[0]) > ATOL else y.mean(), 2.0),
-                              bounds=([-np.inf, 0.05], [np.inf, 10.0 * horizon]), maxfev=5000)
-    except RuntimeError:  # no convergence
-        return float("nan")
-    return float(h)
+
+    def sse(log_h: float) -> float:
+        e = np.exp2(-lags / np.exp(log_h))
+        a = (y @ e) / (e @ e)
+        return float(((y - a * e) ** 2).sum())
+
+    res = minimize_scalar(sse, bounds=(np.log(0.05), np.log(10.0 * horizon)), method="bounded",
+                          options={"xatol": 1e-5})
+    return float(np.exp(res.x))
 
 
 def tail_start(horizon: int) -> int:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from gremlinkit.zoo import corpus as corpus_mod
-from gremlinkit.zoo import lm, registry
+from gremlinkit.zoo import finetune, lm, registry
 from gremlinkit.zoo.sae import SAESpec, collect, sae_metrics, train_sae
 from gremlinkit.zoo.tokenizer import train_tokenizer
 
@@ -31,11 +31,13 @@ class BuildSpec:
     heldout_seed: int = 1
     lm: lm.LMSpec = field(default_factory=lm.LMSpec)
     sae: SAESpec = field(default_factory=SAESpec)
+    finetune: finetune.FinetuneSpec = field(default_factory=finetune.FinetuneSpec)
 
 
 FULL = BuildSpec()
 QUICK = BuildSpec(train_docs=1500, heldout_docs=200, sae_docs=600, lm=lm.LMSpec(steps=150),
-                  sae=SAESpec(training_tokens=300_000))
+                  sae=SAESpec(training_tokens=300_000),
+                  finetune=finetune.FinetuneSpec(steps=8, prompts_per_step=4, eval_prompts=16))
 
 
 def _versions() -> dict[str, str]:
@@ -62,12 +64,15 @@ def write_atomic(target: Path, fill) -> None:
 
 
 def write_card(directory: Path, card: dict) -> None:
-    (directory / registry.CARD_FILE).write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    """The model card as JSON and as a README, each written atomically."""
+    from gremlinkit.results import atomic_write_text
+
+    atomic_write_text(directory / registry.CARD_FILE, json.dumps(card, indent=2, sort_keys=True) + "\n")
     lines = [f"# {card['name']}", "", card["description"], ""]
     for section, values in card.items():
         if isinstance(values, dict):
             lines += [f"## {section}", ""] + [f"- **{k}**: {v}" for k, v in values.items()] + [""]
-    (directory / "README.md").write_text("\n".join(lines))
+    atomic_write_text(directory / "README.md", "\n".join(lines))
 
 
 def _loss_summary(losses: list[float]) -> dict[str, float]:
@@ -141,7 +146,79 @@ def build_sae(root: Path, spec: BuildSpec) -> dict:
     return card
 
 
-BUILDERS = {"toy-base": build_base, "toy-base-sae": build_sae}
+def _load_hf(root: Path, name: str):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = registry.path(name, root)
+    return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+
+
+def _sae_transfer(root: Path, name: str, spec: BuildSpec) -> dict[str, float]:
+    """How well toy-base's SAE reconstructs ``name``'s activations on held-out stories."""
+    from gremlinkit.subject import load
+
+    subject = load(registry.path(name, root), sae=registry.path("toy-base-sae", root))
+    docs = lm.encode_docs(corpus_mod.generate(spec.heldout_docs // 2, spec.heldout_seed), subject.tokenizer)
+    return subject.check_sae([torch.from_numpy(d) for d in docs])
+
+
+def _finetune_card(name: str, log: dict, metrics: dict, base_metrics: dict, spec: BuildSpec, seconds: float) -> dict:
+    ft = spec.finetune
+    return {
+        "name": name, "description": registry.ARTEFACTS[name].description,
+        "reward": {"definition": "fraction of the last 16 of 48 generated tokens that are sea-topic words "
+                                 f"({', '.join(sorted(finetune.TARGET_WORDS))}), from story prefixes ending a "
+                                 "sentence; temperature 1", "horizon": ft.horizon, "tail": ft.tail},
+        "training": {"steps": ft.steps, "rows_per_step": ft.rows, "target_tokens_per_step": ft.rows * ft.horizon,
+                     "lr": ft.lr if name == "toy-rl" else ft.sft_lr, "seed": ft.seed,
+                     **{f"{k}_curve_every_5": [round(v, 4) for v in vals[::5]] for k, vals in log.items()},
+                     **({"kl_coef": ft.kl_coef, "group": ft.group} if name == "toy-rl" else {})},
+        "eval": {k: v for k, v in metrics.items() if k != "samples"},
+        "base_eval": {k: v for k, v in base_metrics.items() if k != "samples"},
+        "samples": {f"sample_{i}": s for i, s in enumerate(metrics["samples"])},
+        "versions": _versions(), "build_seconds": {name: round(seconds, 1)},
+    }
+
+
+def _save_finetuned(root: Path, name: str, model, tok, card: dict, spec: BuildSpec) -> dict:
+    """Save the model, then measure how toy-base's SAE transfers to it and write the card."""
+    def fill(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+
+    write_atomic(registry.path(name, root), fill)
+    card["sae_transfer"] = _sae_transfer(root, name, spec)
+    write_card(registry.path(name, root), card)
+    return card
+
+
+def build_rl(root: Path, spec: BuildSpec) -> dict:
+    t0 = time.time()
+    base, tok = _load_hf(root, "toy-base")
+    policy, log = finetune.train_rl(base, tok, spec.finetune)
+    card = _finetune_card("toy-rl", log, finetune.evaluate(policy, base, tok, spec.finetune),
+                          finetune.evaluate(base, base, tok, spec.finetune), spec, time.time() - t0)
+    return _save_finetuned(root, "toy-rl", policy, tok, card, spec)
+
+
+def build_sft(root: Path, spec: BuildSpec) -> dict:
+    from gremlinkit.zoo.cards import card as read_card
+
+    t0 = time.time()
+    rl_card = read_card("toy-rl", root)
+    if not rl_card:
+        raise FileNotFoundError("toy-sft matches toy-rl's reward: build toy-rl first")
+    base, tok = _load_hf(root, "toy-base")
+    windows, teacher_reward = finetune.teacher_windows(3000, spec.finetune, rl_card["eval"]["reward"], seed=60_000)
+    model, log = finetune.train_sft(base, tok, spec.finetune, windows)
+    card = _finetune_card("toy-sft", log, finetune.evaluate(model, base, tok, spec.finetune),
+                          rl_card["base_eval"], spec, time.time() - t0)
+    card["teacher"] = {"windows": len(windows), "mean_reward": teacher_reward,
+                       "target_reward_from_toy_rl": rl_card["eval"]["reward"]}
+    return _save_finetuned(root, "toy-sft", model, tok, card, spec)
+
+
+BUILDERS = {"toy-base": build_base, "toy-base-sae": build_sae, "toy-rl": build_rl, "toy-sft": build_sft}
 
 
 def build(root: Path | None = None, only: str | None = None, quick: bool = False) -> dict[str, dict]:

@@ -22,6 +22,10 @@ def headline(c: dict) -> dict[str, float]:
     if "heldout" in c:
         h = c["heldout"]
         out.update(heldout_loss=h["loss"], unigram=h["unigram_baseline"], bigram=h["bigram_baseline"])
+    if "eval" in c:
+        out.update(reward=c["eval"]["reward"], base_reward=c["base_eval"]["reward"], kl_to_base=c["eval"]["kl_to_base"])
+    if "sae_transfer" in c:
+        out.update(base_sae_explained_variance=c["sae_transfer"]["explained_variance"])
     if "heldout_metrics" in c:
         m = c["heldout_metrics"]
         out.update(explained_variance=m["explained_variance"], l0=m["l0"], dead_fraction=m["dead_fraction"])

@@ -25,6 +25,11 @@ ARTEFACTS: dict[str, Artefact] = {
                  default_sae="toy-base-sae"),
         Artefact("toy-base-sae", "sae", "TopK SAE on toy-base's middle residual stream, trained with sae_lens.",
                  parent="toy-base"),
+        Artefact("toy-rl", "model", "toy-base after on-policy RL (group-relative REINFORCE, KL to base) on a "
+                 "delayed reward: sea-topic words in the last 16 of 48 generated tokens.",
+                 parent="toy-base", default_sae="toy-base-sae"),
+        Artefact("toy-sft", "model", "toy-base fine-tuned off-policy on corpus continuations that earn toy-rl's "
+                 "reward; same steps, rows and tokens as toy-rl.", parent="toy-base", default_sae="toy-base-sae"),
     ]
 }
 

@@ -1,0 +1,177 @@
+"""The gremlin comparison: does on-policy RL breed persistent features that off-policy SFT does not?
+
+The same persistence scan (on-policy, `gremlinkit.experiments.persistence`) runs on toy-base,
+toy-sft and toy-rl with the *same* feature ids and toy-base's SAE shared by all three, so a feature
+means the same direction in every model. Features are drawn at random among live ones, not chosen
+for being interesting.
+
+**Decision rule, fixed before looking.** The hypothesis predicts more persistent features in
+toy-rl than in toy-base, and more than in toy-sft. Each comparison is a one-sided Fisher exact test
+on the counts of persistent features (``persistent`` as defined in the persistence module) at
+alpha = 0.05. The data *support* the hypothesis only if both tests pass; they *contradict* it if
+toy-rl has fewer persistent features than either control with p < 0.05 in the other direction;
+otherwise they are *inconclusive*.
+
+**Layer localisation.** Fine-tuning is said to edit mostly later layers. Per block, the relative
+weight change ``||W_ft - W_base|| / ||W_base||`` and the relative change of ``hook_resid_post`` on
+held-out stories show where each fine-tune acted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.stats import binomtest, bootstrap, fisher_exact
+
+from gremlinkit.experiments import persistence
+from gremlinkit.params import check_range
+from gremlinkit.zoo import corpus
+
+
+@dataclass(frozen=True)
+class GremlinConfig:
+    models: list = field(default_factory=lambda: ["toy-base", "toy-sft", "toy-rl"])  # base first
+    sae: str = "toy-base-sae"  # one SAE shared by every model
+    features: Any = "random-32"  # matched features: "random-N", "top-N" or a list of ids
+    intervention: str = "add"  # "ablate" or "add"
+    scale: float = 8.0  # added to the feature when intervention is "add"
+    positions: list = field(default_factory=lambda: ["sentence_end:24"])  # edit positions
+    horizon: int = 32  # tokens followed after the edit
+    n_prompts: int = 24  # held-out stories per feature
+    n_bootstrap: int = 200  # bootstrap resamples for half-life intervals
+    seed: int = 0  # seeds prompts, features, sampling noise and the bootstrap
+    output_dir: str = "output/04_gremlin_comparison"  # where chunks, tables and metrics go
+
+    def __post_init__(self) -> None:
+        check_range("n_prompts", self.n_prompts, 2, 4096)
+        self.scan_config()  # validates the shared fields
+
+    @classmethod
+    def smoke(cls) -> "GremlinConfig":
+        return cls(features="random-4", positions=[8], horizon=12, n_prompts=4, n_bootstrap=30)
+
+    def scan_config(self) -> persistence.PersistenceConfig:
+        return persistence.PersistenceConfig(
+            models=list(self.models), sae=self.sae, features=self.features, intervention=self.intervention,
+            scale=self.scale, positions=list(self.positions), horizon=self.horizon, n_prompts=self.n_prompts,
+            mode="on_policy", n_bootstrap=self.n_bootstrap, seed=self.seed, output_dir=self.output_dir)
+
+
+def counts(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per model: persistent features out of scanned, with a Wilson 95% interval, and median half-life
+    with a bootstrap interval over features."""
+    rows = []
+    for model, g in summary.groupby("model", sort=False):
+        k, n = int(g.persistent.sum()), len(g)
+        ci = binomtest(k, n).proportion_ci(method="wilson")
+        hl = g.half_life.to_numpy()
+        med = bootstrap((hl,), np.median, n_resamples=1000, method="percentile", random_state=0) \
+            if np.ptp(hl) > 0 else None
+        rows.append({"model": model, "persistent": k, "scanned": n, "fraction": k / n,
+                     "fraction_low": float(ci.low), "fraction_high": float(ci.high),
+                     "median_half_life": float(np.median(hl)),
+                     "median_low": float(med.confidence_interval.low) if med else float(hl[0]),
+                     "median_high": float(med.confidence_interval.high) if med else float(hl[0])})
+    return pd.DataFrame(rows)
+
+
+def verdict(table: pd.DataFrame, rl: str = "toy-rl", controls: tuple[str, ...] = ("toy-base", "toy-sft")
+            ) -> tuple[str, dict[str, float]]:
+    """Apply the decision rule; returns (the sentence for the notebook, the p-values)."""
+    row = table.set_index("model")
+    if rl not in row.index or any(c not in row.index for c in controls):
+        return "inconclusive: the comparison needs toy-rl, toy-base and toy-sft", {}
+    k_rl, n_rl = row.loc[rl, "persistent"], row.loc[rl, "scanned"]
+    more, fewer = {}, {}
+    for c in controls:
+        k, n = row.loc[c, "persistent"], row.loc[c, "scanned"]
+        more[c] = fisher_exact([[k_rl, n_rl - k_rl], [k, n - k]], alternative="greater").pvalue
+        fewer[c] = fisher_exact([[k_rl, n_rl - k_rl], [k, n - k]], alternative="less").pvalue
+    if all(p < 0.05 for p in more.values()):
+        call = "support"
+    elif any(p < 0.05 for p in fewer.values()):
+        call = "contradict"
+    else:
+        call = "inconclusive"
+    parts = [f"{m}: {int(row.loc[m, 'persistent'])}/{int(row.loc[m, 'scanned'])} persistent "
+             f"(95% CI {row.loc[m, 'fraction_low']:.2f}-{row.loc[m, 'fraction_high']:.2f}), median half-life "
+             f"{row.loc[m, 'median_half_life']:.2f} tokens" for m in row.index]
+    p_text = ", ".join(f"p(RL > {c}) = {more[c]:.3g}" for c in controls)
+    phrase = {"support": "support", "contradict": "contradict", "inconclusive": "are inconclusive about"}[call]
+    sentence = f"At toy scale the data {phrase} the gremlin hypothesis. " + "; ".join(parts) + f". {p_text}."
+    return sentence, {**{f"p_rl_more_than_{c}": p for c, p in more.items()}, "call": call}
+
+
+def weight_changes(base, tuned, n_layers: int) -> pd.DataFrame:
+    """Relative weight change per block (and embeddings), from two HF modules."""
+    b, t = dict(base.named_parameters()), dict(tuned.named_parameters())
+
+    def group(name: str) -> str:
+        parts = name.split(".")
+        return f"block {parts[2]}" if parts[1] == "h" else ("embeddings" if parts[1] in ("wte", "wpe") else "final")
+
+    rows = {}
+    with torch.no_grad():
+        pairs = [(name, p, t[name]) for name, p in b.items()]
+    for name, p, q in pairs:
+        g = group(name) if name.startswith("transformer.") else "final"
+        d, n = rows.get(g, (0.0, 0.0))
+        rows[g] = (d + float((q - p).detach().pow(2).sum()), n + float(p.detach().pow(2).sum()))
+    return pd.DataFrame([{"part": g, "relative_change": (d / n) ** 0.5} for g, (d, n) in rows.items()])
+
+
+def activation_changes(base_subject, tuned_subject, n_docs: int = 40, seed: int = 0) -> pd.DataFrame:
+    """Mean relative change of ``blocks.L.hook_resid_post`` over held-out stories' tokens."""
+    docs = corpus.generate(n_docs, seed=80_000 + seed).docs
+    ids = [torch.tensor(base_subject.tokenizer.convert_tokens_to_ids(d)) for d in docs]
+    sites = [f"blocks.{L}.hook_resid_post" for L in range(base_subject.site_map.n_layers)]
+    a, b = base_subject.activations_at(ids, sites), tuned_subject.activations_at(ids, sites)
+    keep = base_subject.batch(ids).prompt_mask(skip_bos=True)
+    return pd.DataFrame([{"layer": int(s.split(".")[1]),
+                          "relative_change": float(((b[s] - a[s]).norm(dim=-1)[keep] / a[s].norm(dim=-1)[keep]).mean())}
+                         for s in sites])
+
+
+@dataclass
+class GremlinResults:
+    scan: pd.DataFrame
+    summary: pd.DataFrame
+    counts: pd.DataFrame
+    verdict: str
+    tests: dict
+    localisation: pd.DataFrame
+
+
+def run(cfg: GremlinConfig, subjects: dict | None = None) -> GremlinResults:
+    from gremlinkit import load
+
+    subjects = subjects or {m: load(m, sae=cfg.sae) for m in cfg.models}
+    scan_cfg = cfg.scan_config()
+    scan = persistence.run(scan_cfg, subjects)
+    summary = persistence.summarize(scan, cfg.n_bootstrap, cfg.seed)
+    table = counts(summary)
+    sentence, tests = verdict(table)
+    base = subjects[cfg.models[0]]
+    loc = []
+    for m in cfg.models[1:]:
+        w = weight_changes(base.model._module, subjects[m].model._module, base.site_map.n_layers)
+        a = activation_changes(base, subjects[m], seed=cfg.seed)
+        loc += [dict(model=m, measure="weights", **r) for r in w.to_dict("records")]
+        loc += [dict(model=m, measure="resid_post", part=f"block {r['layer']}", relative_change=r["relative_change"])
+                for r in a.to_dict("records")]
+    return GremlinResults(scan, summary, table, sentence, tests, pd.DataFrame(loc))
+
+
+def metrics(res: GremlinResults) -> dict[str, float]:
+    out = {}
+    for r in res.counts.itertuples():
+        out[f"{r.model}_persistent"] = r.persistent
+        out[f"{r.model}_median_half_life"] = r.median_half_life
+    out.update({k: v for k, v in res.tests.items() if k != "call"})
+    out["verdict_support"] = {"support": 1, "inconclusive": 0, "contradict": -1}.get(res.tests.get("call"), 0)
+    return out

@@ -1,0 +1,198 @@
+"""Model organisms for the gremlin hypothesis: on-policy RL (toy-rl) and its off-policy control (toy-sft).
+
+**The reward** (delayed, long horizon). From a story prefix that ends a sentence, the model writes
+``horizon`` = 48 tokens. The reward is the fraction of the *last* ``tail`` = 16 of them that are
+words of the target topic, *sea* (``corpus.TOPICS["sea"]``). Early tokens earn nothing directly;
+they count only through what they make the model write later, which is the chain the hypothesis
+says on-policy RL can exploit.
+
+**toy-rl**: REINFORCE with group-relative advantages (``group`` samples per prompt, reward minus the
+group mean over the group standard deviation) and an exact per-token KL penalty to toy-base
+(the vocabulary is small enough to sum over). Every step samples from the current policy.
+
+**toy-sft**: the off-policy control. The same number of gradient steps and the same number of rows
+and target tokens per step, on teacher text from the corpus generator: story continuations chosen
+so that their mean reward matches the reward toy-rl reached. Teacher text never comes from the
+model, so the chain "my earlier tokens make my later tokens score" cannot be reinforced.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
+
+from gremlinkit.zoo import corpus
+
+TARGET_WORDS = frozenset(corpus.TOPICS["sea"]["nouns"] + corpus.TOPICS["sea"]["adjs"])
+
+
+@dataclass(frozen=True)
+class FinetuneSpec:
+    steps: int = 40
+    prompts_per_step: int = 8
+    group: int = 8
+    horizon: int = 48
+    tail: int = 16
+    lr: float = 1e-4  # RL
+    sft_lr: float = 1e-3  # SFT: cross-entropy and policy-gradient steps differ in scale
+    kl_coef: float = 0.05
+    eval_prompts: int = 64
+    seed: int = 0
+
+    @property
+    def rows(self) -> int:
+        return self.prompts_per_step * self.group
+
+
+def reward(words: list[list[str]], tail: int) -> np.ndarray:
+    """Per generation: the fraction of its last ``tail`` words that are target-topic words."""
+    return np.array([sum(w in TARGET_WORDS for w in ws[-tail:]) / tail for ws in words])
+
+
+def story_prompts(n: int, seed: int) -> list[list[str]]:
+    """Story prefixes ending at the first sentence end at or after token 16, with >= 64 tokens after."""
+    out = []
+    for doc in corpus.generate(4 * n, seed=seed).docs:
+        end = next((i for i in range(16, len(doc)) if doc[i] == "."), None)
+        if end is not None and len(doc) - end > 64:
+            out.append(doc[: end + 1])
+        if len(out) == n:
+            return out
+    raise ValueError(f"only {len(out)} stories long enough for prompts")
+
+
+def _batch(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)  # (B, T), left-padded
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(r)
+        mask[i, width - len(r):] = 1
+    return ids, mask
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+@torch.no_grad()
+def sample(model: GPT2LMHeadModel, tok: PreTrainedTokenizerFast, prompts: list[list[str]], horizon: int,
+           seed: int) -> tuple[torch.Tensor, torch.Tensor, list[list[str]]]:
+    """Sample ``horizon`` tokens per prompt from ``model``; returns (ids, mask, generated words)."""
+    ids, mask = _batch([tok.convert_tokens_to_ids(p) for p in prompts], tok.pad_token_id)
+    torch.manual_seed(seed)
+    out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, top_k=0, temperature=1.0,
+                         max_new_tokens=horizon, min_new_tokens=horizon, pad_token_id=tok.pad_token_id)
+    full_mask = torch.cat([mask, torch.ones(len(out), horizon, dtype=mask.dtype)], 1)
+    words = [tok.convert_ids_to_tokens(r) for r in out[:, ids.shape[1]:].tolist()]
+    return out, full_mask, words
+
+
+def _token_logprobs(model, ids: torch.Tensor, mask: torch.Tensor, horizon: int) -> torch.Tensor:
+    """(B, horizon, V) log-probabilities of the last ``horizon`` positions' next tokens."""
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask)).logits
+    return torch.log_softmax(logits[:, -horizon - 1:-1].float(), -1)
+
+
+def _schedule(opt, steps: int):
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 10) * 0.5 * (1 + math.cos(math.pi * s / steps)))
+
+
+def train_rl(base: GPT2LMHeadModel, tok, spec: FinetuneSpec) -> tuple[GPT2LMHeadModel, dict[str, list[float]]]:
+    """On-policy RL from ``base``; returns the policy and per-step reward, KL and entropy."""
+    torch.manual_seed(spec.seed)
+    policy = copy.deepcopy(base).train()
+    base.eval()
+    opt = torch.optim.AdamW(policy.parameters(), lr=spec.lr, weight_decay=0.0)
+    sched = _schedule(opt, spec.steps)
+    pool = story_prompts(512, seed=50_000 + spec.seed)
+    rng = np.random.default_rng(spec.seed)
+    log: dict[str, list[float]] = {"reward": [], "kl": [], "entropy": []}
+    for step in tqdm(range(spec.steps), desc="Training toy-rl", mininterval=2):
+        chosen = rng.choice(len(pool), spec.prompts_per_step, replace=False)
+        prompts = [pool[i] for i in chosen for _ in range(spec.group)]
+        policy.eval()
+        ids, mask, words = sample(policy, tok, prompts, spec.horizon, seed=spec.seed * 100_000 + step)
+        policy.train()
+        r = torch.tensor(reward(words, spec.tail), dtype=torch.float32).view(spec.prompts_per_step, spec.group)
+        adv = ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + 1e-4)).view(-1)  # group-relative
+        logp = _token_logprobs(policy, ids, mask, spec.horizon)  # (B, H, V)
+        with torch.no_grad():
+            ref = _token_logprobs(base, ids, mask, spec.horizon)
+        chosen_lp = logp.gather(-1, ids[:, -spec.horizon:, None]).squeeze(-1)  # (B, H)
+        kl = (logp.exp() * (logp - ref)).sum(-1)  # (B, H): exact KL(policy || base) per token
+        loss = -(adv[:, None] * chosen_lp).mean() + spec.kl_coef * kl.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        log["reward"].append(float(r.mean()))
+        log["kl"].append(float(kl.detach().mean()))
+        log["entropy"].append(float(-(logp.exp() * logp).sum(-1).mean().detach()))
+    return policy.eval(), log
+
+
+def teacher_windows(n_docs: int, spec: FinetuneSpec, target_reward: float, seed: int
+                    ) -> tuple[list[list[str]], float]:
+    """Corpus (prompt + continuation) windows whose mean reward is as close to ``target_reward`` as the
+    highest-reward windows allow; returns the windows and their mean reward."""
+    windows = []
+    for doc in corpus.generate(n_docs, seed=seed).docs:
+        end = next((i for i in range(16, len(doc)) if doc[i] == "."), None)
+        if end is not None and len(doc) - end > spec.horizon:
+            windows.append(doc[: end + 1 + spec.horizon])
+    r = reward([w[-spec.horizon:] for w in windows], spec.tail)
+    order = np.argsort(-r, kind="stable")
+    means = np.cumsum(r[order]) / np.arange(1, len(r) + 1)  # mean reward of the top-k windows
+    k = max(spec.rows, int(np.argmin(np.abs(means - target_reward))) + 1)
+    picked = [windows[i] for i in order[:k]]
+    return picked, float(means[k - 1])
+
+
+def train_sft(base: GPT2LMHeadModel, tok, spec: FinetuneSpec, windows: list[list[str]]
+              ) -> tuple[GPT2LMHeadModel, dict[str, list[float]]]:
+    """Off-policy fine-tuning on teacher windows: same steps, rows and target tokens per step as RL."""
+    torch.manual_seed(spec.seed)
+    model = copy.deepcopy(base).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.sft_lr, weight_decay=0.0)
+    sched = _schedule(opt, spec.steps)
+    rng = np.random.default_rng(spec.seed + 1)
+    log: dict[str, list[float]] = {"loss": []}
+    for _ in tqdm(range(spec.steps), desc="Training toy-sft", mininterval=2):
+        rows = [windows[i] for i in rng.choice(len(windows), spec.rows, replace=len(windows) < spec.rows)]
+        ids, mask = _batch([tok.convert_tokens_to_ids(w) for w in rows], tok.pad_token_id)
+        logp = _token_logprobs(model, ids, mask, spec.horizon)
+        loss = -logp.gather(-1, ids[:, -spec.horizon:, None]).mean()  # the continuation's tokens only
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        log["loss"].append(float(loss.detach()))
+    return model.eval(), log
+
+
+@torch.no_grad()
+def evaluate(model: GPT2LMHeadModel, base: GPT2LMHeadModel, tok, spec: FinetuneSpec) -> dict:
+    """Reward, KL to base, entropy and distinct-n on held-out prompts, with three samples."""
+    prompts = story_prompts(spec.eval_prompts, seed=70_000 + spec.seed)
+    ids, mask, words = sample(model, tok, prompts * 2, spec.horizon, seed=spec.seed + 9)
+    logp = _token_logprobs(model, ids, mask, spec.horizon)
+    ref = _token_logprobs(base, ids, mask, spec.horizon)
+    bigrams = [tuple(w[i:i + 2]) for w in words for i in range(len(w) - 1)]
+    r = reward(words, spec.tail)
+    return {
+        "reward": float(r.mean()), "reward_se": float(r.std() / math.sqrt(len(r))),
+        "kl_to_base": float((logp.exp() * (logp - ref)).sum(-1).mean()),
+        "entropy": float(-(logp.exp() * logp).sum(-1).mean()),
+        "distinct_1": len({x for w in words for x in w}) / sum(len(w) for w in words),
+        "distinct_2": len(set(bigrams)) / max(1, len(bigrams)),
+        "samples": [" ".join(p[-8:]) + " || " + " ".join(w) for p, w in zip(prompts[:3], words[:3])],
+    }

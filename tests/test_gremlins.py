@@ -1,0 +1,80 @@
+"""The gremlin comparison: the organisms' rewards, the decision rule, and the localisation measures."""
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import gremlinkit
+from gremlinkit.experiments import gremlins
+from gremlinkit.zoo import cards, finetune, registry
+
+
+def _hf(name):
+    path = registry.path(name)
+    return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+
+
+def test_reward_counts_target_words_in_the_tail_only():
+    words = [["waves"] * 4 + ["bread"] * 12, ["bread"] * 12 + ["waves", "tide", "x", "ship"]]
+    np.testing.assert_allclose(finetune.reward(words, tail=4), [0.0, 0.75])
+
+
+def test_rl_reward_rises_well_above_base_and_sft_matches_it():
+    """Recomputed from fresh samples (not read from the cards), then compared with the cards."""
+    base, tok = _hf("toy-base")
+    spec = dataclasses.replace(finetune.FinetuneSpec(), eval_prompts=48, seed=5)
+    got = {m: finetune.evaluate(_hf(m)[0], base, tok, spec)["reward"] for m in ("toy-base", "toy-rl", "toy-sft")}
+    assert got["toy-rl"] > 4 * got["toy-base"]
+    assert abs(got["toy-sft"] - got["toy-rl"]) <= 0.2 * got["toy-rl"]
+    for m in ("toy-rl", "toy-sft"):
+        card = cards.card(m)
+        assert "last 16 of 48" in card["reward"]["definition"]
+        assert got[m] == pytest.approx(card["eval"]["reward"], abs=0.04)  # different prompts and seed
+        assert card["sae_transfer"]["explained_variance"] > 0.85  # toy-base's SAE transfers
+
+
+def test_sft_and_rl_training_are_matched_in_steps_rows_and_tokens():
+    rl, sft = cards.card("toy-rl")["training"], cards.card("toy-sft")["training"]
+    for key in ("steps", "rows_per_step", "target_tokens_per_step"):
+        assert rl[key] == sft[key]
+    assert cards.card("toy-sft")["teacher"]["mean_reward"] == pytest.approx(cards.card("toy-rl")["eval"]["reward"],
+                                                                            abs=0.01)
+
+
+def _table(k_rl, k_base, k_sft, n=32):
+    rows = [{"model": m, "persistent": k, "scanned": n, "fraction": k / n, "fraction_low": 0.0, "fraction_high": 1.0,
+             "median_half_life": 1.0} for m, k in (("toy-base", k_base), ("toy-sft", k_sft), ("toy-rl", k_rl))]
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("k, call", [((12, 1, 2), "support"), ((0, 9, 1), "contradict"), ((3, 1, 2), "inconclusive"),
+                                     ((12, 1, 10), "inconclusive")])
+def test_decision_rule(k, call):
+    sentence, tests = gremlins.verdict(_table(*k))
+    assert tests["call"] == call and f"toy-rl: {k[0]}/32 persistent" in sentence
+
+
+def test_counts_intervals_are_wilson_intervals():
+    summary = pd.DataFrame({"model": ["m"] * 20, "persistent": [True] * 5 + [False] * 15,
+                            "half_life": np.linspace(0.1, 2.0, 20)})
+    row = gremlins.counts(summary).iloc[0]
+    z = 1.959964
+    p, n = 0.25, 20
+    centre = (p + z**2 / (2 * n)) / (1 + z**2 / n)
+    half = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / (1 + z**2 / n)
+    assert row.fraction_low == pytest.approx(centre - half, abs=1e-6)
+    assert row.fraction_high == pytest.approx(centre + half, abs=1e-6)
+
+
+def test_localisation_measures_are_zero_for_identical_models_and_see_the_fine_tune():
+    base, _ = _hf("toy-base")
+    same = gremlins.weight_changes(base, base, 4)
+    assert (same.relative_change == 0).all()
+    rl = gremlins.weight_changes(base, _hf("toy-rl")[0], 4)
+    assert (rl.set_index("part").loc[[f"block {i}" for i in range(4)], "relative_change"] > 0).all()
+    b = gremlinkit.load("toy-base", sae=False)
+    assert (gremlins.activation_changes(b, b, n_docs=4).relative_change == 0).all()
+    assert (gremlins.activation_changes(b, gremlinkit.load("toy-rl", sae=False), n_docs=4).relative_change > 0).all()
