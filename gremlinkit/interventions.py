@@ -90,22 +90,24 @@ def steer(vector: Any, coeff: float, site: str, pos: Positions = "all", *, rows:
                       coeff=float(coeff))
 
 
+def _unit(vector: Any, kind: str) -> torch.Tensor:
+    v = _vector(vector)
+    if float(v.norm()) == 0:
+        raise InterventionError(f"{kind} needs a non-zero direction")
+    return v / v.norm()
+
+
 def reflect(vector: Any, site: str, pos: Positions = "all", *, rows: Rows = None,
             step: int | None = None) -> VectorEdit:
     """Flip the sign of the component along ``vector`` at ``site`` (x -> x - 2 (x . v) v, v unit)."""
-    v = _vector(vector)
-    if float(v.norm()) == 0:
-        raise InterventionError("cannot reflect along a zero vector")
-    return VectorEdit(pos=pos, rows=rows, step=step, site=site, kind="reflect", vector=v / v.norm())
+    return VectorEdit(pos=pos, rows=rows, step=step, site=site, kind="reflect", vector=_unit(vector, "reflect"))
 
 
 def project_out(vector: Any, site: str, pos: Positions = "all", *, rows: Rows = None,
                 step: int | None = None) -> VectorEdit:
     """Remove the component along ``vector`` from the activation at ``site``."""
-    v = _vector(vector)
-    if float(v.norm()) == 0:
-        raise InterventionError("cannot project out a zero vector")
-    return VectorEdit(pos=pos, rows=rows, step=step, site=site, kind="project_out", vector=v / v.norm())
+    return VectorEdit(pos=pos, rows=rows, step=step, site=site, kind="project_out",
+                      vector=_unit(vector, "project_out"))
 
 
 # --------------------------------------------------------------------------- planning

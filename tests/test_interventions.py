@@ -164,6 +164,7 @@ def test_check_sae_exposes_a_wrong_site(toy):
     (lambda s: s.run(PROMPTS, [iv.steer(torch.ones(64), 1.0, SITE)]), InterventionError,
      "the direction has 64 entries; site 'blocks.1.hook_resid_post' has width 128"),
     (lambda s: iv.steer(torch.tensor([1.0, float("nan")]), 1.0, SITE), InterventionError, "non-finite"),
+    (lambda s: iv.project_out(torch.zeros(128), SITE), InterventionError, "project_out needs a non-zero direction"),
     (lambda s: s.generate(PROMPTS, 0), InputError, "max_new_tokens=0 must be a positive integer"),
     (lambda s: s.run(PROMPTS, [iv.ablate(1, rows=[5])]), InterventionError, "rows \\[5\\] are out of range"),
 ])

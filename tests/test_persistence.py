@@ -48,8 +48,10 @@ def test_topic_feature_recovers_the_corpus_persistence(toy, heldout, tmp_path):
     labels, feats = heldout
     on = (feats > 0).numpy()
     sea = (labels.topic == "sea").to_numpy()
-    score = on[sea].mean(0) * (on[sea].sum(0) / on.sum(0).clip(1))  # recall x precision
-    feature = int(score.argmax())
+    recall, precision = on[sea].mean(0), on[sea].sum(0) / on.sum(0).clip(1)
+    # Precision above chance: a frequent generic feature has precision ~ P(sea) and says nothing about topic.
+    feature = int((recall * (precision - sea.mean())).argmax())
+    assert precision[feature] > 2 * sea.mean()  # the premise: it really is a topic feature
     cfg = ps.PersistenceConfig(features=[feature], intervention="add", scale=16.0, positions=["sentence_end:24"],
                                horizon=64, n_prompts=256, mode="on_policy", n_bootstrap=100, output_dir=str(tmp_path))
     summary = ps.summarize(ps.run(cfg, {"toy-base": toy}), n_bootstrap=100)

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from gremlinkit.zoo import corpus
+from gremlinkit.zoo.lm import optimizer_step
 
 TARGET_WORDS = frozenset(corpus.TOPICS["sea"]["nouns"] + corpus.TOPICS["sea"]["adjs"])
 
@@ -128,11 +129,7 @@ def train_rl(base: GPT2LMHeadModel, tok, spec: FinetuneSpec) -> tuple[GPT2LMHead
         chosen_lp = logp.gather(-1, ids[:, -spec.horizon:, None]).squeeze(-1)  # (B, H)
         kl = (logp.exp() * (logp - ref)).sum(-1)  # (B, H): exact KL(policy || base) per token
         loss = -(adv[:, None] * chosen_lp).mean() + spec.kl_coef * kl.mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        optimizer_step(policy, opt, sched, loss)
         log["reward"].append(float(r.mean()))
         log["kl"].append(float(kl.detach().mean()))
         log["entropy"].append(float(-(logp.exp() * logp).sum(-1).mean().detach()))
@@ -170,11 +167,7 @@ def train_sft(base: GPT2LMHeadModel, tok, spec: FinetuneSpec, windows: list[list
         ids, mask = _batch([tok.convert_tokens_to_ids(w) for w in rows], tok.pad_token_id)
         logp = _token_logprobs(model, ids, mask, spec.horizon)
         loss = -logp.gather(-1, ids[:, -spec.horizon:, None]).mean()  # the continuation's tokens only
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        optimizer_step(model, opt, sched, loss)
         log["loss"].append(float(loss.detach()))
     return model.eval(), log
 

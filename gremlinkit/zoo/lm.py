@@ -53,6 +53,15 @@ def new_model(tok: PreTrainedTokenizerFast, spec: LMSpec) -> GPT2LMHeadModel:
     return GPT2LMHeadModel(cfg)
 
 
+def optimizer_step(model: torch.nn.Module, opt, sched, loss: torch.Tensor) -> None:
+    """One clipped AdamW step and a scheduler tick: the update every zoo trainer makes."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sched.step()
+
+
 def train_lm(model: GPT2LMHeadModel, docs: list[np.ndarray], spec: LMSpec) -> list[float]:
     """Next-token training with AdamW and a warmup-cosine schedule; returns the loss per step."""
     gen = torch.Generator().manual_seed(spec.seed)
@@ -70,11 +79,7 @@ def train_lm(model: GPT2LMHeadModel, docs: list[np.ndarray], spec: LMSpec) -> li
     for _ in tqdm(range(spec.steps), desc="Training LM", mininterval=2):
         batch = next(batches)
         loss = model(input_ids=batch, labels=batch).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        optimizer_step(model, opt, sched, loss)
         losses.append(loss.item())
     model.eval()
     return losses
