@@ -100,7 +100,9 @@ def run_series(notebook_dir: Path, runs_dir: Path, smoke: bool = False) -> Path:
     for nb in discover(notebook_dir):
         print(f"running {nb.name} ...", flush=True)
         run = run_notebook(nb, run_dir / nb.stem, smoke=smoke)
-        print(f"  {run.seconds:.0f} s, peak RSS {run.metrics.get('peak_rss_mb', float('nan')):.0f} MB", flush=True)
+        peak = run.metrics.get("peak_rss_mb", float("nan"))
+        over = "  (over the 1.5 GB Binder budget)" if peak > 1500 else ""
+        print(f"  {run.seconds:.0f} s, peak RSS {peak:.0f} MB{over}", flush=True)
         rows.append(run)
     _write_index(run_dir, rows)
     latest = Path(runs_dir).resolve() / "latest"

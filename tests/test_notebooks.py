@@ -75,3 +75,14 @@ def test_compare_reports_each_miss():
     assert len(problems) == 3
     assert problems[0].startswith("a=1.2 differs") and "b=6 exceeds" in problems[1] and "d: not recorded" in problems[2]
     assert harness.compare({"a": 1.05, "b": 5, "c": 3, "d": 0}, ref) == []
+
+
+BINDER_BUDGET_MB = 1500  # Binder gives 2 GB; leave room for the Jupyter server
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_default_run_fits_in_binder_memory(notebook, tmp_path):
+    run = harness.run_notebook(notebook, tmp_path, smoke=False)
+    print(f"{notebook.name}: default run {run.seconds:.0f} s, peak RSS {run.metrics['peak_rss_mb']:.0f} MB")
+    assert run.metrics["peak_rss_mb"] <= BINDER_BUDGET_MB

@@ -19,7 +19,6 @@ held-out stories show where each fine-tune acted.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 

@@ -32,7 +32,6 @@ import pandas as pd
 import torch
 
 from gremlinkit import interventions as iv
-from gremlinkit.errors import ConfigError
 from gremlinkit.experiments.personas import _ci, builtin_pairs, last_token_activations
 from gremlinkit.experiments.zoo_tour import lexicon_rates, persona_prompts
 from gremlinkit.params import check_range
@@ -106,15 +105,19 @@ def reference_values(subject, n_docs: int, seed: int) -> tuple[dict[str, torch.T
     n_layers = subject.site_map.n_layers
     mlp_sites = [f"blocks.{L}.mlp.hook_pre" for L in range(n_layers)]
     resid_sites = [f"blocks.{L}.hook_resid_post" for L in range(n_layers)]
-    sites = mlp_sites + resid_sites + ([subject.sae_site] if subject.sae is not None else [])
+    keep = subject.batch(ids).prompt_mask(skip_bos=True)
+    out, directions, projections = {}, {}, []
     with torch.no_grad():
-        acts = subject.activations_at(ids, list(dict.fromkeys(sites)))
-        keep = subject.batch(ids).prompt_mask(skip_bos=True)
-        out = {s: acts[s][keep] for s in mlp_sites}
-        directions = {s: acts[s][keep].mean(0) / acts[s][keep].mean(0).norm() for s in resid_sites}
-        out["direction"] = torch.stack([acts[s][keep] @ directions[s] for s in resid_sites], 1)
+        # One site at a time: a padded (B, T, d) read of every site at once would not fit a 2 GB Binder.
+        for site in mlp_sites:
+            out[site] = subject.activations(ids, site)[keep]
+        for site in resid_sites:
+            x = subject.activations(ids, site)[keep]
+            directions[site] = x.mean(0) / x.mean(0).norm()
+            projections.append(x @ directions[site])
+        out["direction"] = torch.stack(projections, 1)
         if subject.sae is not None:
-            out["sae"] = _sae_pre(subject, acts[subject.sae_site][keep])
+            out["sae"] = _sae_pre(subject, subject.activations(ids, subject.sae_site)[keep])
     return out, directions
 
 

@@ -84,15 +84,11 @@ def samples(subject, cfg: ZooTourConfig) -> pd.DataFrame:
 def heldout_features(subject, cfg: ZooTourConfig) -> tuple[pd.DataFrame, torch.Tensor]:
     """Token labels of a held-out corpus (BOS dropped) and the SAE features at those tokens (N, d_sae)."""
     held = corpus.generate(cfg.n_docs, seed=10_000 + cfg.seed)
-    rows, feats = [], []
-    for start in range(0, len(held.docs), 32):
-        docs = held.docs[start:start + 32]
-        ids = [subject.tokenizer.convert_tokens_to_ids(d) for d in docs]
-        f = subject.features(ids)  # (B, T, d_sae), prompt indexing
-        for i, d in enumerate(docs):
-            feats.append(f[i, 1:len(d)])
+    ids = [subject.tokenizer.convert_tokens_to_ids(d) for d in held.docs]
+    feats = subject.features(ids)  # (B, T, d_sae), prompt indexing
+    keep = subject.batch(ids).prompt_mask(skip_bos=True)  # row-major: doc by doc, as the labels are
     labels = held.labels[held.labels.pos > 0].reset_index(drop=True)
-    return labels, torch.cat(feats)
+    return labels, feats[keep]
 
 
 def feature_summary(labels: pd.DataFrame, feats: torch.Tensor) -> pd.DataFrame:

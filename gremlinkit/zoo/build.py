@@ -10,7 +10,7 @@ import json
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -235,6 +235,3 @@ def build(root: Path | None = None, only: str | None = None, quick: bool = False
         cards[n] = BUILDERS[n](Path(root), spec)
     return cards
 
-
-def spec_dict(quick: bool) -> dict:
-    return asdict(QUICK if quick else FULL)
