@@ -41,7 +41,7 @@ from gremlinkit.zoo import corpus
 @dataclass(frozen=True)
 class SignFlipConfig:
     model: str = "toy-base"  # zoo name or local model directory
-    n_docs: int = 100  # reference stories for sign statistics
+    n_docs: int = 60  # reference stories for sign statistics
     n_units: int = 5  # one-sign units searched, most consistent first
     prompt_length: int = 8  # searchable tokens after BOS
     n_steps: int = 40  # search steps per restart
