@@ -160,3 +160,13 @@ def test_charts_encode_the_scan(toy, tmp_path):
     assert len(next(iter(dist["datasets"].values()))) == len(summary)
     heat = plots.feature_lag_heatmap(df).to_dict()
     assert heat["mark"]["type"] == "rect" and heat["encoding"]["y"]["field"] == "feature"
+
+
+def test_feature_frequencies_ignore_padding(toy):
+    """Top-N by frequency counts real tokens only, whatever lengths the prompts have."""
+    long = torch.tensor(toy.tokenizer("mira is a kind honest old sailor . mira says :")["input_ids"])
+    short = long[:4]
+    both = ps.choose_features(toy, [long, short], "top-5", seed=0)
+    feats = torch.cat([toy.features([long])[0, 1:], toy.features([short])[0, 1:]])
+    expected = (feats > 0).float().mean(0).argsort(descending=True)[:5].tolist()
+    assert both == expected

@@ -177,8 +177,9 @@ def choose_features(subject, prompts: list[torch.Tensor], spec: Any, seed: int) 
             iv.validate(iv.ablate(f), n_rows=1, max_len=[1], d_model=subject.d_model, d_sae=subject.d_sae)
         return [int(f) for f in spec]
     kind, n = spec.split("-")[0], int(spec.split("-")[1])
-    feats = subject.features(prompts)[:, 1:]  # (B, T-1, d_sae), BOS dropped
-    freq = (feats > 0).float().mean((0, 1))
+    # Only real tokens after BOS: padding reads as zero, and an SAE can encode zero to active features.
+    feats = subject.features(prompts)[subject.batch(prompts).prompt_mask(skip_bos=True)]  # (N, d_sae)
+    freq = (feats > 0).float().mean(0)
     live = torch.nonzero(freq > 0).flatten()
     if kind == "top":
         return freq.argsort(descending=True)[:n].tolist()
