@@ -30,6 +30,7 @@ from scipy.stats import binomtest, bootstrap, fisher_exact
 from gremlinkit.experiments import persistence
 from gremlinkit.params import check_range
 from gremlinkit.zoo import corpus
+from gremlinkit.zoo.lm import encode_docs
 
 
 @dataclass(frozen=True)
@@ -126,8 +127,7 @@ def weight_changes(base, tuned, n_layers: int) -> pd.DataFrame:
 
 def activation_changes(base_subject, tuned_subject, n_docs: int = 40, seed: int = 0) -> pd.DataFrame:
     """Mean relative change of ``blocks.L.hook_resid_post`` over held-out stories' tokens."""
-    docs = corpus.generate(n_docs, seed=80_000 + seed).docs
-    ids = [torch.tensor(base_subject.tokenizer.convert_tokens_to_ids(d)) for d in docs]
+    ids = encode_docs(corpus.generate(n_docs, seed=80_000 + seed), base_subject.tokenizer)
     sites = [f"blocks.{L}.hook_resid_post" for L in range(base_subject.site_map.n_layers)]
     a, b = base_subject.activations_at(ids, sites), tuned_subject.activations_at(ids, sites)
     keep = base_subject.batch(ids).prompt_mask(skip_bos=True)

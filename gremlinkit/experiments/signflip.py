@@ -36,6 +36,7 @@ from gremlinkit.experiments.personas import _ci, builtin_pairs, last_token_activ
 from gremlinkit.experiments.zoo_tour import lexicon_rates, persona_prompts
 from gremlinkit.params import check_range
 from gremlinkit.zoo import corpus
+from gremlinkit.zoo.lm import encode_docs
 
 
 @dataclass(frozen=True)
@@ -100,8 +101,7 @@ def reference_values(subject, n_docs: int, seed: int) -> tuple[dict[str, torch.T
     Keys: MLP sites (N, d_mlp), ``"sae"`` (N, d_sae) and ``"direction"`` (N, n_layers), one
     column per ``blocks.L.hook_resid_post`` mean direction (returned second, as unit vectors).
     """
-    docs = corpus.generate(n_docs, seed=40_000 + seed).docs
-    ids = [torch.tensor(subject.tokenizer.convert_tokens_to_ids(d)) for d in docs]
+    ids = encode_docs(corpus.generate(n_docs, seed=40_000 + seed), subject.tokenizer)
     n_layers = subject.site_map.n_layers
     mlp_sites = [f"blocks.{L}.mlp.hook_pre" for L in range(n_layers)]
     resid_sites = [f"blocks.{L}.hook_resid_post" for L in range(n_layers)]

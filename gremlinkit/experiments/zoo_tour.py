@@ -17,6 +17,7 @@ import torch
 
 from gremlinkit.params import check_range
 from gremlinkit.zoo import corpus
+from gremlinkit.zoo.lm import encode_docs
 
 PERSONA_LEXICON = {p: {pair[i] for pair in corpus.PERSONA_WORDS.values()} for i, p in enumerate(corpus.PERSONAS)}
 LABELS = ["topic", "persona", "register", "age", "word_class"]
@@ -84,7 +85,7 @@ def samples(subject, cfg: ZooTourConfig) -> pd.DataFrame:
 def heldout_features(subject, cfg: ZooTourConfig) -> tuple[pd.DataFrame, torch.Tensor]:
     """Token labels of a held-out corpus (BOS dropped) and the SAE features at those tokens (N, d_sae)."""
     held = corpus.generate(cfg.n_docs, seed=10_000 + cfg.seed)
-    ids = [subject.tokenizer.convert_tokens_to_ids(d) for d in held.docs]
+    ids = encode_docs(held, subject.tokenizer)
     feats = subject.features(ids)  # (B, T, d_sae), prompt indexing
     keep = subject.batch(ids).prompt_mask(skip_bos=True)  # row-major: doc by doc, as the labels are
     labels = held.labels[held.labels.pos > 0].reset_index(drop=True)
