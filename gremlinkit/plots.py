@@ -1,9 +1,19 @@
-"""Altair charts: pure functions from a tidy DataFrame to an ``alt.Chart``; nothing is shown or saved."""
+"""Altair charts: pure functions from a tidy DataFrame to an ``alt.Chart``; nothing is shown or saved.
+
+The one exception is :func:`render_offline`, which notebooks call once: altair's default renderer
+writes HTML that fetches vega from a CDN, so charts stay blank on an offline machine and in saved
+notebooks opened later. The SVG renderer draws each chart in the kernel with vl-convert instead.
+"""
 
 from __future__ import annotations
 
 import altair as alt
 import pandas as pd
+
+
+def render_offline() -> None:
+    """Draw charts as SVG in the kernel (vl-convert), so they show without network access."""
+    alt.renderers.enable("svg")
 
 
 def persona_rates(samples: pd.DataFrame, *, title: str = "Persona lexicon in generated text") -> alt.Chart:
@@ -183,3 +193,73 @@ def localisation(loc: pd.DataFrame, *, title: str = "Where fine-tuning changed t
         )
         .resolve_scale(y="independent")
     )
+
+
+def token_heatmap(contexts: pd.DataFrame, *, title: str = "Top-activating contexts") -> alt.Chart:
+    """Tokens around each context's peak, coloured by the feature's activation (long table from
+    ``explore.feature_contexts``: context, offset, token, activation)."""
+    base = alt.Chart(contexts, title=title).encode(
+        x=alt.X("offset:O", title="tokens from the peak"),
+        y=alt.Y("context:O", title="context (strongest first)"),
+    )
+    cells = base.mark_rect().encode(
+        color=alt.Color("activation:Q", scale=alt.Scale(scheme="oranges"), title="activation"),
+        tooltip=["context", "offset", "token", alt.Tooltip("activation:Q", format=".3f")])
+    words = base.mark_text(fontSize=10).encode(text="token:N")
+    return alt.layer(cells, words).properties(width=alt.Step(56), height=alt.Step(20))
+
+
+def activation_histogram(values: pd.DataFrame, *, bins: int = 30,
+                         title: str = "Non-zero activations on held-out tokens") -> alt.Chart:
+    """Histogram of a feature's non-zero activations (``explore.activation_values``)."""
+    return (
+        alt.Chart(values, title=title)
+        .mark_bar()
+        .encode(x=alt.X("activation:Q", bin=alt.Bin(maxbins=bins), title="activation"),
+                y=alt.Y("count():Q", title="tokens"))
+        .properties(width=280, height=160)
+    )
+
+
+def logit_effect_bars(effects: pd.DataFrame, *,
+                      title: str = "Next-token log-prob the feature adds (ablated at its peaks)") -> alt.Chart:
+    """Tokens the feature promotes and suppresses most (``explore.logit_effects``)."""
+    return (
+        alt.Chart(effects, title=title)
+        .mark_bar()
+        .encode(x=alt.X("effect:Q", title="mean change in log-prob (nats)"),
+                y=alt.Y("token:N", sort="-x", title=None),
+                color=alt.Color("direction:N", scale=alt.Scale(domain=["promotes", "suppresses"],
+                                                               range=["#2a9d8f", "#e76f51"])),
+                tooltip=["token", "direction", alt.Tooltip("effect:Q", format=".3f")])
+        .properties(width=280)
+    )
+
+
+def steering_rates(samples: pd.DataFrame, *, title: str = "Persona lexicon: baseline and steered") -> alt.Chart:
+    """Mean Luigi- and Waluigi-word rates of paired samples per condition (``explore.steer_samples``)."""
+    long = samples.melt(id_vars=["sample", "condition"], value_vars=["luigi_rate", "waluigi_rate"],
+                        var_name="lexicon", value_name="rate")
+    long["lexicon"] = long.lexicon.str.replace("_rate", "", regex=False)
+    return (
+        alt.Chart(long, title=title)
+        .mark_bar()
+        .encode(x=alt.X("condition:N", sort=["baseline", "steered"], title=None),
+                y=alt.Y("mean(rate):Q", title="fraction of words"),
+                color=alt.Color("lexicon:N", scale=alt.Scale(domain=["luigi", "waluigi"], range=["#2a9d8f", "#7b2cbf"])),
+                xOffset="lexicon:N",
+                tooltip=["condition", "lexicon", alt.Tooltip("mean(rate):Q", format=".3f")])
+        .properties(width=200, height=160)
+    )
+
+
+def feature_decay(curves: pd.DataFrame, *, title: str = "One feature's edit, followed by lag") -> alt.Chart:
+    """Mean delta +- one standard error against lag, one line per model, one panel per mode
+    (``explore.feature_curves``)."""
+    data = curves.assign(low=curves.delta - curves["sem"], high=curves.delta + curves["sem"])
+    base = alt.Chart(data).encode(x=alt.X("lag:Q", title="tokens after the edit"), color=alt.Color("model:N"))
+    band = base.mark_area(opacity=0.2).encode(y=alt.Y("low:Q", title="mean change in the feature"), y2="high:Q")
+    line = base.mark_line(point=True).encode(y="delta:Q", tooltip=["model", "mode", "lag",
+                                                                   alt.Tooltip("delta:Q", format=".4f")])
+    return alt.layer(band, line).properties(width=260, height=160).facet(
+        column=alt.Column("mode:N", title=None), title=title)

@@ -150,6 +150,20 @@ def last_token_activations(subject, prompts: list[str], sites: list[str]) -> dic
     return {s: a[rows, last].numpy() for s, a in acts.items()}
 
 
+def trait_vector(subject, trait: str, site: str, seed: int, per_template: int = 16) -> np.ndarray:
+    """Difference of means at ``site`` over matched pairs: positive pole minus negative pole.
+
+    The poles are ``BUILTIN_TRAITS[trait][1:]``: persona Luigi -> Waluigi, register formal ->
+    sailor, age young -> old. Adding it steers toward the positive pole.
+    """
+    if trait not in BUILTIN_TRAITS:
+        raise ConfigError(f"trait {trait!r} is not one of {list(BUILTIN_TRAITS)}")
+    pairs = builtin_pairs(trait, per_template, seed)
+    acts = last_token_activations(subject, pairs.prompt.tolist(), [site])[site]
+    lab = pairs.label.to_numpy()
+    return acts[lab == 1].mean(0) - acts[lab == 0].mean(0)
+
+
 # --------------------------------------------------------------------------- directions and scores
 
 
@@ -222,7 +236,7 @@ def persona_axis(subject, sites: list[str], n: int, seed: int) -> pd.DataFrame:
 # --------------------------------------------------------------------------- steering
 
 
-def _ci(values: np.ndarray, seed: int) -> tuple[float, float]:
+def mean_ci(values: np.ndarray, seed: int) -> tuple[float, float]:
     """95% bootstrap percentile interval of the mean over prompts."""
     if np.ptp(values) == 0:
         return float(values[0]), float(values[0])
@@ -292,7 +306,7 @@ def dose_response(sweep: pd.DataFrame, seed: int) -> pd.DataFrame:
     rows = []
     for (metric, c), g in sweep.groupby(["metric", "coefficient"], sort=True):
         per_prompt = g.groupby("prompt_id").value.mean().to_numpy()
-        low, high = _ci(per_prompt, seed)
+        low, high = mean_ci(per_prompt, seed)
         rows.append({"metric": metric, "coefficient": c, "mean": float(per_prompt.mean()), "low": low, "high": high})
     return pd.DataFrame(rows)
 

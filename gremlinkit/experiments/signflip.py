@@ -32,7 +32,8 @@ import pandas as pd
 import torch
 
 from gremlinkit import interventions as iv
-from gremlinkit.experiments.personas import _ci, builtin_pairs, last_token_activations
+from gremlinkit.experiments import personas
+from gremlinkit.experiments.personas import mean_ci
 from gremlinkit.experiments.zoo_tour import lexicon_rates, persona_prompts
 from gremlinkit.params import check_range
 from gremlinkit.zoo import corpus
@@ -214,10 +215,7 @@ def run_searches(subject, units: list[tuple[Unit, int]], cfg: SignFlipConfig) ->
 
 def persona_direction(subject, site: str, seed: int) -> np.ndarray:
     """Luigi minus Waluigi mean at ``site`` over matched persona pairs: +X drives Luigi behaviour."""
-    pairs = builtin_pairs("persona", 16, seed)
-    acts = last_token_activations(subject, pairs.prompt.tolist(), [site])[site]
-    lab = pairs.label.to_numpy()
-    return acts[lab == 0].mean(0) - acts[lab == 1].mean(0)
+    return -personas.trait_vector(subject, "persona", site, seed)
 
 
 def behavior(subject, cfg: SignFlipConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -244,7 +242,7 @@ def behavior(subject, cfg: SignFlipConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     per_prompt = pd.DataFrame(rows)
     calls = []
     for name, g in per_prompt.groupby("condition", sort=False):
-        low, high = _ci(g.y.to_numpy(), cfg.seed)
+        low, high = mean_ci(g.y.to_numpy(), cfg.seed)
         call = "-Y (Waluigi)" if high < 0 else "+Y (Luigi)" if low > 0 else "0 (neither)"
         calls.append({"condition": name, "mean_y": float(g.y.mean()), "low": low, "high": high, "call": call,
                       "mean_x": float(g.x_at_last_token.mean()),

@@ -82,14 +82,23 @@ def samples(subject, cfg: ZooTourConfig) -> pd.DataFrame:
     return pd.concat([prompts.assign(continuation=gen.text), rates], axis=1)
 
 
-def heldout_features(subject, cfg: ZooTourConfig) -> tuple[pd.DataFrame, torch.Tensor]:
-    """Token labels of a held-out corpus (BOS dropped) and the SAE features at those tokens (N, d_sae)."""
-    held = corpus.generate(cfg.n_docs, seed=10_000 + cfg.seed)
+def heldout_corpus(n_docs: int, seed: int) -> corpus.Corpus:
+    """Stories the zoo models never trained on (the build uses seeds below 10,000)."""
+    return corpus.generate(n_docs, seed=10_000 + seed)
+
+
+def corpus_features(subject, held: corpus.Corpus) -> tuple[pd.DataFrame, torch.Tensor]:
+    """Token labels of ``held`` (BOS dropped) and the SAE features at those tokens (N, d_sae)."""
     ids = encode_docs(held, subject.tokenizer)
     feats = subject.features(ids)  # (B, T, d_sae), prompt indexing
     keep = subject.batch(ids).prompt_mask(skip_bos=True)  # row-major: doc by doc, as the labels are
     labels = held.labels[held.labels.pos > 0].reset_index(drop=True)
     return labels, feats[keep]
+
+
+def heldout_features(subject, cfg: ZooTourConfig) -> tuple[pd.DataFrame, torch.Tensor]:
+    """Labels and SAE features of ``cfg.n_docs`` held-out stories."""
+    return corpus_features(subject, heldout_corpus(cfg.n_docs, cfg.seed))
 
 
 def feature_summary(labels: pd.DataFrame, feats: torch.Tensor) -> pd.DataFrame:
