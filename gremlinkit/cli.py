@@ -28,6 +28,20 @@ def _zoo_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _zoo_check(args: argparse.Namespace) -> int:
+    from gremlinkit.zoo import registry
+
+    missing = registry.missing_files(args.out)
+    for f in missing:
+        print(f"missing: {f}", file=sys.stderr)
+    if missing:
+        print(f"gremlinkit: error: {len(missing)} zoo file(s) missing; rebuild with `gremlinkit zoo build`",
+              file=sys.stderr)
+        return 1
+    print(f"zoo ok: {len(registry.ARTEFACTS)} artefacts in {args.out or registry.ARTEFACT_DIR}")
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from gremlinkit import harness
 
@@ -57,6 +71,9 @@ def parser() -> argparse.ArgumentParser:
     ls = zoo.add_parser("list", help="show each artefact with its metrics")
     ls.add_argument("--out", type=Path, default=None, help="a zoo directory other than the package's")
     ls.set_defaults(func=_zoo_list)
+    ck = zoo.add_parser("check", help="check that every artefact's files are present")
+    ck.add_argument("--out", type=Path, default=None, help="a zoo directory other than the package's")
+    ck.set_defaults(func=_zoo_check)
     r = sub.add_parser("run", help="execute one notebook with papermill")
     r.add_argument("notebook")
     r.add_argument("output_dir")

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 
@@ -112,3 +113,15 @@ def test_unknown_artefact_is_a_clear_cli_error():
                          capture_output=True, text=True)
     assert out.returncode == 2
     assert "unknown zoo artefact 'toy-bsae'" in out.stderr and "toy-base-sae" in out.stderr
+
+
+def test_zoo_check_names_each_missing_file(tmp_path):
+    shutil.copytree(registry.ARTEFACT_DIR, tmp_path / "zoo")
+    check = [sys.executable, "-m", "gremlinkit", "zoo", "check", "--out", str(tmp_path / "zoo")]
+    assert subprocess.run(check, capture_output=True, text=True).returncode == 0
+    (tmp_path / "zoo" / "toy-rl" / "model.safetensors").unlink()
+    (tmp_path / "zoo" / "toy-base-sae" / "cfg.json").unlink()
+    out = subprocess.run(check, capture_output=True, text=True)
+    assert out.returncode == 1
+    assert "toy-rl/model.safetensors" in out.stderr and "toy-base-sae/cfg.json" in out.stderr
+    assert "2 zoo file(s) missing" in out.stderr

@@ -41,3 +41,16 @@ def path(name: str, root: Path | None = None) -> Path:
     if name not in ARTEFACTS:
         raise UnknownArtefactError(f"unknown zoo artefact {name!r}: the zoo has {sorted(ARTEFACTS)}")
     return (root or ARTEFACT_DIR) / name
+
+
+# What a loader needs in each kind of directory (HF model, sae_lens SAE), plus the model card.
+REQUIRED_FILES = {
+    "model": ("config.json", "model.safetensors", "tokenizer.json", CARD_FILE),
+    "sae": ("cfg.json", "sae_weights.safetensors", CARD_FILE),
+}
+
+
+def missing_files(root: Path | None = None) -> list[Path]:
+    """Every required artefact file absent under ``root`` (the shipped zoo by default)."""
+    return [path(a.name, root) / f for a in ARTEFACTS.values() for f in REQUIRED_FILES[a.kind]
+            if not (path(a.name, root) / f).is_file()]

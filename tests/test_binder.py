@@ -1,0 +1,82 @@
+"""The Binder environment, built as repo2docker builds it, from the ``binder/`` files alone.
+
+repo2docker copies the repository, picks the Python named in ``binder/runtime.txt``, runs
+``pip install -r binder/requirements.txt``, then ``binder/postBuild`` from the repository root.
+This test does the same in a fresh virtual environment (no Makefile, no .venv, a scratch HOME)
+and runs notebook 00 there with its smoke parameters against its stored reference.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gremlinkit import harness
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _copy_repository(dest: Path) -> None:
+    """The files git tracks, as repo2docker would see a clone (no .venv, runs or outputs)."""
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True)
+    if listed.returncode != 0:
+        pytest.fail(f"cannot list the repository's files with git: {listed.stderr.strip()}")
+    for rel in filter(None, listed.stdout.split("\0")):
+        src = ROOT / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+
+
+def _run(cmd: list[str], cwd: Path, env: dict, timeout: int) -> subprocess.CompletedProcess:
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_binder_environment_runs_notebook_00(tmp_path):
+    runtime = (ROOT / "binder" / "runtime.txt").read_text().strip()
+    assert runtime == f"python-{sys.version_info.major}.{sys.version_info.minor}", \
+        f"binder/runtime.txt asks for {runtime}; this test runs Python {sys.version.split()[0]}"
+    repo, venv, home = tmp_path / "repo", tmp_path / "venv", tmp_path / "home"
+    repo.mkdir()
+    home.mkdir()
+    _copy_repository(repo)
+
+    base_python = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([base_python, "-m", "venv", str(venv)], check=True)
+    cache = os.environ.get("PIP_CACHE_DIR", str(Path.home() / ".cache" / "pip"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "JUPYTER", "VIRTUAL_ENV"))}
+    env.update(PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}", VIRTUAL_ENV=str(venv), HOME=str(home),
+               PIP_CACHE_DIR=cache,
+               # An index that cannot be reached (offline CI) is skipped after one quick try.
+               PIP_RETRIES="0", PIP_TIMEOUT="10")
+    py = str(venv / "bin" / "python")
+
+    _run([py, "-m", "pip", "install", "--quiet", "-r", "binder/requirements.txt"], repo, env, 900)
+    post = _run(["bash", "binder/postBuild"], repo, env, 1200)
+    assert "zoo ok: 4 artefacts" in post.stdout
+    config = home / ".jupyter" / "jupyter_server_config.py"
+    assert "/lab/tree/notebooks/00_zoo_tour.ipynb" in config.read_text()
+
+    # The environment is the Binder one: torch pinned and CPU-only, gremlinkit from the copy.
+    probe = _run([py, "-c", "import json, torch, gremlinkit; print(json.dumps([torch.__version__, "
+                  "torch.cuda.is_available(), gremlinkit.__file__]))"], repo, env, 120)
+    version, cuda, location = json.loads(probe.stdout)
+    assert version.split("+")[0] == "2.13.0" and not cuda
+    assert Path(location).is_relative_to(repo)
+
+    out = tmp_path / "out"
+    _run([str(venv / "bin" / "gremlinkit"), "run", "notebooks/00_zoo_tour.ipynb", str(out), "--smoke"],
+         repo, env, 900)
+    metrics = json.loads((out / "metrics.json").read_text())
+    reference = json.loads((ROOT / "tests" / "references" / "00_zoo_tour.json").read_text())
+    assert harness.compare(metrics, reference) == []
