@@ -16,18 +16,24 @@ def render_offline() -> None:
     alt.renderers.enable("svg")
 
 
+def _lexicon_rates(samples: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Long form of the luigi_rate / waluigi_rate columns: keys..., lexicon, rate."""
+    long = samples.melt(id_vars=keys, value_vars=["luigi_rate", "waluigi_rate"], var_name="lexicon", value_name="rate")
+    return long.assign(lexicon=long.lexicon.str.replace("_rate", "", regex=False))
+
+
+PERSONA_COLORS = alt.Scale(domain=["luigi", "waluigi"], range=["#2a9d8f", "#7b2cbf"])
+
+
 def persona_rates(samples: pd.DataFrame, *, title: str = "Persona lexicon in generated text") -> alt.Chart:
     """Mean Luigi- and Waluigi-word rate of continuations, grouped by the prompt's persona."""
-    long = samples.melt(id_vars=["prompt_id", "persona"], value_vars=["luigi_rate", "waluigi_rate"],
-                        var_name="lexicon", value_name="rate")
-    long["lexicon"] = long.lexicon.str.replace("_rate", "", regex=False)
     return (
-        alt.Chart(long, title=title)
+        alt.Chart(_lexicon_rates(samples, ["prompt_id", "persona"]), title=title)
         .mark_bar()
         .encode(
             x=alt.X("lexicon:N", title=None),
             y=alt.Y("mean(rate):Q", title="fraction of words"),
-            color=alt.Color("lexicon:N", scale=alt.Scale(domain=["luigi", "waluigi"], range=["#2a9d8f", "#7b2cbf"])),
+            color=alt.Color("lexicon:N", scale=PERSONA_COLORS),
             column=alt.Column("persona:N", title="prompted persona"),
             tooltip=["persona", "lexicon", alt.Tooltip("mean(rate):Q", format=".3f")],
         )
@@ -163,6 +169,18 @@ def search_trajectories(trajectories: pd.DataFrame, *, title: str = "Flip search
         facet=alt.Facet("unit:N", title=None), columns=3, title=title)
 
 
+def flip_success(curve: pd.DataFrame, *, title: str = "Searches flipped within a budget of steps") -> alt.Chart:
+    """Success rate against the step budget, GCG against random search (``signflip.success_by_budget``)."""
+    return (
+        alt.Chart(curve, title=title)
+        .mark_line(interpolate="step-after")
+        .encode(x=alt.X("steps:Q", title="budget (steps of batch_candidates prompts)"),
+                y=alt.Y("success:Q", title="fraction flipped", scale=alt.Scale(domain=[0, 1])),
+                color=alt.Color("method:N"), tooltip=["method", "steps", alt.Tooltip("success:Q", format=".2f")])
+        .properties(width=320, height=180)
+    )
+
+
 def behavior_bars(calls: pd.DataFrame, *, title: str = "Behaviour Y = Luigi rate - Waluigi rate") -> alt.Chart:
     """Mean Y per condition with its 95% interval, coloured by the -Y / 0 / +Y call."""
     base = alt.Chart(calls, title=title).encode(y=alt.Y("condition:N", sort=None, title=None))
@@ -238,15 +256,12 @@ def logit_effect_bars(effects: pd.DataFrame, *,
 
 def steering_rates(samples: pd.DataFrame, *, title: str = "Persona lexicon: baseline and steered") -> alt.Chart:
     """Mean Luigi- and Waluigi-word rates of paired samples per condition (``explore.steer_samples``)."""
-    long = samples.melt(id_vars=["sample", "condition"], value_vars=["luigi_rate", "waluigi_rate"],
-                        var_name="lexicon", value_name="rate")
-    long["lexicon"] = long.lexicon.str.replace("_rate", "", regex=False)
     return (
-        alt.Chart(long, title=title)
+        alt.Chart(_lexicon_rates(samples, ["sample", "condition"]), title=title)
         .mark_bar()
         .encode(x=alt.X("condition:N", sort=["baseline", "steered"], title=None),
                 y=alt.Y("mean(rate):Q", title="fraction of words"),
-                color=alt.Color("lexicon:N", scale=alt.Scale(domain=["luigi", "waluigi"], range=["#2a9d8f", "#7b2cbf"])),
+                color=alt.Color("lexicon:N", scale=PERSONA_COLORS),
                 xOffset="lexicon:N",
                 tooltip=["condition", "lexicon", alt.Tooltip("mean(rate):Q", format=".3f")])
         .properties(width=200, height=160)

@@ -3,6 +3,7 @@
 import dataclasses
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -18,7 +19,7 @@ def result(toy):
 
 def test_sign_statistics_match_a_direct_count():
     v = torch.tensor([[1.0, -1.0], [2.0, -3.0], [-1.0, -2.0], [3.0, 0.5]])
-    table = sf.one_sign_units({"blocks.0.mlp.hook_pre": v}, None, n_layers=1)
+    table = sf.one_sign_units({"blocks.0.mlp.hook_pre": v}, None, direction_sites=[])
     first = table.iloc[0]
     assert (first["index"], first.consistency, first.majority_sign) == (0, 0.75, 1)
     assert table.set_index("index").loc[1, "frac_negative"] == 0.75
@@ -29,7 +30,7 @@ def test_sign_statistics_match_a_direct_count():
 def test_units_are_ranked_and_their_values_are_what_the_site_says(toy, result):
     top = result.units.head(5)
     assert (np.diff(top.consistency) <= 0).all()
-    assert (result.units.consistency >= 0.99).sum() >= 3
+    assert (result.units.consistency >= 0.99).sum() >= 5
     sae_row = result.units[result.units.kind == "sae"].iloc[0]
     unit = sf.Unit("sae", sae_row.site, int(sae_row["index"]))
     prompt = ["mira is a kind honest old sailor ."]
@@ -53,6 +54,21 @@ def test_searches_flip_units_and_found_prompts_really_flip(toy, result):
     ids = [toy.tokenizer.bos_token_id] + toy.tokenizer.convert_tokens_to_ids(row.prompt.split())
     value = float(sf.unit_value(toy, unit, [torch.tensor(ids)])[0])
     assert urow.majority_sign * value == pytest.approx(row.best, abs=1e-4) and row.best < 0
+
+
+def test_success_by_budget_counts_first_flips():
+    searches = pd.DataFrame({"method": ["gcg", "gcg", "random", "random"], "steps_to_flip": [2, None, 3, 3]})
+    curve = sf.success_by_budget(searches, n_steps=4).set_index(["method", "steps"]).success
+    assert curve.loc["gcg"].tolist() == [0.0, 0.5, 0.5, 0.5]
+    assert curve.loc["random"].tolist() == [0.0, 0.0, 1.0, 1.0]
+
+
+def test_gcg_beats_random_search_at_equal_budget(result):
+    """Same candidates per step and steps: GCG flips at least as many units, sooner and deeper."""
+    m = sf.metrics(result)
+    assert m["gcg_flips"] >= m["random_flips"] >= 1
+    assert m["gcg_mean_steps_to_flip"] < m["random_mean_steps_to_flip"]
+    assert m["gcg_mean_final"] < m["random_mean_final"]
 
 
 def test_behaviour_under_the_flip(result):

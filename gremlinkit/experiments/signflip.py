@@ -6,9 +6,10 @@ which is not the same as 0 (no persona at all). This module
 
 1. **finds one-sign units** over a reference distribution (held-out stories): MLP pre-activations
    (``blocks.L.mlp.hook_pre``), SAE pre-activations (after the ReLU a feature cannot change sign)
-   and residual directions (each ``blocks.L.hook_resid_post``'s mean direction, the archetype of a
-   value that is positive throughout training), ranked by sign consistency (the fraction of positions with the majority sign), then by
-   mean magnitude;
+   and residual directions (the mean direction of each residual-stream state, ``blocks.L.hook_resid_mid``
+   and ``blocks.L.hook_resid_post``: the archetype of a value that is positive throughout training),
+   ranked by sign consistency (the fraction of positions with the majority sign), then by mean
+   magnitude;
 2. **searches for prompts that flip a unit's sign** at the prompt's last token with a GCG-style
    discrete search (the top-k single-token substitutions by the gradient of the unit's value with
    respect to one-hot tokens, ``batch_candidates`` of them evaluated per step in one batch), against
@@ -48,7 +49,7 @@ class SignFlipConfig:
     prompt_length: int = 8  # searchable tokens after BOS
     n_steps: int = 40  # search steps per restart
     batch_candidates: int = 64  # candidate prompts evaluated per step (both methods)
-    top_k: int = 16  # GCG: substitutions kept per position
+    top_k: int = 32  # GCG: substitutions kept per position, by gradient (of 118 allowed tokens on the zoo)
     n_restarts: int = 2  # random initial prompts per unit and method
     behavior_site: str = "blocks.1.hook_resid_post"  # where the persona direction X is read and edited
     n_behavior_prompts: int = 12  # Luigi prompts per behaviour condition
@@ -99,13 +100,14 @@ def _sae_pre(subject, x: torch.Tensor) -> torch.Tensor:
 def reference_values(subject, n_docs: int, seed: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Candidate values over the non-BOS tokens of held-out stories, and the residual mean directions.
 
-    Keys: MLP sites (N, d_mlp), ``"sae"`` (N, d_sae) and ``"direction"`` (N, n_layers), one
-    column per ``blocks.L.hook_resid_post`` mean direction (returned second, as unit vectors).
+    Keys: MLP sites (N, d_mlp), ``"sae"`` (N, d_sae) and ``"direction"`` (N, 2 * n_layers), one
+    column per residual-stream state's mean direction, in the order of the second return value
+    (site -> unit vector): ``resid_mid`` then ``resid_post`` of each block.
     """
     ids = encode_docs(corpus.generate(n_docs, seed=40_000 + seed), subject.tokenizer)
     n_layers = subject.site_map.n_layers
     mlp_sites = [f"blocks.{L}.mlp.hook_pre" for L in range(n_layers)]
-    resid_sites = [f"blocks.{L}.hook_resid_post" for L in range(n_layers)]
+    resid_sites = [f"blocks.{L}.hook_resid_{k}" for L in range(n_layers) for k in ("mid", "post")]
     keep = subject.batch(ids).prompt_mask(skip_bos=True)
     out, directions, projections = {}, {}, []
     with torch.no_grad():
@@ -122,14 +124,18 @@ def reference_values(subject, n_docs: int, seed: int) -> tuple[dict[str, torch.T
     return out, directions
 
 
-def one_sign_units(values: dict[str, torch.Tensor], sae_site: str | None, n_layers: int) -> pd.DataFrame:
-    """Every candidate with its sign fractions, ranked by consistency then magnitude."""
+def one_sign_units(values: dict[str, torch.Tensor], sae_site: str | None, direction_sites: list[str]
+                   ) -> pd.DataFrame:
+    """Every candidate with its sign fractions, ranked by consistency then magnitude.
+
+    ``values["direction"]`` has one column per entry of ``direction_sites``.
+    """
     frames = []
     for key, v in values.items():
         pos, neg = (v > 0).float().mean(0), (v < 0).float().mean(0)
         kind = key if key in ("sae", "direction") else "mlp"
         site = {"sae": sae_site, "direction": None}.get(key, key)
-        sites = [f"blocks.{L}.hook_resid_post" for L in range(n_layers)] if kind == "direction" else site
+        sites = list(direction_sites) if kind == "direction" else site
         frames.append(pd.DataFrame({
             "kind": kind, "site": sites, "index": 0 if kind == "direction" else np.arange(v.shape[1]),
             "frac_positive": pos.numpy(), "frac_negative": neg.numpy(),
@@ -197,7 +203,7 @@ def search(subject, unit: Unit, sign: int, method: str, cfg: SignFlipConfig, res
 
 
 def run_searches(subject, units: list[tuple[Unit, int]], cfg: SignFlipConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Trajectories (unit, method, restart, step, best) and results (flipped, prompt text)."""
+    """Trajectories (unit, method, restart, step, best) and results (flipped, first flipping step, prompt)."""
     traj, res = [], []
     for unit, sign in units:
         for method in ("gcg", "random"):
@@ -205,12 +211,23 @@ def run_searches(subject, units: list[tuple[Unit, int]], cfg: SignFlipConfig) ->
                 trace, ids = search(subject, unit, sign, method, cfg, r)
                 traj += [{"unit": unit.name, "method": method, "restart": r, "step": s + 1, "best": b}
                          for s, b in enumerate(trace)]
+                first = next((s + 1 for s, b in enumerate(trace) if b < 0), None)
                 res.append({"unit": unit.name, "method": method, "restart": r, "best": trace[-1],
-                            "flipped": trace[-1] < 0, "prompt": subject.tokenizer.decode(ids[1:])})
+                            "flipped": trace[-1] < 0, "steps_to_flip": first,
+                            "prompt": subject.tokenizer.decode(ids[1:])})
     return pd.DataFrame(traj), pd.DataFrame(res)
 
 
 # --------------------------------------------------------------------------- 3. behaviour
+
+
+def success_by_budget(searches: pd.DataFrame, n_steps: int) -> pd.DataFrame:
+    """Fraction of searches flipped within each budget of 1..``n_steps`` steps: method, steps, success."""
+    rows = []
+    for method, g in searches.groupby("method"):
+        first = g.steps_to_flip.to_numpy(dtype=float)  # NaN: never flipped
+        rows += [{"method": method, "steps": b, "success": float(np.mean(first <= b))} for b in range(1, n_steps + 1)]
+    return pd.DataFrame(rows)
 
 
 def persona_direction(subject, site: str, seed: int) -> np.ndarray:
@@ -272,6 +289,7 @@ CONDITION_KEYS = {"+X (Luigi prompt)": "luigi_prompt", "0 (X projected out)": "x
 class SignFlipResults:
     units: pd.DataFrame  # every candidate, ranked
     values: dict  # reference values per candidate family, for the sign histograms
+    directions: dict  # site -> unit mean direction, in the column order of values["direction"]
     trajectories: pd.DataFrame
     searches: pd.DataFrame
     behavior: pd.DataFrame
@@ -284,21 +302,25 @@ def run(cfg: SignFlipConfig, subject=None) -> SignFlipResults:
     subject = subject or load(cfg.model)
     subject.site_map.resolve(cfg.behavior_site)
     values, directions = reference_values(subject, cfg.n_docs, cfg.seed)
-    units = one_sign_units(values, subject.sae_site if subject.sae is not None else None, subject.site_map.n_layers)
+    units = one_sign_units(values, subject.sae_site if subject.sae is not None else None, list(directions))
     chosen = [(Unit(r.kind, r.site, int(r.index), directions.get(r.site) if r.kind == "direction" else None),
                int(r.majority_sign)) for r in units.head(cfg.n_units).itertuples()]
     trajectories, searches = run_searches(subject, chosen, cfg)
     per_prompt, calls = behavior(subject, cfg)
-    return SignFlipResults(units, values, trajectories, searches, per_prompt, calls)
+    return SignFlipResults(units, values, directions, trajectories, searches, per_prompt, calls)
 
 
 def metrics(res: SignFlipResults) -> dict[str, float]:
     flips = res.searches.groupby("method").flipped.sum()
     final = res.searches.groupby("method").best.mean()
+    # Steps to the first flip, an unflipped search counted as one step past the budget.
+    steps = res.searches.steps_to_flip.fillna(res.trajectories.step.max() + 1).groupby(res.searches.method).mean()
     out = {"one_sign_units_99": int((res.units.consistency >= 0.99).sum()),
            "top_unit_consistency": float(res.units.consistency.iloc[0]),
            "gcg_flips": int(flips.get("gcg", 0)), "random_flips": int(flips.get("random", 0)),
-           "gcg_mean_final": float(final.get("gcg", np.nan)), "random_mean_final": float(final.get("random", np.nan))}
+           "gcg_mean_final": float(final.get("gcg", np.nan)), "random_mean_final": float(final.get("random", np.nan)),
+           "gcg_mean_steps_to_flip": float(steps.get("gcg", np.nan)),
+           "random_mean_steps_to_flip": float(steps.get("random", np.nan))}
     for row in res.calls.itertuples():
         key = CONDITION_KEYS[row.condition]
         out[f"{key}_call"] = CALL_VALUE[row.call]
@@ -311,7 +333,7 @@ def unit_values(res: SignFlipResults, n: int) -> pd.DataFrame:
     frames = []
     for r in res.units.head(n).itertuples():
         if r.kind == "direction":
-            column = res.values["direction"][:, int(r.site.split(".")[1])]
+            column = res.values["direction"][:, list(res.directions).index(r.site)]
         else:
             column = res.values["sae" if r.kind == "sae" else r.site][:, r.index]
         frames.append(pd.DataFrame({"unit": Unit(r.kind, r.site, int(r.index)).name, "value": column.numpy()}))
