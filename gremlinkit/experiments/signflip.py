@@ -15,7 +15,9 @@ which is not the same as 0 (no persona at all). This module
    respect to one-hot tokens, ``batch_candidates`` of them evaluated per step in one batch), against
    a random-search baseline that evaluates the same number of random substitutions per step. The
    search minimises ``s * value`` for a unit of majority sign ``s``; the unit is *flipped* once
-   that is negative. GCG also spends one backward pass per step, which random search does not;
+   that is negative. GCG also spends one backward pass per step, which random search does not.
+   Each search records the step of its first flip, so :func:`success_by_budget` compares the two
+   methods at every budget from 1 to ``n_steps`` steps, not only at the end;
 3. **measures behaviour under the flip** for the persona direction X (Luigi minus Waluigi mean at
    ``behavior_site``, so +X drives Luigi behaviour): Luigi prompts as they are (+X), with X
    projected out (0), with X reflected to -X, and with a searched suffix that flips X naturally;
