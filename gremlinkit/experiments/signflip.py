@@ -220,9 +220,6 @@ def run_searches(subject, units: list[tuple[Unit, int]], cfg: SignFlipConfig) ->
     return pd.DataFrame(traj), pd.DataFrame(res)
 
 
-# --------------------------------------------------------------------------- 3. behaviour
-
-
 def success_by_budget(searches: pd.DataFrame, n_steps: int) -> pd.DataFrame:
     """Fraction of searches flipped within each budget of 1..``n_steps`` steps: method, steps, success."""
     rows = []
@@ -230,6 +227,9 @@ def success_by_budget(searches: pd.DataFrame, n_steps: int) -> pd.DataFrame:
         first = g.steps_to_flip.to_numpy(dtype=float)  # NaN: never flipped
         rows += [{"method": method, "steps": b, "success": float(np.mean(first <= b))} for b in range(1, n_steps + 1)]
     return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- 3. behaviour
 
 
 def persona_direction(subject, site: str, seed: int) -> np.ndarray:

@@ -83,7 +83,8 @@ def samples(subject, cfg: ZooTourConfig) -> pd.DataFrame:
 
 
 def heldout_corpus(n_docs: int, seed: int) -> corpus.Corpus:
-    """Stories the zoo models never trained on (the build uses seeds below 10,000)."""
+    """Stories the zoo never trained on: the build draws its corpora with seeds 0, 1 and 100, and
+    fine-tuning prompts from 50,000 and 60,000."""
     return corpus.generate(n_docs, seed=10_000 + seed)
 
 
