@@ -10,6 +10,8 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 
+from gremlinkit.experiments.persistence import own_feature_rows
+
 
 def render_offline() -> None:
     """Draw charts as SVG in the kernel (vl-convert), so they show without network access."""
@@ -59,7 +61,7 @@ def feature_frequencies(summary: pd.DataFrame, *, top: int = 40,
 
 def decay_curves(scan: pd.DataFrame, *, title: str = "Effect of one edit, by lag") -> alt.Chart:
     """Mean delta of each edited feature against lag, one line per feature, faceted by model and mode."""
-    own = scan[scan.measured == scan.feature] if "measured" in scan else scan
+    own = own_feature_rows(scan)
     curves = own.groupby(["model", "mode", "feature", "lag"], as_index=False).delta.mean()
     curves["feature"] = curves.feature.astype(str)
     return (
@@ -93,7 +95,7 @@ def half_life_distribution(summary: pd.DataFrame, *, title: str = "Fitted half-l
 
 def feature_lag_heatmap(scan: pd.DataFrame, *, title: str = "Mean |delta| by feature and lag") -> alt.Chart:
     """Feature x lag heatmap of the mean absolute change, faceted by model and mode."""
-    own = scan[scan.measured == scan.feature] if "measured" in scan else scan
+    own = own_feature_rows(scan)
     heat = own.assign(abs_delta=own.delta.abs()).groupby(["model", "mode", "feature", "lag"],
                                                          as_index=False).abs_delta.mean()
     heat["feature"] = heat.feature.astype(str)

@@ -110,9 +110,8 @@ class SteeringState:
         """Change the trait, coefficient or prompt; a bad value raises and changes nothing."""
         if trait is not None:
             _pick("trait", trait, self.traits)
-        if coefficient is not None and not -self.limit <= coefficient <= self.limit:
-            raise InputError(f"coefficient {coefficient!r} is out of range: valid range is "
-                             f"[{-self.limit}, {self.limit}]")
+        if coefficient is not None:
+            explore.check_coefficient(coefficient)
         if prompt is not None:
             explore.check_prompt(self.subject, prompt)
         self.trait = trait if trait is not None else self.trait

@@ -187,6 +187,13 @@ def check_prompt(subject, prompt: str) -> str:
     return prompt
 
 
+def check_coefficient(coefficient: float) -> float:
+    if not -COEFFICIENT_LIMIT <= coefficient <= COEFFICIENT_LIMIT:
+        raise InputError(f"coefficient {coefficient!r} is out of range: valid range is "
+                         f"[{-COEFFICIENT_LIMIT}, {COEFFICIENT_LIMIT}]")
+    return float(coefficient)
+
+
 def steer_samples(subject, prompt: str, vector: np.ndarray, coefficient: float, site: str, n_samples: int,
                   max_new_tokens: int, seed: int) -> pd.DataFrame:
     """``n_samples`` paired samples, baseline and steered, in one batched generation.
@@ -194,7 +201,7 @@ def steer_samples(subject, prompt: str, vector: np.ndarray, coefficient: float, 
     Tidy: sample, condition ("baseline" or "steered"), coefficient, text, luigi_rate, waluigi_rate.
     Sample ``i`` uses the same noise in both conditions, so at coefficient 0 the texts are equal.
     """
-    check_range("coefficient", coefficient, -COEFFICIENT_LIMIT, COEFFICIENT_LIMIT)
+    check_coefficient(coefficient)
     check_prompt(subject, prompt)
     steer = [iv.steer(torch.as_tensor(vector, dtype=torch.float32), coefficient, site,
                       rows=list(range(n_samples, 2 * n_samples)))] if coefficient else []
@@ -212,7 +219,8 @@ def steer_samples(subject, prompt: str, vector: np.ndarray, coefficient: float, 
 
 def feature_curves(scan: pd.DataFrame, feature: int) -> pd.DataFrame:
     """Mean and standard error of ``feature``'s delta by lag: model, mode, lag, delta, sem, n."""
-    own = scan[(scan.feature == feature) & ((scan.measured == feature) if "measured" in scan else True)]
+    own = persistence.own_feature_rows(scan)
+    own = own[own.feature == feature]
     if own.empty:
         raise InputError(f"feature {feature} is not in this scan; scanned features: "
                          f"{sorted(scan.feature.unique().tolist())}")

@@ -115,13 +115,12 @@ def weight_changes(base, tuned, n_layers: int) -> pd.DataFrame:
         parts = name.split(".")
         return f"block {parts[2]}" if parts[1] == "h" else ("embeddings" if parts[1] in ("wte", "wpe") else "final")
 
-    rows = {}
+    rows: dict[str, tuple[float, float]] = {}  # part -> (sum of squared changes, sum of squared weights)
     with torch.no_grad():
-        pairs = [(name, p, t[name]) for name, p in b.items()]
-    for name, p, q in pairs:
-        g = group(name) if name.startswith("transformer.") else "final"
-        d, n = rows.get(g, (0.0, 0.0))
-        rows[g] = (d + float((q - p).detach().pow(2).sum()), n + float(p.detach().pow(2).sum()))
+        for name, p in b.items():
+            g = group(name) if name.startswith("transformer.") else "final"
+            d, n = rows.get(g, (0.0, 0.0))
+            rows[g] = (d + float((t[name] - p).pow(2).sum()), n + float(p.pow(2).sum()))
     return pd.DataFrame([{"part": g, "relative_change": (d / n) ** 0.5} for g, (d, n) in rows.items()])
 
 

@@ -278,6 +278,11 @@ def run(cfg: PersistenceConfig, subjects: dict | None = None) -> pd.DataFrame:
 # --------------------------------------------------------------------------- summary
 
 
+def own_feature_rows(scan: pd.DataFrame) -> pd.DataFrame:
+    """Rows that measure the edited feature itself (a ``record_all`` scan also measures every other)."""
+    return scan[scan.measured == scan.feature] if "measured" in scan else scan
+
+
 def fit_half_life(curve: np.ndarray, start: int) -> float:
     """Least-squares half-life (tokens) of ``A * 2**(-(lag - start) / h)`` over lags start..H.
 
@@ -312,7 +317,7 @@ def _half_life(mat: np.ndarray, tail_significant: bool) -> float:
 
 def summarize(df: pd.DataFrame, n_bootstrap: int = 200, seed: int = 0) -> pd.DataFrame:
     """One row per (model, mode, feature): lag-1 effect, area, fitted half-life with a bootstrap CI."""
-    own = df[df.measured == df.feature] if "measured" in df else df
+    own = own_feature_rows(df)
     rng = np.random.default_rng(seed)
     rows = []
     for (model, mode, feature), g in own.groupby(["model", "mode", "feature"], sort=True):
