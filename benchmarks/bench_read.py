@@ -1,6 +1,8 @@
 """Reading activations: gremlinkit (one nnsight trace per 32-prompt chunk) vs a naive per-prompt loop vs a raw forward.
 
-Prints the time of each and the ratios, measured in one run on toy-base.
+Prints the time of each and the ratios, measured in one run on toy-base, then on smollm2-135m
+(float32 on the CPU, bfloat16 on a GPU where there is one) reading its last residual stream, so
+that gremlinkit and the raw forward run the same layers.
 """
 
 from __future__ import annotations
@@ -26,7 +28,24 @@ def main(n_docs: int = 128) -> dict[str, float]:
     torch.set_num_threads(2)
     subject = gremlinkit.load("toy-base")
     docs = [torch.from_numpy(d) for d in lm.encode_docs(corpus.generate(n_docs, seed=5), subject.tokenizer)]
-    site = subject.sae_site
+    t = compare(subject, docs, subject.sae_site)
+    real()
+    return t
+
+
+def real(n_docs: int = 32) -> dict[str, float]:
+    from gremlinkit.zoo import registry
+    from gremlinkit.zoo.real import heldout_texts
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    subject = gremlinkit.load("smollm2-135m", device=device, dtype=dtype)
+    docs = heldout_texts(registry.path("smollm2-135m-sae"))[:n_docs]
+    print(f"smollm2-135m on {device} in {str(dtype).removeprefix('torch.')}:")
+    return compare(subject, docs, f"blocks.{subject.site_map.n_layers - 1}.hook_resid_post")
+
+
+def compare(subject, docs, site: str) -> dict[str, float]:
     batch = subject.batch(docs)
     hf = subject.model._module
 
@@ -45,8 +64,8 @@ def main(n_docs: int = 128) -> dict[str, float]:
     batched()  # warm-up: nnsight compiles the trace body once
     t = {"raw_forward_s": _best_of(raw_forward), "gremlinkit_batched_s": _best_of(batched),
          "naive_per_prompt_loop_s": _best_of(naive_loop, repeats=1)}
-    tokens = int(batch.lengths.sum())
-    print(f"read {site} over {n_docs} documents ({tokens} tokens)")
+    tokens = sum(batch.sizes)
+    print(f"read {site} over {len(docs)} documents ({tokens} tokens)")
     for k, v in t.items():
         print(f"  {k:26s} {v * 1000:8.1f} ms  ({tokens / v:,.0f} tokens/s)")
     print(f"  batched / raw forward       {t['gremlinkit_batched_s'] / t['raw_forward_s']:.2f}x")

@@ -11,8 +11,12 @@ For each mode, one scan of 256 interventions (8 features x 32 prompts) with hori
 Batched and floor times are the best of three runs; the naive loop is timed once.
 
 The naive on-policy loop is timed on its first 32 interventions and scaled to 256 (stated below).
-Then the batched scan at three sizes shows how the cost grows. The last line is the on-policy
-summary, the mode the gremlin hypothesis is about.
+Then the batched scan at three sizes shows how the cost grows.
+
+The same on-policy comparison then runs on smollm2-135m (a real 135M-parameter Llama model, float32
+on the CPU, or bfloat16 on a GPU where there is one): 32 interventions (4 SAE features x 8 prompts of
+held-out English, edited at their last token), horizon 16, through the scan's own chunk function.
+The last lines are the on-policy summaries, the mode the gremlin hypothesis is about.
 """
 
 from __future__ import annotations
@@ -131,8 +135,53 @@ def main() -> None:
             t = batched(subject, cfg)
             n = n_features * n_prompts
             print(f"  {n:4d} x {horizon:2d}  {mode:15s} {t:6.2f} s  ({n / t:,.0f} interventions/s)")
+    real = real_scan()
     print(f"peak RSS {peak_rss_mb():.0f} MB")
     print(f"scan: {lines['on_policy']}")
+    print(f"scan on smollm2-135m: {real}")
+
+
+def real_scan(n_features: int = 4, n_prompts: int = 8, horizon: int = 16) -> str:
+    """On-policy scan cost on smollm2-135m: batched chunk vs one generate per intervention vs the floor."""
+    from gremlinkit.zoo import registry
+    from gremlinkit.zoo.real import heldout_texts
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    subject = gremlinkit.load("smollm2-135m", device=device, dtype=dtype)
+    texts = heldout_texts(registry.path("smollm2-135m-sae"))[:n_prompts]
+    batch = subject.batch(texts)
+    prompts = [batch.to_prompt_index(batch.input_ids)[i, : min(n, 32)].tolist() for i, n in enumerate(batch.sizes)]
+    real_tokens = subject.features(prompts)[subject.batch(prompts).prompt_mask(skip_bos=True)]  # (N, d_sae)
+    features = real_tokens.gt(0).float().mean(0).argsort(descending=True)[:n_features].tolist()  # the commonest
+    units = [(f, p, len(prompts[p]) - 1) for f in features for p in range(n_prompts)]
+    cfg = ps.PersistenceConfig(intervention="add", scale=8.0, horizon=horizon, n_prompts=n_prompts,
+                               mode="on_policy", chunk_size=256)
+    ps._scan_chunk(subject, cfg, "on_policy", prompts, units[:2])  # warm-up
+    t_batched = _timed(lambda: ps._scan_chunk(subject, cfg, "on_policy", prompts, units), repeats=3)
+    hf, vocab = subject.model._module, int(subject.model.config.vocab_size)
+    rows = [(p, len(prompts[p]) - 1) for p in range(n_prompts)] + [(p, pos) for _, p, pos in units]
+
+    def raw():
+        with torch.no_grad():
+            b = subject.batch([prompts[p] for p, _ in rows])
+            noise = torch.stack([gumbel_noise(ps._row_seed(cfg, p, pos), horizon + 1, vocab, subject.device)
+                                 for p, pos in rows])
+            hf.generate(**b.inputs(), max_new_tokens=horizon + 1, min_new_tokens=horizon + 1, do_sample=False,
+                        logits_processor=[GumbelMax(noise, b.input_ids.shape[1], 1.0)],
+                        pad_token_id=subject.tokenizer.pad_token_id)
+
+    t_floor = _timed(raw, repeats=3)
+    limit = 4
+    t_naive = _timed(lambda: [ps._scan_chunk(subject, cfg, "on_policy", prompts, [u]) for u in units[:limit]])
+    t_naive *= len(units) / limit
+    n = len(units)
+    tokens = (n + n_prompts) * (horizon + 1)
+    print(f"on-policy scan on smollm2-135m ({device}, {str(dtype).removeprefix('torch.')}), {n_features} features x "
+          f"{n_prompts} prompts = {n} interventions, horizon {horizon}")
+    print(f"  batched {t_batched:6.2f} s | naive loop {t_naive:7.2f} s (timed on {limit}, scaled to {n}) | "
+          f"floor {t_floor:6.2f} s | {tokens / t_batched:,.0f} generated tokens/s batched")
+    return f"{n / t_batched:,.1f} interventions/s, {t_naive / t_batched:.1f}x naive, {t_batched / t_floor:.2f}x floor"
 
 
 if __name__ == "__main__":

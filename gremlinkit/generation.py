@@ -14,11 +14,14 @@ import torch
 from transformers import LogitsProcessor
 
 
-def gumbel_noise(seed: int, steps: int, vocab: int) -> torch.Tensor:
-    """(steps, vocab) standard Gumbel noise, a pure function of the seed."""
+def gumbel_noise(seed: int, steps: int, vocab: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(steps, vocab) standard Gumbel noise on ``device``, a pure function of the seed.
+
+    It is drawn by the CPU generator and then moved, so a seed gives the same noise on every device.
+    """
     gen = torch.Generator().manual_seed(seed)
     u = torch.rand(steps, vocab, generator=gen).clamp_(1e-20, 1 - 1e-7)
-    return -torch.log(-torch.log(u))
+    return (-torch.log(-torch.log(u))).to(device)
 
 
 class GumbelMax(LogitsProcessor):
@@ -35,7 +38,8 @@ class GumbelMax(LogitsProcessor):
         noise = self.noise[..., step, :]  # (V,) or (B, V)
         if self.temperature == 0:
             return scores
-        return scores.float() / self.temperature + noise[..., : scores.shape[-1]]
+        # Sampling happens in float32 whatever the model's dtype, so bf16 logits are not re-rounded.
+        return scores.float() / self.temperature + noise[..., : scores.shape[-1]].to(scores.device)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence, Union
 
 import torch
+from torch._subclasses.fake_tensor import DataDependentOutputException
 
 from gremlinkit.errors import InterventionError
 
@@ -170,47 +171,68 @@ def group_by_site(ivs: Sequence[Intervention], sae_site: str | None) -> dict[str
 
 def mask(iv: Intervention, positions: torch.Tensor, lengths: torch.Tensor, step: int | None) -> torch.Tensor:
     """(B, T) bool: where ``iv`` applies, given each column's prompt position (-1 for padding)."""
+    dev = positions.device  # every mask lives where the activations do
     if iv.step is not None and step is not None and iv.step != step:
         return torch.zeros_like(positions, dtype=torch.bool)
     valid = positions >= 0
     if iv.pos == "all":
         m = valid
     elif isinstance(iv.pos, int):
-        target = iv.pos if iv.pos >= 0 else lengths + iv.pos  # () or (B,)
-        m = valid & (positions == torch.as_tensor(target).reshape(-1, 1))
+        target = (lengths + iv.pos).reshape(-1, 1) if iv.pos < 0 else iv.pos  # (B, 1) or an int
+        m = valid & (positions == target)
     elif isinstance(iv.pos, slice):
-        idx = torch.arange(int(positions.max()) + 1)[iv.pos]
+        idx = torch.arange(int(positions.max()) + 1, device=dev)[iv.pos]
         m = valid & torch.isin(positions, idx)
     else:
         m = torch.zeros_like(valid)
         for r, ps in enumerate(iv.pos):
-            m[r] = valid[r] & torch.isin(positions[r], torch.as_tensor(list(ps), dtype=positions.dtype))
+            m[r] = valid[r] & torch.isin(positions[r], torch.as_tensor(list(ps), dtype=positions.dtype, device=dev))
     if iv.rows is not None:
-        keep = torch.zeros(positions.shape[0], dtype=torch.bool)
+        keep = torch.zeros(positions.shape[0], dtype=torch.bool, device=dev)
         keep[_rows(iv.rows, positions.shape[0])] = True
         m = m & keep[:, None]
     return m
+
+
+def _touches(m: torch.Tensor) -> bool:
+    """Whether a mask selects anything; a mask whose values cannot be read (a fake or symbolic
+    tensor) is assumed to, so the edit is applied and stays correct."""
+    try:
+        return bool(m.any())
+    except DataDependentOutputException:
+        return True
+
+
+def sae_dtype(sae: Any) -> torch.dtype:
+    return sae.W_enc.dtype
+
+
+def encode(sae: Any, x: torch.Tensor) -> torch.Tensor:
+    """SAE features of ``x``, computed in the SAE's own dtype (a bf16 stream meets an fp32 SAE here)."""
+    return sae.encode(x.to(sae_dtype(sae)))
 
 
 def apply(x: torch.Tensor, ivs: Sequence[Intervention], sae: Any, positions: torch.Tensor,
           lengths: torch.Tensor, step: int | None = None) -> torch.Tensor:
     """Apply every intervention of one site to its activation ``x`` (B, T, d)."""
     masks = [mask(iv, positions, lengths, step) for iv in ivs]
-    live = [(iv, m) for iv, m in zip(ivs, masks) if bool(m.any())]  # edits that touch this forward
+    live = [(iv, m) for iv, m in zip(ivs, masks) if _touches(m)]  # edits that touch this forward
     features = [(iv, m) for iv, m in live if isinstance(iv, FeatureEdit)]
     if features:
-        f = sae.encode(x)  # (B, T, d_sae)
+        f = encode(sae, x)  # (B, T, d_sae), in the SAE's dtype
         f_new = f.clone()
         for iv, m in features:
             current = f_new[..., iv.feature]
             edited = {"ablate": torch.zeros_like(current), "add": current + iv.value,
                       "clamp": torch.full_like(current, iv.value)}[iv.kind]
             f_new[..., iv.feature] = torch.where(m, edited, current)
-        x = x + (sae.decode(f_new) - sae.decode(f))
+        # The difference is taken in the SAE's dtype and added in the stream's: where no edit
+        # applies it is exactly zero, so an unedited position is bit-for-bit unchanged.
+        x = x + (sae.decode(f_new) - sae.decode(f)).to(x.dtype)
     for iv, m in live:
         if isinstance(iv, VectorEdit):
             m = m[..., None].to(x.dtype)  # (B, T, 1)
-            v = iv.vector.to(x.dtype)
+            v = iv.vector.to(device=x.device, dtype=x.dtype)
             if iv.kind == "steer":
                 x = x + m * iv.coeff * v
             else:  # project_out removes the component once, reflect twice

@@ -74,6 +74,31 @@ def check_choice(name: str, value: Any, choices: typing.Iterable[Any]) -> None:
         raise ConfigError(f"parameter {name}={value!r} is not one of {choices}")
 
 
+DEVICE_HELP = '"auto" (CUDA when available, else CPU), "cpu", "cuda", "cuda:1", ...'
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Where an experiment's models run; every experiment config inherits these two parameters."""
+
+    device: str = "auto"  # "auto" (CUDA when available, else CPU), "cpu", "cuda", "cuda:1", ...
+    dtype: str = "auto"  # "auto" (the checkpoint's own), "float32", "bfloat16" or "float16"
+
+    def load_kwargs(self) -> dict[str, Any]:
+        """``device`` and ``dtype`` for `gremlinkit.load`, checked: "auto" becomes None."""
+        import torch
+
+        check_choice("dtype", self.dtype, DTYPES)
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except RuntimeError:
+                raise ConfigError(f"parameter device={self.device!r} is not a device: use {DEVICE_HELP}") from None
+        return {"device": None if self.device == "auto" else self.device,
+                "dtype": None if self.dtype == "auto" else self.dtype}
+
+
 class Scope:
     """Remembers the names a notebook defined before its parameters cell."""
 

@@ -9,9 +9,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import torch
 
 METRICS_FILE = "metrics.json"
+
+
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    """A tensor for a table: detached, on the CPU, floating types as float32 (numpy has no bfloat16)."""
+    t = t.detach().cpu()
+    return (t.float() if t.is_floating_point() else t).numpy()
 
 
 def atomic_write_text(path: Path, text: str) -> None:

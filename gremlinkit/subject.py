@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -12,21 +13,37 @@ from gremlinkit import sites as sitemod
 from gremlinkit.errors import InputError, SiteError
 from gremlinkit.generation import Generation, GumbelMax, gumbel_noise
 from gremlinkit.interventions import Intervention
-from gremlinkit.prompts import Batch, Prompts, make_batch
+from gremlinkit.prompts import Batch, Prompts, make_batch, resolve_bos
 
 
 class Subject:
-    """A model (``.model``, an nnsight ``TransformersModel``), its ``.tokenizer`` and its ``.sae``."""
+    """A model (``.model``, an nnsight ``TransformersModel``), its ``.tokenizer`` and its ``.sae``.
 
-    def __init__(self, model: Any, sae: Any = None, name: str = "", remote: bool = False):
+    ``device`` and ``dtype`` are the model's; every tensor the subject makes is put on ``device``.
+    ``prepends_bos`` is the BOS policy (see `gremlinkit.prompts.resolve_bos`): ``bos=None`` follows
+    the SAE's ``prepend_bos`` metadata, else the tokenizer.
+    """
+
+    def __init__(self, model: Any, sae: Any = None, name: str = "", remote: bool = False,
+                 bos: bool | None = None):
         self.model = model
         self.tokenizer = model.tokenizer
         self.name = name
         self.remote = remote
         self.site_map = sitemod.SiteMap.for_config(model.config)
+        self.prepends_bos = resolve_bos(self.tokenizer, bos, _sae_prepend_bos(sae))
         self.sae = None
+        self._sae_site: str | None = None
         if sae is not None:
-            self.attach_sae(sae)
+            self._attach(sae, None, warn_bos=False)  # resolve_bos has already named any conflict
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.model.device)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
 
     # ----------------------------------------------------------------- sites and the SAE
     @property
@@ -46,10 +63,17 @@ class Subject:
     def sae_site(self) -> str:
         if self.sae is None:
             raise SiteError("this subject has no SAE attached: pass sae= to gremlinkit.load")
-        return self.sae.cfg.metadata.hook_name
+        return self._sae_site
 
     def attach_sae(self, sae: Any, site: str | None = None) -> None:
-        """Attach ``sae`` at ``site`` (default: the hook name in its metadata), checking it fits."""
+        """Attach ``sae`` at ``site`` (default: the hook name in its metadata), checking it fits.
+
+        The SAE is moved to the subject's device (in place, as ``nn.Module.to`` does) and keeps its
+        own dtype; its metadata is left as it is.
+        """
+        self._attach(sae, site, warn_bos=True)
+
+    def _attach(self, sae: Any, site: str | None, warn_bos: bool) -> None:
         hook = site or sae.cfg.metadata.hook_name
         if hook is None:
             raise SiteError("the SAE's metadata names no hook_name; pass site= explicitly")
@@ -58,8 +82,13 @@ class Subject:
         self.site_map.resolve(hook)  # raises for an unknown site
         if sae.cfg.d_in != self.d_model:
             raise SiteError(f"SAE d_in={sae.cfg.d_in} does not match site {hook!r}, whose width is {self.d_model}")
-        sae.cfg.metadata.hook_name = hook
-        self.sae = sae
+        prepend = _sae_prepend_bos(sae)
+        if warn_bos and prepend is not None and prepend != self.prepends_bos:
+            warnings.warn(f"this subject has prepends_bos={self.prepends_bos}, but the SAE was trained with "
+                          f"prepend_bos={prepend}: load with bos={prepend} to match it", stacklevel=2)
+        if not self.remote and sae.W_enc.device != self.device:
+            sae.to(self.device)
+        self.sae, self._sae_site = sae, hook
 
     @property
     def d_sae(self) -> int:
@@ -67,7 +96,7 @@ class Subject:
 
     # ----------------------------------------------------------------- reading
     def batch(self, prompts: Prompts) -> Batch:
-        return make_batch(prompts, self.tokenizer, max_length=self.n_ctx)
+        return make_batch(prompts, self.tokenizer, max_length=self.n_ctx, bos=self.prepends_bos, device=self.device)
 
     def _resolve(self, names: Sequence[str]) -> list[sitemod.Site]:
         return sorted((self.site_map.resolve(n) for n in names), key=lambda s: s.order)
@@ -103,7 +132,7 @@ class Subject:
                     tracer.stop()  # nothing past the last site is needed: skip the rest of the model
                 for n in names:
                     chunks[n].append(part.to_prompt_index(saved[n]))
-        width = int(batch.lengths.max())
+        width = max(batch.sizes)
         return {n: torch.cat([torch.nn.functional.pad(c, (0, 0, 0, width - c.shape[1])) for c in cs])
                 for n, cs in chunks.items()}
 
@@ -114,16 +143,19 @@ class Subject:
         hook = self.sae_site
         if site is not None and site != hook:
             raise SiteError(f"the attached SAE reads {hook!r}, not {site!r}")
-        acts = self.activations(prompts, hook, interventions)
-        return self.sae.encode(acts)
+        return self.encode(self.activations(prompts, hook, interventions))
+
+    def encode(self, acts: torch.Tensor) -> torch.Tensor:
+        """SAE features of activations read at the SAE's site, computed in the SAE's dtype."""
+        return ivmod.encode(self.sae, acts)
 
     # ----------------------------------------------------------------- intervening
     def _plan(self, interventions: Sequence[Intervention], batch: Batch, extra: int = 0
               ) -> dict[str, list[Intervention]]:
         """Group interventions by site after checking them against the batch."""
-        max_len = (batch.lengths + extra).tolist()
+        max_len = [n + extra for n in batch.sizes]
         for iv in interventions:
-            ivmod.validate(iv, n_rows=len(batch.lengths), max_len=max_len, d_model=self.d_model, d_sae=self.d_sae)
+            ivmod.validate(iv, n_rows=len(batch.sizes), max_len=max_len, d_model=self.d_model, d_sae=self.d_sae)
         groups = ivmod.group_by_site(interventions, self.sae_site if self.sae is not None else None)
         for name in groups:
             self.site_map.resolve(name)
@@ -164,12 +196,12 @@ class Subject:
         """(batch, pos, vocab) one-hot tokens in prompt indexing; pass ``embed(one_hot)`` to `run`."""
         batch = self.batch(prompts)
         ids = batch.to_prompt_index(batch.input_ids)
-        return torch.nn.functional.one_hot(ids, int(self.model.config.vocab_size)).float()
+        return torch.nn.functional.one_hot(ids, int(self.model.config.vocab_size)).to(self.dtype)
 
     def embed(self, one_hot: torch.Tensor) -> torch.Tensor:
-        """Token embeddings of (possibly relaxed) one-hot tokens: ``one_hot @ W_E``."""
+        """Token embeddings of (possibly relaxed) one-hot tokens: ``one_hot @ W_E``, in the model's dtype."""
         weight = sitemod.envoy_at(self.model, self.site_map.layout.embed).weight
-        return one_hot @ weight
+        return one_hot.to(device=weight.device, dtype=weight.dtype) @ weight
 
     # ----------------------------------------------------------------- generating
     @torch.no_grad()
@@ -197,9 +229,9 @@ class Subject:
                 self.site_map.resolve(r)
         vocab = int(self.model.config.vocab_size)
         seeds = [seed] if isinstance(seed, int) else list(seed)
-        if len(seeds) not in (1, len(batch.lengths)):
-            raise InputError(f"{len(seeds)} seeds for {len(batch.lengths)} prompts: pass one, or one per prompt")
-        noise = torch.stack([gumbel_noise(s, max_new_tokens, vocab) for s in seeds])  # (1 or B, steps, V)
+        if len(seeds) not in (1, len(batch.sizes)):
+            raise InputError(f"{len(seeds)} seeds for {len(batch.sizes)} prompts: pass one, or one per prompt")
+        noise = torch.stack([gumbel_noise(s, max_new_tokens, vocab, self.device) for s in seeds])  # (1|B, steps, V)
         processor = GumbelMax(noise, width, temperature)
         records: dict[str, list] = {r: [] for r in record}
         watch = [self.sae_site if r == "features" else r for r in record]
@@ -214,7 +246,7 @@ class Subject:
                     self._edit_sites(plan, watch, pos, batch.lengths, step, seen)
                     for r, w in zip(record, watch):
                         last = seen[w][:, -1]  # (B, d): the newest position
-                        records[r].append(self.sae.encode(last) if r == "features" else last)
+                        records[r].append(self.encode(last) if r == "features" else last)
             ids = tracer.result.save()
         new = ids[:, width:]
         text = self.tokenizer.batch_decode(new, skip_special_tokens=True)
@@ -226,21 +258,24 @@ class Subject:
     def check_sae(self, prompts: Prompts) -> dict[str, float]:
         """Explained variance, L0 and the next-token loss increase when the SAE is spliced in.
 
-        BOS positions are left out, as in training. A wrong site mapping shows as a low explained
-        variance and a large loss increase.
+        Every real token counts; a BOS (when the batch has one) is left out, as in training. A wrong
+        site mapping shows as a low explained variance and a large loss increase. Statistics are
+        taken in float32 whatever the model's dtype.
         """
         site = self.sae_site
         batch = self.batch(prompts)
-        keep = batch.positions() > 0  # (B, T): real tokens after BOS
+        positions = batch.positions()
+        keep = positions >= int(batch.bos)  # (B, T): every real token, less a BOS
         clean_logits = self.run(prompts)
         with self.model.trace(batch.inputs(), remote=self.remote):
             x = sitemod.read(self.model, self.site_map.resolve(site))
-            recon = self.sae.decode(self.sae.encode(x))
+            codes = ivmod.encode(self.sae, x)
+            recon = self.sae.decode(codes).to(x.dtype)
             sitemod.write(self.model, self.site_map.resolve(site), torch.where(keep[..., None], recon, x))
             spliced_logits = self.model.output.logits.save()
-            acts, codes = x.save(), self.sae.encode(x).save()
-        xs, fs = acts[keep], codes[keep]  # (N, d), (N, d_sae)
-        ev = 1 - (self.sae.decode(fs) - xs).pow(2).sum() / (xs - xs.mean(0)).pow(2).sum()
+            acts, codes = x.save(), codes.save()
+        xs, fs = acts[keep].float(), codes[keep]  # (N, d), (N, d_sae)
+        ev = 1 - (self.sae.decode(fs).float() - xs).pow(2).sum() / (xs - xs.mean(0)).pow(2).sum()
         ids = batch.to_prompt_index(batch.input_ids)
         clean = _next_token_loss(clean_logits, ids, batch.lengths)
         spliced = _next_token_loss(batch.to_prompt_index(spliced_logits), ids, batch.lengths)
@@ -250,28 +285,51 @@ class Subject:
 
     def __repr__(self) -> str:
         sae = f", sae at {self.sae_site} (d_sae={self.d_sae})" if self.sae is not None else ""
-        return f"Subject({self.name!r}, {self.model.config.model_type}, {self.site_map.n_layers} layers{sae})"
+        return (f"Subject({self.name!r}, {self.model.config.model_type}, {self.site_map.n_layers} layers, "
+                f"{self.device}, {str(self.dtype).removeprefix('torch.')}, prepends_bos={self.prepends_bos}{sae})")
 
 
-def load_sae(spec: Any, device: str = "cpu") -> Any:
-    """An SAE from a zoo name, a local sae_lens directory, a ``(release, sae_id)`` pair, or an SAE."""
+def _sae_prepend_bos(sae: Any) -> bool | None:
+    """The ``prepend_bos`` an SAE's metadata states, or None (no SAE, or silent metadata)."""
+    meta = getattr(getattr(sae, "cfg", None), "metadata", None)
+    value = getattr(meta, "prepend_bos", None)
+    return None if value is None else bool(value)
+
+
+def load_sae(spec: Any, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Any:
+    """An SAE from a zoo name, a local sae_lens directory, a ``(release, sae_id)`` pair, or an SAE.
+
+    ``dtype=None`` keeps the SAE's own dtype.
+    """
     from sae_lens import SAE
 
     from gremlinkit.zoo import registry
 
+    device = str(device)
     if isinstance(spec, (tuple, list)):
         release, sae_id = spec
-        return SAE.from_pretrained(release, sae_id, device=device)
-    if isinstance(spec, (str, Path)):
-        if str(spec) in registry.ARTEFACTS:
-            return SAE.load_from_disk(registry.path(str(spec)), device=device)
-        return SAE.load_from_disk(Path(spec), device=device)
-    return spec
+        sae = SAE.from_pretrained(release, sae_id, device=device)
+    elif isinstance(spec, (str, Path)):
+        path = registry.path(str(spec)) if str(spec) in registry.ARTEFACTS else Path(spec)
+        sae = SAE.load_from_disk(path, device=device)
+    else:
+        sae = spec
+    return sae if dtype is None else sae.to(dtype=dtype)
 
 
-def load(name_or_path: str | Path, *, sae: Any = None, device: str = "cpu", remote: bool = False,
-         zoo_root: Path | None = None) -> Subject:
+def default_device() -> str:
+    """CUDA when it is available, else the CPU."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load(name_or_path: str | Path, *, sae: Any = None, device: str | torch.device | None = None,
+         dtype: torch.dtype | str | None = None, bos: bool | None = None, remote: bool = False,
+         sae_dtype: torch.dtype | None = None, zoo_root: Path | None = None) -> Subject:
     """Load a model by zoo name, local HF directory or hub id, with an optional SAE.
+
+    ``device=None`` is CUDA when available, else the CPU; ``dtype=None`` is the checkpoint's own
+    dtype (a string such as ``"bfloat16"`` works too). The SAE follows the model's device and keeps
+    its own dtype unless ``sae_dtype`` is given. ``bos`` is the BOS policy (see `Subject`).
 
     A zoo model comes with its zoo SAE unless ``sae=False``. Hub ids go through nnsight's own
     loading path (``TransformersModel``), exactly as local directories do.
@@ -280,23 +338,36 @@ def load(name_or_path: str | Path, *, sae: Any = None, device: str = "cpu", remo
 
     from gremlinkit.zoo import registry
 
+    device = str(device) if device is not None else default_device()
+    dtype = _dtype(dtype)
     name = str(name_or_path)
     if name in registry.ARTEFACTS:
         art = registry.ARTEFACTS[name]
-        source = registry.path(name, zoo_root)
+        source = registry.require(name, zoo_root)
         if sae is None and art.default_sae:
-            sae = registry.path(art.default_sae, zoo_root)
+            sae = registry.require(art.default_sae, zoo_root)
+        bos = art.bos if bos is None else bos
     else:
         source = name_or_path
     kwargs = {} if remote else {"dispatch": True, "device_map": device}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
     model = TransformersModel(str(source), task="text-generation", **kwargs)
-    model.tokenizer.padding_side = "left"
-    sae_obj = load_sae(sae, device=device) if sae not in (None, False) else None
-    return Subject(model, sae_obj, name=Path(name).name if Path(name).exists() else name, remote=remote)
+    sae_obj = load_sae(sae, device=device, dtype=sae_dtype) if sae not in (None, False) else None
+    return Subject(model, sae_obj, name=Path(name).name if Path(name).exists() else name, remote=remote, bos=bos)
+
+
+def _dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    value = getattr(torch, str(dtype).removeprefix("torch."), None)
+    if not isinstance(value, torch.dtype):
+        raise InputError(f"dtype={dtype!r} is not a torch dtype: use e.g. 'float32', 'bfloat16' or 'float16'")
+    return value
 
 
 def _next_token_loss(logits: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor) -> float:
     """Mean next-token cross-entropy over real tokens; logits and ids in prompt indexing."""
-    nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
-    valid = torch.arange(ids.shape[1] - 1)[None] < (lengths - 1)[:, None]
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), ids[:, 1:], reduction="none")
+    valid = torch.arange(ids.shape[1] - 1, device=ids.device)[None] < (lengths - 1)[:, None]
     return float(nll[valid].mean())

@@ -1,4 +1,8 @@
-"""The site map on tiny random models of every supported family, against transformers' own outputs."""
+"""The site map on tiny random models of every supported family, against transformers' own outputs.
+
+Each family gets a byte-level BPE tokenizer that adds no BOS (as GPT-2's, Pythia's and Llama 3's
+do), and runs in float32 and in bfloat16.
+"""
 
 import pytest
 import torch
@@ -7,32 +11,33 @@ from transformers import (AutoModelForCausalLM, Gemma2Config, GPT2Config, GPTNeo
 
 import gremlinkit
 from gremlinkit import interventions as iv
-from gremlinkit.zoo import registry
 
-N_LAYERS, D = 3, 32
-SMALL = dict(vocab_size=121, num_hidden_layers=N_LAYERS, num_attention_heads=4, intermediate_size=64,
-             max_position_embeddings=64, hidden_size=D, pad_token_id=1, bos_token_id=0, eos_token_id=0)
+N_LAYERS, D, VOCAB = 3, 32, 300  # VOCAB covers the gpt2_like tokenizer (conftest.py)
+SMALL = dict(vocab_size=VOCAB, num_hidden_layers=N_LAYERS, num_attention_heads=4, intermediate_size=64,
+             max_position_embeddings=64, hidden_size=D, pad_token_id=0, bos_token_id=0, eos_token_id=0)
 CONFIGS = {
-    "gpt2": lambda: GPT2Config(vocab_size=121, n_layer=N_LAYERS, n_head=4, n_embd=D, n_positions=64,
-                               pad_token_id=1, bos_token_id=0, eos_token_id=0),
+    "gpt2": lambda: GPT2Config(vocab_size=VOCAB, n_layer=N_LAYERS, n_head=4, n_embd=D, n_positions=64,
+                               pad_token_id=0, bos_token_id=0, eos_token_id=0),
     "gpt_neox": lambda: GPTNeoXConfig(**SMALL, use_parallel_residual=True),
     "gpt_neox_sequential": lambda: GPTNeoXConfig(**SMALL, use_parallel_residual=False),
     "llama": lambda: LlamaConfig(**SMALL, num_key_value_heads=2),
     "qwen2": lambda: Qwen2Config(**SMALL, num_key_value_heads=2),
     "gemma2": lambda: Gemma2Config(**SMALL, num_key_value_heads=2, head_dim=8),
 }
-PROMPTS = ["mira is a kind honest old sailor . mira says :", "ada says :"]
+PROMPTS = ["The old sailor looked at the sea.", "A kind scholar wrote."]
 
 
 @pytest.fixture(scope="module", params=list(CONFIGS))
-def tiny(request, tmp_path_factory):
+def tiny(request, tmp_path_factory, gpt2_like):
     from transformers import AutoTokenizer
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp(request.param)
     AutoModelForCausalLM.from_config(CONFIGS[request.param]()).eval().save_pretrained(path)
-    AutoTokenizer.from_pretrained(registry.path("toy-base")).save_pretrained(path)
-    return request.param, gremlinkit.load(path)
+    tok = AutoTokenizer.from_pretrained(gpt2_like[0])
+    assert len(tok) <= VOCAB
+    tok.save_pretrained(path)
+    return request.param, gremlinkit.load(path, device="cpu")
 
 
 def _hidden_states(subject, prompt):
@@ -93,3 +98,20 @@ def test_steering_moves_logits_and_a_zero_steer_does_not(tiny):
     moved = subject.run(PROMPTS, [iv.steer(v, 4.0, site, pos=2)])
     delta = (moved - base).abs().amax(-1)  # (B, T)
     assert delta[:, :2].max() == 0 and delta[:, 2].min() > 0  # causal: nothing before position 2 moves
+
+
+def test_bf16_agrees_with_fp32_and_a_zero_edit_is_exact(tiny):
+    """Sites and a steering edit's effect in bfloat16 against float32: relative L2 error < 0.05."""
+    family, subject = tiny
+    half = gremlinkit.load(subject.model.config._name_or_path, device="cpu", dtype=torch.bfloat16)
+    assert not half.prepends_bos and half.dtype == torch.bfloat16
+    site = f"blocks.{N_LAYERS - 1}.hook_resid_post"
+    ref, got = subject.activations(PROMPTS, site), half.activations(PROMPTS, site)
+    assert got.dtype == torch.bfloat16
+    assert float((got.float() - ref).norm() / ref.norm()) < 0.05
+    v = torch.randn(D)
+    edits = [iv.steer(v, 4.0, "blocks.1.hook_resid_post", pos=2)]
+    d_ref = subject.run(PROMPTS, edits) - subject.run(PROMPTS)
+    d_half = (half.run(PROMPTS, edits).float() - half.run(PROMPTS).float())
+    assert float((d_half - d_ref).norm() / d_ref.norm()) < 0.05
+    assert torch.equal(half.run(PROMPTS, [iv.steer(v, 0.0, "blocks.1.hook_resid_post")]), half.run(PROMPTS))

@@ -21,6 +21,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import install_debian_package
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = "05_explore.ipynb"
@@ -39,15 +40,7 @@ def chromium() -> str:
     found = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
     if found:
         return found
-    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
-        try:
-            done = subprocess.run(sudo + cmd, env=env, capture_output=True, text=True, timeout=600)
-        except (OSError, subprocess.TimeoutExpired) as err:
-            pytest.skip(f"chromium is not installed and `{' '.join(cmd)}` could not run: {err}")
-        if done.returncode != 0:
-            pytest.skip(f"chromium is not installed and `{' '.join(cmd)}` failed: {done.stderr.strip()[-300:]}")
+    install_debian_package("chromium")
     found = shutil.which("chromium")
     if not found:
         pytest.skip("apt-get installed chromium, but no chromium executable is on PATH")

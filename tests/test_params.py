@@ -48,3 +48,19 @@ def test_scope_sees_only_names_defined_after_it_and_requires_all():
     ns["typo_param"] = 1
     with pytest.raises(ConfigError, match="typo_param"):
         scope.config(ZooTourConfig)
+
+
+def test_device_and_dtype_parameters_reach_load_and_are_checked():
+    assert ZooTourConfig().load_kwargs() == {"device": None, "dtype": None}  # auto: CUDA if any; own dtype
+    assert ZooTourConfig(device="cpu", dtype="bfloat16").load_kwargs() == {"device": "cpu", "dtype": "bfloat16"}
+    with pytest.raises(ConfigError, match=r"dtype='half' is not one of \['auto', 'float32', 'bfloat16', 'float16'\]"):
+        ZooTourConfig(dtype="half").load_kwargs()
+    with pytest.raises(ConfigError, match=r"device='gpu' is not a device"):
+        ZooTourConfig(device="gpu").load_kwargs()
+
+
+def test_a_notebook_config_loads_in_the_dtype_it_names():
+    import gremlinkit
+
+    subject = gremlinkit.load("toy-base", **ZooTourConfig(device="cpu", dtype="bfloat16").load_kwargs())
+    assert subject.dtype.__str__() == "torch.bfloat16" and subject.device.type == "cpu"

@@ -22,9 +22,9 @@ from gremlinkit.experiments.explore import ExploreConfig
 
 
 @cache
-def _load(model: str, sae: str):
-    """One Subject per (model, SAE) for the life of the kernel: the explorer switches between them."""
-    return gremlinkit.load(model, sae=sae)
+def _load(model: str, sae: str, device: str | None = None, dtype: str | None = None):
+    """One Subject per (model, SAE, placement) for the life of the kernel: the explorer switches between them."""
+    return gremlinkit.load(model, sae=sae, device=device, dtype=dtype)
 
 
 def _pick(name: str, value: str, options: list[str]) -> str:
@@ -37,8 +37,9 @@ class FeatureExplorerState:
     """A model, an SAE and a feature; its contexts, activation histogram and logit effects."""
 
     def __init__(self, cfg: ExploreConfig, models: list[str], saes: list[str],
-                 loader: Callable[[str, str], object] = _load):
-        self.cfg, self.models, self.saes, self._loader = cfg, list(models), list(saes), loader
+                 loader: Callable[[str, str], object] | None = None):
+        self.cfg, self.models, self.saes = cfg, list(models), list(saes)
+        self._loader = loader or (lambda model, sae: _load(model, sae, **cfg.load_kwargs()))
         self.model = _pick("model", cfg.model, self.models)
         self.sae = _pick("sae", cfg.sae, self.saes)
         self._indexes: dict[tuple[str, str], explore.FeatureIndex] = {}
@@ -99,7 +100,7 @@ class SteeringState:
 
     def __init__(self, cfg: ExploreConfig, subject=None):
         self.cfg = cfg
-        self.subject = subject if subject is not None else _load(cfg.model, cfg.sae)
+        self.subject = subject if subject is not None else _load(cfg.model, cfg.sae, **cfg.load_kwargs())
         self.trait, self.coefficient = cfg.trait, float(cfg.coefficient)
         self.prompt = explore.check_prompt(self.subject, cfg.prompt)
         self._vectors: dict[str, object] = {}

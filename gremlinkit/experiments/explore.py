@@ -27,11 +27,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from gremlinkit.results import to_numpy
 from gremlinkit import interventions as iv
 from gremlinkit.errors import ConfigError, InputError
 from gremlinkit.experiments import persistence, personas
 from gremlinkit.experiments.zoo_tour import corpus_features, heldout_corpus, lexicon_rates
-from gremlinkit.params import check_choice, check_range
+from gremlinkit.params import Placement, check_choice, check_range
 from gremlinkit.zoo.lm import encode_docs
 
 
@@ -39,7 +40,7 @@ COEFFICIENT_LIMIT = 8.0  # steering further than this only produces noise on the
 
 
 @dataclass(frozen=True)
-class ExploreConfig:
+class ExploreConfig(Placement):
     model: str = "toy-base"  # model the feature explorer and the steering playground open on
     sae: str = "toy-base-sae"  # SAE whose features are explored
     feature: int = -1  # feature shown first; -1 picks the most frequently firing one
@@ -82,7 +83,8 @@ class ExploreConfig:
         return persistence.PersistenceConfig(
             models=list(self.scan_models), sae=self.sae, features=self.scan_features, intervention="ablate",
             positions=["sentence_end:16"], horizon=self.scan_horizon, n_prompts=self.scan_n_prompts,
-            n_bootstrap=50, seed=self.seed, output_dir=str(Path(self.output_dir) / "scan"))
+            n_bootstrap=50, seed=self.seed, output_dir=str(Path(self.output_dir) / "scan"), device=self.device,
+            dtype=self.dtype)
 
 
 # --------------------------------------------------------------------------- feature explorer
@@ -108,7 +110,7 @@ class FeatureIndex:
 
     def frequencies(self) -> pd.DataFrame:
         """Features that fire at least once, the most frequent first: feature, frequency."""
-        freq = (self.feats > 0).float().mean(0).numpy()
+        freq = to_numpy((self.feats > 0).float().mean(0))
         live = np.flatnonzero(freq > 0)
         order = live[np.lexsort((live, -freq[live]))]
         return pd.DataFrame({"feature": order, "frequency": freq[order]})
@@ -126,7 +128,7 @@ def feature_contexts(index: FeatureIndex, feature: int, k: int, window: int) -> 
     Tidy: context (0 is the strongest), doc, peak_pos, offset, token, activation.
     """
     f = index.check_feature(feature)
-    acts = index.feats[:, f].numpy()
+    acts = to_numpy(index.feats[:, f])
     lab = index.labels.assign(activation=acts)
     firing = lab[lab.activation > 0].sort_values(["activation", "doc", "pos"], ascending=[False, True, True])
     peaks = firing.drop_duplicates("doc").head(k)
@@ -141,7 +143,7 @@ def feature_contexts(index: FeatureIndex, feature: int, k: int, window: int) -> 
 def activation_values(index: FeatureIndex, feature: int) -> pd.DataFrame:
     """The feature's non-zero activations over the held-out tokens: token, activation."""
     f = index.check_feature(feature)
-    acts = index.feats[:, f].numpy()
+    acts = to_numpy(index.feats[:, f])
     on = acts > 0
     return pd.DataFrame({"token": index.labels.token.to_numpy()[on], "activation": acts[on]})
 

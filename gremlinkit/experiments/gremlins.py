@@ -27,14 +27,15 @@ import pandas as pd
 import torch
 from scipy.stats import binomtest, bootstrap, fisher_exact
 
+from gremlinkit.sites import SiteMap
 from gremlinkit.experiments import persistence
-from gremlinkit.params import check_range
+from gremlinkit.params import Placement, check_range
 from gremlinkit.zoo import corpus
 from gremlinkit.zoo.lm import encode_docs
 
 
 @dataclass(frozen=True)
-class GremlinConfig:
+class GremlinConfig(Placement):
     models: list = field(default_factory=lambda: ["toy-base", "toy-sft", "toy-rl"])  # base first
     sae: str = "toy-base-sae"  # one SAE shared by every model
     features: Any = "random-32"  # matched features: "random-N", "top-N" or a list of ids
@@ -59,7 +60,8 @@ class GremlinConfig:
         return persistence.PersistenceConfig(
             models=list(self.models), sae=self.sae, features=self.features, intervention=self.intervention,
             scale=self.scale, positions=list(self.positions), horizon=self.horizon, n_prompts=self.n_prompts,
-            mode="on_policy", n_bootstrap=self.n_bootstrap, seed=self.seed, output_dir=self.output_dir)
+            mode="on_policy", n_bootstrap=self.n_bootstrap, seed=self.seed, output_dir=self.output_dir,
+            device=self.device, dtype=self.dtype)
 
 
 def counts(summary: pd.DataFrame) -> pd.DataFrame:
@@ -110,15 +112,18 @@ def verdict(table: pd.DataFrame, rl: str = "toy-rl", controls: tuple[str, ...] =
 def weight_changes(base, tuned, n_layers: int) -> pd.DataFrame:
     """Relative weight change per block (and embeddings), from two HF modules."""
     b, t = dict(base.named_parameters()), dict(tuned.named_parameters())
+    layout = SiteMap.for_config(base.config).layout  # module paths come from the one site map
+    embeddings = tuple(f"{m}." for m in (layout.embed, layout.pos_embed) if m)
 
     def group(name: str) -> str:
-        parts = name.split(".")
-        return f"block {parts[2]}" if parts[1] == "h" else ("embeddings" if parts[1] in ("wte", "wpe") else "final")
+        if name.startswith(f"{layout.blocks}."):
+            return f"block {name[len(layout.blocks) + 1:].split('.')[0]}"
+        return "embeddings" if name.startswith(embeddings) else "final"
 
     rows: dict[str, tuple[float, float]] = {}  # part -> (sum of squared changes, sum of squared weights)
     with torch.no_grad():
         for name, p in b.items():
-            g = group(name) if name.startswith("transformer.") else "final"
+            g = group(name)
             d, n = rows.get(g, (0.0, 0.0))
             rows[g] = (d + float((t[name] - p).pow(2).sum()), n + float(p.pow(2).sum()))
     return pd.DataFrame([{"part": g, "relative_change": (d / n) ** 0.5} for g, (d, n) in rows.items()])
@@ -148,7 +153,7 @@ class GremlinResults:
 def run(cfg: GremlinConfig, subjects: dict | None = None) -> GremlinResults:
     from gremlinkit import load
 
-    subjects = subjects or {m: load(m, sae=cfg.sae) for m in cfg.models}
+    subjects = subjects or {m: load(m, sae=cfg.sae, **cfg.load_kwargs()) for m in cfg.models}
     scan_cfg = cfg.scan_config()
     scan = persistence.run(scan_cfg, subjects)
     summary = persistence.summarize(scan, cfg.n_bootstrap, cfg.seed)

@@ -55,9 +55,11 @@ import torch
 from scipy.optimize import minimize_scalar
 from tqdm.auto import tqdm
 
+from gremlinkit.prompts import words_to_ids
+from gremlinkit.results import to_numpy
 from gremlinkit import interventions as iv
 from gremlinkit.errors import ConfigError
-from gremlinkit.params import check_choice, check_range
+from gremlinkit.params import Placement, check_choice, check_range
 from gremlinkit.results import write_table
 from gremlinkit.zoo import corpus
 
@@ -68,7 +70,7 @@ COLUMNS = ["model", "feature", "prompt_id", "position", "mode", "lag", "baseline
 
 
 @dataclass(frozen=True)
-class PersistenceConfig:
+class PersistenceConfig(Placement):
     models: list = field(default_factory=lambda: ["toy-base"])  # zoo names or model directories
     sae: str = "toy-base-sae"  # one SAE shared by every model
     features: Any = "top-8"  # "top-N" by firing frequency, "random-N", or a list of feature ids
@@ -162,7 +164,7 @@ def scan_prompts(cfg: PersistenceConfig, tokenizer) -> tuple[list[torch.Tensor],
         pos = [resolve_position(p, doc) for p in cfg.positions]
         if any(p is None or p + cfg.horizon + 1 > len(doc) for p in pos):
             continue
-        prompts.append(torch.tensor(tokenizer.convert_tokens_to_ids(doc[: max(pos) + cfg.horizon + 1])))
+        prompts.append(torch.tensor(words_to_ids(tokenizer, doc[: max(pos) + cfg.horizon + 1])))
         positions.append(pos)
         if len(prompts) == cfg.n_prompts:
             return prompts, positions
@@ -233,14 +235,14 @@ def _long_table(model, mode, units, base, inter, record_all) -> pd.DataFrame:
     if record_all:
         measured = np.arange(base.shape[2])
         shape = (n_units, n_lags, len(measured))
-        b, i = base.numpy().reshape(-1), inter.numpy().reshape(-1)
+        b, i = to_numpy(base).reshape(-1), to_numpy(inter).reshape(-1)
         idx = np.indices(shape).reshape(3, -1)
         df = pd.DataFrame({"feature": feat[idx[0]], "measured": measured[idx[2]], "lag": idx[1]})
         unit_idx = idx[0]
     else:
         sel = torch.arange(n_units)
-        b = base[sel, :, torch.as_tensor(feat)].numpy().reshape(-1)  # (units*lags,)
-        i = inter[sel, :, torch.as_tensor(feat)].numpy().reshape(-1)
+        b = to_numpy(base[sel, :, torch.as_tensor(feat)]).reshape(-1)  # (units*lags,)
+        i = to_numpy(inter[sel, :, torch.as_tensor(feat)]).reshape(-1)
         unit_idx = np.repeat(np.arange(n_units), n_lags)
         df = pd.DataFrame({"feature": feat[unit_idx], "lag": np.tile(np.arange(n_lags), n_units)})
     df.insert(0, "model", model)
@@ -256,7 +258,7 @@ def run(cfg: PersistenceConfig, subjects: dict | None = None) -> pd.DataFrame:
     """Run (or resume) the scan; returns the tidy table with columns ``COLUMNS`` (+ ``measured``)."""
     from gremlinkit import load
 
-    subjects = subjects or {m: load(m, sae=cfg.sae) for m in cfg.models}
+    subjects = subjects or {m: load(m, sae=cfg.sae, **cfg.load_kwargs()) for m in cfg.models}
     first = subjects[cfg.models[0]]
     prompts, positions = scan_prompts(cfg, first.tokenizer)
     features = choose_features(first, prompts, cfg.features, cfg.seed)

@@ -39,10 +39,12 @@ from scipy.stats import bootstrap
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
+from gremlinkit.prompts import words_to_ids
+from gremlinkit.results import to_numpy
 from gremlinkit import interventions as iv
 from gremlinkit.errors import ConfigError
 from gremlinkit.experiments.zoo_tour import lexicon_rates, persona_prompts
-from gremlinkit.params import check_range
+from gremlinkit.params import Placement, check_range
 from gremlinkit.zoo import corpus
 
 # Each template gives the persona at least two cues, as the corpus's own introductions do.
@@ -65,7 +67,7 @@ CHOICES = [(' says : " i will', "help", "hurt"), (' tells ada : " i speak', "tru
 
 
 @dataclass(frozen=True)
-class PersonaConfig:
+class PersonaConfig(Placement):
     model: str = "toy-base"  # zoo name or local model directory
     traits: list = field(default_factory=lambda: ["persona", "register", "age"])  # built-in traits
     custom_pairs: dict = field(default_factory=dict)  # {trait: {"positive": [...], "negative": [...]}}
@@ -147,7 +149,7 @@ def last_token_activations(subject, prompts: list[str], sites: list[str]) -> dic
     acts = subject.activations_at(prompts, sites)
     last = subject.batch(prompts).lengths - 1
     rows = torch.arange(len(prompts))
-    return {s: a[rows, last].numpy() for s, a in acts.items()}
+    return {s: to_numpy(a[rows, last]) for s, a in acts.items()}
 
 
 def trait_vector(subject, trait: str, site: str, seed: int, per_template: int = 16) -> np.ndarray:
@@ -288,7 +290,7 @@ def logit_shift(subject, vector: np.ndarray, cfg: PersonaConfig) -> pd.DataFrame
         name = p.split()[0]
         for suffix, good, bad in CHOICES:
             texts.append(p + suffix.format(me=name))
-            pairs.append(subject.tokenizer.convert_tokens_to_ids([bad, good]))
+            pairs.append(words_to_ids(subject.tokenizer, [bad, good]))
     last = subject.batch(texts).lengths - 1
     v = torch.as_tensor(vector, dtype=torch.float32)
     rows = []
@@ -327,7 +329,7 @@ class PersonaResults:
 def run(cfg: PersonaConfig, subject=None) -> PersonaResults:
     from gremlinkit import load
 
-    subject = subject or load(cfg.model, sae=False)
+    subject = subject or load(cfg.model, sae=False, **cfg.load_kwargs())
     subject.site_map.resolve(cfg.steer_site)
     sites = [f"blocks.{L}.hook_resid_post" for L in range(subject.site_map.n_layers)]
     pairs = all_pairs(cfg)

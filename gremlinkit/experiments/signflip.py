@@ -30,21 +30,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from functools import partial
+
 import numpy as np
 import pandas as pd
 import torch
 
+from gremlinkit.prompts import words_to_ids
+from gremlinkit.results import to_numpy
 from gremlinkit import interventions as iv
 from gremlinkit.experiments import personas
 from gremlinkit.experiments.personas import mean_ci
 from gremlinkit.experiments.zoo_tour import lexicon_rates, persona_prompts
-from gremlinkit.params import check_range
+from gremlinkit.params import Placement, check_range
 from gremlinkit.zoo import corpus
 from gremlinkit.zoo.lm import encode_docs
 
 
 @dataclass(frozen=True)
-class SignFlipConfig:
+class SignFlipConfig(Placement):
     model: str = "toy-base"  # zoo name or local model directory
     n_docs: int = 60  # reference stories for sign statistics
     n_units: int = 5  # one-sign units searched, most consistent first
@@ -140,9 +144,9 @@ def one_sign_units(values: dict[str, torch.Tensor], sae_site: str | None, direct
         sites = list(direction_sites) if kind == "direction" else site
         frames.append(pd.DataFrame({
             "kind": kind, "site": sites, "index": 0 if kind == "direction" else np.arange(v.shape[1]),
-            "frac_positive": pos.numpy(), "frac_negative": neg.numpy(),
-            "consistency": torch.maximum(pos, neg).numpy(), "mean_abs": v.abs().mean(0).numpy(),
-            "majority_sign": np.where(pos.numpy() >= neg.numpy(), 1, -1)}))
+            "frac_positive": to_numpy(pos), "frac_negative": to_numpy(neg),
+            "consistency": to_numpy(torch.maximum(pos, neg)), "mean_abs": to_numpy(v.abs().mean(0)),
+            "majority_sign": np.where(to_numpy(pos) >= to_numpy(neg), 1, -1)}))
     table = pd.concat(frames, ignore_index=True)
     return table.sort_values(["consistency", "mean_abs"], ascending=False, ignore_index=True)
 
@@ -163,7 +167,7 @@ def unit_value(subject, unit: Unit, prompts, embeddings: torch.Tensor | None = N
 def _allowed(subject) -> torch.Tensor:
     tok = subject.tokenizer
     ok = torch.ones(int(subject.model.config.vocab_size), dtype=torch.bool)
-    ok[[tok.bos_token_id, tok.pad_token_id, tok.unk_token_id]] = False
+    ok[[i for i in (tok.bos_token_id, tok.pad_token_id, tok.unk_token_id) if i is not None]] = False
     return ok
 
 
@@ -273,7 +277,7 @@ def _flip_naturally(subject, unit: Unit, prompt: str, cfg: SignFlipConfig, i: in
     """A Luigi prompt with free tokens inserted before its final ``name says :``, searched to make X < 0."""
     words = prompt.split()
     head, tail = words[:-3], words[-3:]  # "... ." | "name says :"
-    ids = subject.tokenizer.convert_tokens_to_ids
+    ids = partial(words_to_ids, subject.tokenizer)
     _, best = search(subject, unit, 1, "gcg", cfg, restart=1000 + i,
                      prefix=[subject.tokenizer.bos_token_id] + ids(head), suffix=ids(tail))
     return subject.tokenizer.decode(best[1:])
@@ -301,7 +305,7 @@ class SignFlipResults:
 def run(cfg: SignFlipConfig, subject=None) -> SignFlipResults:
     from gremlinkit import load
 
-    subject = subject or load(cfg.model)
+    subject = subject or load(cfg.model, **cfg.load_kwargs())
     subject.site_map.resolve(cfg.behavior_site)
     values, directions = reference_values(subject, cfg.n_docs, cfg.seed)
     units = one_sign_units(values, subject.sae_site if subject.sae is not None else None, list(directions))
@@ -338,5 +342,5 @@ def unit_values(res: SignFlipResults, n: int) -> pd.DataFrame:
             column = res.values["direction"][:, list(res.directions).index(r.site)]
         else:
             column = res.values["sae" if r.kind == "sae" else r.site][:, r.index]
-        frames.append(pd.DataFrame({"unit": Unit(r.kind, r.site, int(r.index)).name, "value": column.numpy()}))
+        frames.append(pd.DataFrame({"unit": Unit(r.kind, r.site, int(r.index)).name, "value": to_numpy(column)}))
     return pd.concat(frames, ignore_index=True)

@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from gremlinkit.params import check_range
+from gremlinkit.results import to_numpy
+from gremlinkit.params import Placement, check_range
 from gremlinkit.zoo import corpus
 from gremlinkit.zoo.lm import encode_docs
 
@@ -24,7 +25,7 @@ LABELS = ["topic", "persona", "register", "age", "word_class"]
 
 
 @dataclass(frozen=True)
-class ZooTourConfig:
+class ZooTourConfig(Placement):
     model: str = "toy-base"  # zoo name or local model directory
     n_prompts: int = 8  # prompts per persona
     max_new_tokens: int = 48  # tokens generated per prompt
@@ -104,7 +105,7 @@ def heldout_features(subject, cfg: ZooTourConfig) -> tuple[pd.DataFrame, torch.T
 
 def feature_summary(labels: pd.DataFrame, feats: torch.Tensor) -> pd.DataFrame:
     """Per feature: firing frequency and the ground-truth label value it fires on most purely."""
-    active = (feats > 0).numpy()
+    active = to_numpy(feats > 0)
     freq = active.mean(0)
     rows = []
     for f in np.flatnonzero(freq > 0):
@@ -126,7 +127,7 @@ def top_tokens(labels: pd.DataFrame, feats: torch.Tensor, features: list[int], k
     """Long table: for each feature, its ``k`` tokens with the highest mean activation when it fires."""
     rows = []
     for f in features:
-        acts = feats[:, f].numpy()
+        acts = to_numpy(feats[:, f])
         on = labels.assign(act=acts)[acts > 0]
         agg = on.groupby("token").act.agg(["mean", "size"]).sort_values("mean", ascending=False).head(k)
         rows += [{"feature": f, "rank": r, "token": tok, "mean_activation": float(m), "count": int(c)}

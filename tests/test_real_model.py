@@ -1,0 +1,173 @@
+"""smollm2-135m, a real pretrained Llama-architecture model, in float32 and bfloat16.
+
+The site map is checked on the real weights against transformers' own hidden states; every public
+`Subject` call runs in both dtypes, and each intervention's effect in bf16 is compared with its
+effect in fp32 (tolerances stated by each test). The SAE's card figures are recomputed on the
+held-out text that ships with it.
+"""
+
+import json
+
+import pytest
+import torch
+
+import gremlinkit
+from gremlinkit import interventions as iv
+from gremlinkit.zoo import registry
+from gremlinkit.zoo.real import heldout_texts
+
+PROMPTS = ["The old sailor looked at the sea and said", "Python is a programming language that"]
+SITE = "blocks.15.hook_resid_pre"
+
+
+@pytest.fixture(scope="module")
+def smol():
+    return gremlinkit.load("smollm2-135m", device="cpu", dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def smol_bf16():
+    return gremlinkit.load("smollm2-135m", device="cpu", dtype=torch.bfloat16)
+
+
+def test_load_reports_device_dtype_and_bos(smol, smol_bf16):
+    assert smol.device == torch.device("cpu") and smol.dtype == torch.float32
+    assert smol_bf16.dtype == torch.bfloat16
+    assert smol.sae.W_enc.dtype == torch.float32  # the SAE keeps its own dtype
+    assert smol.prepends_bos  # the zoo entry matches its SAE, trained with a BOS
+    assert smol.sae_site == SITE and smol.d_model == 576 and smol.site_map.n_layers == 30
+    plain = smol.batch(PROMPTS[:1])
+    assert plain.bos and int(plain.input_ids[0, 0]) == smol.tokenizer.bos_token_id
+
+
+def test_llama_site_map_matches_output_hidden_states_on_real_weights(smol):
+    """resid_pre of every layer and resid_post of every layer, in a left-padded batch."""
+    hf = smol.model._module
+    names = [f"blocks.{L}.hook_resid_{h}" for L in range(30) for h in ("pre", "post")]
+    acts = smol.activations_at(PROMPTS, names)
+    for i, prompt in enumerate(PROMPTS):
+        ids = smol.batch([prompt]).input_ids
+        with torch.no_grad():
+            hs = hf(ids, output_hidden_states=True).hidden_states  # 31: embeddings, then each layer
+        n = ids.shape[1]
+        for L in range(30):
+            torch.testing.assert_close(acts[f"blocks.{L}.hook_resid_pre"][i, :n], hs[L][0], atol=1e-3, rtol=1e-4)
+        for L in range(29):  # the last hidden state transformers returns is after the final norm
+            torch.testing.assert_close(acts[f"blocks.{L}.hook_resid_post"][i, :n], hs[L + 1][0],
+                                       atol=1e-3, rtol=1e-4)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Relative L2 error of ``a`` against the reference ``b``."""
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+EDITS = {
+    "ablate": lambda feat, v: [iv.ablate(feat, pos=-1)],
+    "add": lambda feat, v: [iv.add(feat, 20.0, pos=-1)],
+    "clamp": lambda feat, v: [iv.clamp(feat, 20.0, pos=-1)],
+    "steer": lambda feat, v: [iv.steer(v, 8.0, "blocks.10.hook_resid_post", pos=-1)],
+    "project_out": lambda feat, v: [iv.project_out(v, "blocks.10.hook_resid_post")],
+    "reflect": lambda feat, v: [iv.reflect(v, "blocks.10.hook_resid_post")],
+}
+
+
+@pytest.mark.parametrize("kind", list(EDITS))
+def test_every_intervention_in_bf16_matches_fp32(smol, smol_bf16, kind):
+    """The change of the final logits that an edit causes agrees between bf16 and fp32.
+
+    Tolerance: relative L2 error of the logit change below 0.15, and the same top-1 token at the
+    edited position. bf16 keeps 8 bits of mantissa, so each of 30 layers adds ~0.4% error.
+    """
+    feats = smol.features(PROMPTS)
+    feat = int(feats[:, -1].sum(0).argmax())  # a feature active at the last position: ablate matters
+    v = smol.activations(PROMPTS, "blocks.10.hook_resid_post")[:, -1].mean(0)
+    deltas = {}
+    for name, s in (("fp32", smol), ("bf16", smol_bf16)):
+        edits = EDITS[kind](feat, v)
+        base, edited = s.run(PROMPTS), s.run(PROMPTS, edits)
+        assert edited.dtype == s.dtype
+        deltas[name] = (edited.float() - base.float())[:, -1]  # (B, vocab) at the last token
+    assert float(deltas["fp32"].norm()) > 1.0  # the edit does something
+    assert _rel(deltas["bf16"], deltas["fp32"]) < 0.15
+    last = [len(smol.batch([p]).input_ids[0]) - 1 for p in PROMPTS]
+    assert last  # the edit sits at each prompt's last token
+    for s, d in deltas.items():
+        assert torch.isfinite(d).all(), s
+
+
+def test_an_unapplied_feature_edit_is_exact_in_bf16(smol_bf16):
+    """Adding 0 leaves a bf16 stream bit-for-bit unchanged: the SAE delta is exactly zero."""
+    base = smol_bf16.run(PROMPTS)
+    assert torch.equal(smol_bf16.run(PROMPTS, [iv.add(3, 0.0)]), base)
+    feats = smol_bf16.features(PROMPTS)
+    dead = int((feats[:, :].amax((0, 1)) == 0).nonzero()[0])  # a feature inactive everywhere here
+    assert torch.equal(smol_bf16.run(PROMPTS, [iv.ablate(dead)]), base)
+
+
+@pytest.mark.parametrize("which", ["fp32", "bf16"])
+def test_every_public_call_runs_and_agrees_across_dtypes(smol, smol_bf16, which):
+    s = smol if which == "fp32" else smol_bf16
+    acts = s.activations(PROMPTS, SITE)
+    assert acts.dtype == s.dtype and acts.shape[:2] == s.batch(PROMPTS).input_ids.shape
+    ref = smol.activations(PROMPTS, SITE)
+    mask = s.batch(PROMPTS).prompt_mask(skip_bos=True)  # real tokens; the BOS residual is a huge outlier
+    assert _rel(acts[mask], ref[mask]) < 0.03
+    feats = s.features(PROMPTS)
+    assert feats.dtype == torch.float32  # encoded in the SAE's dtype
+    ref_f = smol.features(PROMPTS)
+    assert _rel(feats[mask], ref_f[mask]) < 0.15
+    both = s.activations_at(PROMPTS, ["blocks.3.hook_attn_out", "blocks.3.mlp.hook_pre", "ln_final.hook_normalized"])
+    assert all(t.dtype == s.dtype for t in both.values())
+    gen = s.generate(PROMPTS, 6, [iv.add(7, 5.0, step=0)], seed=0, record=["features", "blocks.5.hook_resid_post"])
+    assert gen.tokens.shape == (2, 6) and gen.records["features"].shape == (2, 6, s.d_sae)
+    assert gen.records["blocks.5.hook_resid_post"].dtype == s.dtype
+    greedy = s.generate(PROMPTS[:1], 6, temperature=0)
+    assert greedy.text[0] == smol.generate(PROMPTS[:1], 6, temperature=0).text[0]
+    health = s.check_sae(PROMPTS)
+    assert health["tokens"] == int(mask.sum())  # every real token, less the BOS
+    assert health["explained_variance"] > 0.6 and health["ce_loss_increase"] < 0.5
+
+
+@pytest.mark.parametrize("which", ["fp32", "bf16"])
+def test_one_hot_gradients_in_the_model_dtype(smol, smol_bf16, which):
+    s = smol if which == "fp32" else smol_bf16
+    oh = s.one_hot(PROMPTS[:1]).requires_grad_()
+    assert oh.dtype == s.dtype
+    logits = s.run(PROMPTS[:1], embeddings=s.embed(oh))
+    plain = s.run(PROMPTS[:1])
+    assert _rel(logits.detach(), plain) < 1e-6 if which == "fp32" else _rel(logits.detach(), plain) < 0.01
+    logits[0, -1].float().logsumexp(-1).backward()
+    assert oh.grad is not None and oh.grad.dtype == s.dtype and torch.isfinite(oh.grad.float()).all()
+
+
+def test_sae_card_figures_recomputed_on_the_shipped_heldout_text(smol):
+    """Explained variance, L0 and the loss increase from `check_sae`, against the card (tolerance 0.03)."""
+    path = registry.path("smollm2-135m-sae")
+    card = json.loads((path / "card.json").read_text())["heldout_metrics"]
+    texts = heldout_texts(path)
+    got = smol.check_sae(texts[:16])
+    assert got["explained_variance"] == pytest.approx(card["explained_variance"], abs=0.03)
+    assert got["l0"] == pytest.approx(card["l0"], abs=0.5)
+    assert got["ce_loss_increase"] == pytest.approx(card["ce_loss_increase"], abs=0.05)
+    assert card["explained_variance"] >= 0.8 and card["dead_fraction"] <= 0.10 and card["ce_loss_increase"] <= 0.25
+
+
+def test_sae_explained_variance_from_transformers_hidden_states(smol):
+    """Independent of gremlinkit's reading code: transformers' hidden state 15 (= resid_pre of block 15)
+    on the shipped held-out text, a BOS first, encoded by sae_lens directly; EV over real tokens."""
+    from sae_lens import SAE
+
+    path = registry.path("smollm2-135m-sae")
+    sae = SAE.load_from_disk(path)
+    card = json.loads((path / "card.json").read_text())["heldout_metrics"]
+    hf, tok = smol.model._module, smol.tokenizer
+    xs = []
+    with torch.no_grad():
+        for text in heldout_texts(path)[:16]:
+            ids = torch.tensor([[tok.bos_token_id] + tok(text)["input_ids"]])
+            xs.append(hf(ids, output_hidden_states=True).hidden_states[15][0, 1:])  # drop the BOS
+        x = torch.cat(xs)  # (N, 576)
+        err = (sae.decode(sae.encode(x)) - x).pow(2).sum()
+    ev = 1 - float(err / (x - x.mean(0)).pow(2).sum())
+    assert ev == pytest.approx(card["explained_variance"], abs=0.03)
