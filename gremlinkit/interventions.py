@@ -214,9 +214,16 @@ def encode(sae: Any, x: torch.Tensor) -> torch.Tensor:
 
 def apply(x: torch.Tensor, ivs: Sequence[Intervention], sae: Any, positions: torch.Tensor,
           lengths: torch.Tensor, step: int | None = None) -> torch.Tensor:
-    """Apply every intervention of one site to its activation ``x`` (B, T, d)."""
+    """Apply every intervention of one site to its activation ``x`` (B, T, d).
+
+    A half-precision stream is edited in float32 and rounded back once, so an edit costs no more
+    precision than the stream already has; where no edit applies, ``x`` comes back bit for bit.
+    """
     masks = [mask(iv, positions, lengths, step) for iv in ivs]
     live = [(iv, m) for iv, m in zip(ivs, masks) if _touches(m)]  # edits that touch this forward
+    if not live:
+        return x
+    w = x.float() if x.dtype in (torch.bfloat16, torch.float16) else x  # the working copy
     features = [(iv, m) for iv, m in live if isinstance(iv, FeatureEdit)]
     if features:
         f = encode(sae, x)  # (B, T, d_sae), in the SAE's dtype
@@ -226,16 +233,15 @@ def apply(x: torch.Tensor, ivs: Sequence[Intervention], sae: Any, positions: tor
             edited = {"ablate": torch.zeros_like(current), "add": current + iv.value,
                       "clamp": torch.full_like(current, iv.value)}[iv.kind]
             f_new[..., iv.feature] = torch.where(m, edited, current)
-        # The difference is taken in the SAE's dtype and added in the stream's: where no edit
-        # applies it is exactly zero, so an unedited position is bit-for-bit unchanged.
-        x = x + (sae.decode(f_new) - sae.decode(f)).to(x.dtype)
+        # The difference is taken in the SAE's dtype: where no edit applies it is exactly zero.
+        w = w + (sae.decode(f_new) - sae.decode(f)).to(w.dtype)
     for iv, m in live:
         if isinstance(iv, VectorEdit):
-            m = m[..., None].to(x.dtype)  # (B, T, 1)
-            v = iv.vector.to(device=x.device, dtype=x.dtype)
+            m = m[..., None].to(w.dtype)  # (B, T, 1)
+            v = iv.vector.to(device=w.device, dtype=w.dtype)
             if iv.kind == "steer":
-                x = x + m * iv.coeff * v
+                w = w + m * iv.coeff * v
             else:  # project_out removes the component once, reflect twice
                 times = 2.0 if iv.kind == "reflect" else 1.0
-                x = x - times * m * (x @ v)[..., None] * v
-    return x
+                w = w - times * m * (w @ v)[..., None] * v
+    return w.to(x.dtype)

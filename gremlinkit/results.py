@@ -7,11 +7,13 @@ import os
 import resource
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import torch
+
+if TYPE_CHECKING:  # torch is not imported here: reading metrics stays light
+    import torch
 
 METRICS_FILE = "metrics.json"
 

@@ -5,6 +5,7 @@ import dataclasses
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import gremlinkit
@@ -78,3 +79,24 @@ def test_localisation_measures_are_zero_for_identical_models_and_see_the_fine_tu
     b = gremlinkit.load("toy-base", sae=False)
     assert (gremlins.activation_changes(b, b, n_docs=4).relative_change == 0).all()
     assert (gremlins.activation_changes(b, gremlinkit.load("toy-rl", sae=False), n_docs=4).relative_change > 0).all()
+
+
+def test_weight_changes_follow_the_site_map_on_a_llama():
+    """Block names come from the site map, so a Llama's `model.layers.N` are grouped as blocks too."""
+    from transformers import LlamaConfig
+
+    from gremlinkit.experiments.gremlins import weight_changes
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2)
+    base, tuned = AutoModelForCausalLM.from_config(cfg), AutoModelForCausalLM.from_config(cfg)
+    tuned.load_state_dict(base.state_dict())
+    with torch.no_grad():
+        tuned.model.layers[1].mlp.up_proj.weight.mul_(1.1)  # only block 1 moves
+    table = weight_changes(base, tuned, 2).set_index("part").relative_change
+    assert set(table.index) == {"embeddings", "block 0", "block 1", "final"}
+    assert table["block 0"] == 0 and table["embeddings"] == 0 and table["final"] == 0
+    up = tuned.model.layers[1].mlp.up_proj.weight
+    block1 = sum(p.pow(2).sum() for n, p in base.named_parameters() if n.startswith("model.layers.1."))
+    assert table["block 1"] == pytest.approx(float((0.1 * up / 1.1).pow(2).sum() / block1) ** 0.5, rel=1e-4)

@@ -62,38 +62,54 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).norm() / b.float().norm())
 
 
+STEER_SITE = "blocks.10.hook_resid_post"
 EDITS = {
-    "ablate": lambda feat, v: [iv.ablate(feat, pos=-1)],
-    "add": lambda feat, v: [iv.add(feat, 20.0, pos=-1)],
-    "clamp": lambda feat, v: [iv.clamp(feat, 20.0, pos=-1)],
-    "steer": lambda feat, v: [iv.steer(v, 8.0, "blocks.10.hook_resid_post", pos=-1)],
-    "project_out": lambda feat, v: [iv.project_out(v, "blocks.10.hook_resid_post")],
-    "reflect": lambda feat, v: [iv.reflect(v, "blocks.10.hook_resid_post")],
+    "ablate": lambda feat, v, r: [iv.ablate(feat, pos=-1)],
+    "add": lambda feat, v, r: [iv.add(feat, 20.0, pos=-1)],
+    "clamp": lambda feat, v, r: [iv.clamp(feat, 20.0, pos=-1)],
+    "steer": lambda feat, v, r: [iv.steer(v, 8.0, STEER_SITE, pos=-1)],
+    "project_out": lambda feat, v, r: [iv.project_out(r, STEER_SITE)],
+    "reflect": lambda feat, v, r: [iv.reflect(v, STEER_SITE, pos=slice(1, None))],
 }
 
 
-@pytest.mark.parametrize("kind", list(EDITS))
-def test_every_intervention_in_bf16_matches_fp32(smol, smol_bf16, kind):
-    """The change of the final logits that an edit causes agrees between bf16 and fp32.
-
-    Tolerance: relative L2 error of the logit change below 0.15, and the same top-1 token at the
-    edited position. bf16 keeps 8 bits of mantissa, so each of 30 layers adds ~0.4% error.
-    """
+@pytest.fixture(scope="module")
+def edit_inputs(smol):
     feats = smol.features(PROMPTS)
     feat = int(feats[:, -1].sum(0).argmax())  # a feature active at the last position: ablate matters
-    v = smol.activations(PROMPTS, "blocks.10.hook_resid_post")[:, -1].mean(0)
-    deltas = {}
+    v = smol.activations(PROMPTS, STEER_SITE)[:, -1].mean(0)  # the residual's mean direction there
+    r = torch.randn(smol.d_model, generator=torch.Generator().manual_seed(0))  # a random direction
+    return feat, v, r
+
+
+@pytest.mark.parametrize("kind", list(EDITS))
+def test_every_intervention_in_bf16_matches_fp32(smol, smol_bf16, edit_inputs, kind):
+    """An edit made in bf16 agrees with the same edit in fp32, where it is made and in the logits.
+
+    At the edited site, over real tokens, the change agrees to 3% of its size (the activations it
+    starts from already carry ~1% of bf16 error) plus one bf16 rounding of the stream (2^-8 of its
+    norm: a change below the stream's resolution cannot show). In the
+    last position's logits, 20 layers later, the change may differ from fp32's by at most 25% of
+    its size plus three times the error bf16 already puts in those logits without any edit.
+    (Reflect skips the BOS: flipping the attention sink's component makes both runs chaotic.)
+    """
+    edits = EDITS[kind](*edit_inputs)
+    site = edits[0].site or smol.sae_site
+    real = smol.batch(PROMPTS).prompt_mask(skip_bos=True)  # (B, T) real tokens in prompt indexing
+    site_delta, logit_delta, logits = {}, {}, {}
     for name, s in (("fp32", smol), ("bf16", smol_bf16)):
-        edits = EDITS[kind](feat, v)
-        base, edited = s.run(PROMPTS), s.run(PROMPTS, edits)
+        edited, base = s.activations(PROMPTS, site, edits), s.activations(PROMPTS, site)
         assert edited.dtype == s.dtype
-        deltas[name] = (edited.float() - base.float())[:, -1]  # (B, vocab) at the last token
-    assert float(deltas["fp32"].norm()) > 1.0  # the edit does something
-    assert _rel(deltas["bf16"], deltas["fp32"]) < 0.15
-    last = [len(smol.batch([p]).input_ids[0]) - 1 for p in PROMPTS]
-    assert last  # the edit sits at each prompt's last token
-    for s, d in deltas.items():
-        assert torch.isfinite(d).all(), s
+        site_delta[name] = (edited.float() - base.float())[real]  # (N, d)
+        stream_norm = float(base.float()[real].norm())
+        logits[name] = s.run(PROMPTS).float()[:, -1]
+        logit_delta[name] = s.run(PROMPTS, edits).float()[:, -1] - logits[name]  # (B, vocab)
+    assert float(site_delta["fp32"].norm()) > 1.0  # the edit does something
+    site_err = float((site_delta["bf16"] - site_delta["fp32"]).norm())
+    assert site_err <= 0.03 * float(site_delta["fp32"].norm()) + 2**-8 * stream_norm
+    floor = float((logits["bf16"] - logits["fp32"]).norm())  # what bf16 costs the unedited model
+    err = float((logit_delta["bf16"] - logit_delta["fp32"]).norm())
+    assert err <= 0.25 * float(logit_delta["fp32"].norm()) + 3 * floor
 
 
 def test_an_unapplied_feature_edit_is_exact_in_bf16(smol_bf16):
@@ -122,8 +138,12 @@ def test_every_public_call_runs_and_agrees_across_dtypes(smol, smol_bf16, which)
     gen = s.generate(PROMPTS, 6, [iv.add(7, 5.0, step=0)], seed=0, record=["features", "blocks.5.hook_resid_post"])
     assert gen.tokens.shape == (2, 6) and gen.records["features"].shape == (2, 6, s.d_sae)
     assert gen.records["blocks.5.hook_resid_post"].dtype == s.dtype
+    # Greedy decoding: each token this subject picks is in the fp32 model's top 3 at that step.
     greedy = s.generate(PROMPTS[:1], 6, temperature=0)
-    assert greedy.text[0] == smol.generate(PROMPTS[:1], 6, temperature=0).text[0]
+    prompt = s.batch(PROMPTS[:1]).input_ids[0].tolist()
+    logits = smol.run([prompt + greedy.tokens[0].tolist()])[0, len(prompt) - 1: -1]  # (6, vocab)
+    top3 = logits.topk(3, -1).indices
+    assert all(int(t) in top3[j].tolist() for j, t in enumerate(greedy.tokens[0]))
     health = s.check_sae(PROMPTS)
     assert health["tokens"] == int(mask.sum())  # every real token, less the BOS
     assert health["explained_variance"] > 0.6 and health["ce_loss_increase"] < 0.5
@@ -142,14 +162,16 @@ def test_one_hot_gradients_in_the_model_dtype(smol, smol_bf16, which):
 
 
 def test_sae_card_figures_recomputed_on_the_shipped_heldout_text(smol):
-    """Explained variance, L0 and the loss increase from `check_sae`, against the card (tolerance 0.03)."""
+    """Explained variance, L0 and the loss increase from `check_sae` on 16 of the 64 held-out windows,
+    against the card's figures over all 64. Tolerances: EV 0.03 and loss increase 0.06, the spread
+    measured across the four 16-window quarters (EV 0.805-0.840, loss increase 0.109-0.196)."""
     path = registry.path("smollm2-135m-sae")
     card = json.loads((path / "card.json").read_text())["heldout_metrics"]
     texts = heldout_texts(path)
     got = smol.check_sae(texts[:16])
     assert got["explained_variance"] == pytest.approx(card["explained_variance"], abs=0.03)
     assert got["l0"] == pytest.approx(card["l0"], abs=0.5)
-    assert got["ce_loss_increase"] == pytest.approx(card["ce_loss_increase"], abs=0.05)
+    assert got["ce_loss_increase"] == pytest.approx(card["ce_loss_increase"], abs=0.06)
     assert card["explained_variance"] >= 0.8 and card["dead_fraction"] <= 0.10 and card["ce_loss_increase"] <= 0.25
 
 

@@ -53,9 +53,9 @@ QUICK = BuildSpec(train_docs=1500, heldout_docs=200, sae_docs=600, lm=lm.LMSpec(
                   sae=SAESpec(training_tokens=300_000),
                   finetune=finetune.FinetuneSpec(steps=8, prompts_per_step=4, eval_prompts=16),
                   real_sae=RealSAESpec(sae=SAESpec(site="blocks.15.hook_resid_pre", d_sae=512, k=32,
-                                                   training_tokens=40_000, lr=2e-3, warm_up_steps=5,
-                                                   normalize=True, dead_window=10),
-                                       context=64, train_windows=160, heldout_windows=8))
+                                                   training_tokens=150_000, batch_size=512, lr=2e-3,
+                                                   warm_up_steps=10, normalize=True, dead_window=20),
+                                       context=64, train_windows=240, heldout_windows=8))
 
 
 def _versions() -> dict[str, str]:
