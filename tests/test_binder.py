@@ -63,7 +63,7 @@ def test_binder_environment_runs_notebook_00(tmp_path):
 
     _run([py, "-m", "pip", "install", "--quiet", "-r", "binder/requirements.txt"], repo, env, 900)
     post = _run(["bash", "binder/postBuild"], repo, env, 1200)
-    assert "zoo ok: 4 artefacts" in post.stdout
+    assert "zoo ok: 5 shipped artefacts" in post.stdout
     config = home / ".jupyter" / "jupyter_server_config.py"
     assert "/lab/tree/notebooks/00_zoo_tour.ipynb" in config.read_text()
 
