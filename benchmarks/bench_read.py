@@ -1,8 +1,9 @@
 """Reading activations: gremlinkit (one nnsight trace per 32-prompt chunk) vs a naive per-prompt loop vs a raw forward.
 
-Prints the time of each and the ratios, measured in one run on toy-base, then on smollm2-135m
-(float32 on the CPU, bfloat16 on a GPU where there is one) reading its last residual stream, so
-that gremlinkit and the raw forward run the same layers.
+Each reads the last block's residual stream, and the floor is the model body's forward (no LM
+head, no nnsight) over the same 32-row chunks, so both run the same layers. Prints the time of
+each and the ratios, measured in one run on toy-base, then on smollm2-135m (float32 on the CPU,
+bfloat16 on a GPU where there is one).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def main(n_docs: int = 128) -> dict[str, float]:
     torch.set_num_threads(2)
     subject = gremlinkit.load("toy-base")
     docs = [torch.from_numpy(d) for d in lm.encode_docs(corpus.generate(n_docs, seed=5), subject.tokenizer)]
-    t = compare(subject, docs, subject.sae_site)
+    t = compare(subject, docs, f"blocks.{subject.site_map.n_layers - 1}.hook_resid_post")
     real()
     return t
 
@@ -49,10 +50,10 @@ def compare(subject, docs, site: str) -> dict[str, float]:
     batch = subject.batch(docs)
     hf = subject.model._module
 
-    def raw_forward():  # the floor: the same 32-row chunks through transformers, no nnsight
+    def raw_forward():  # the floor: the same 32-row chunks through the transformers body, no nnsight
         with torch.no_grad():
             for part in batch.split(32):
-                hf(**part.inputs())
+                hf.base_model(**part.inputs())
 
     def batched():
         subject.activations(docs, site)

@@ -218,14 +218,14 @@ def _trajectories(subject, cfg, mode, prompts, rows: list[tuple[int, int]], edit
 
 
 def _scan_chunk(subject, cfg, mode, prompts, chunk) -> tuple[torch.Tensor, torch.Tensor]:
-    """Baseline and intervened trajectories for one chunk; each baseline row is run once."""
+    """Baseline and intervened trajectories for one chunk, in one batch: each baseline row is run
+    once, unedited, beside the edited rows (one forward or generation instead of two)."""
     keys = sorted({(p, pos) for _, p, pos in chunk})
-    base = _trajectories(subject, cfg, mode, prompts, keys, [])
+    rows = keys + [(p, pos) for _, p, pos in chunk]
+    edits = [_edit(cfg, f, pos, len(keys) + k) for k, (f, _, pos) in enumerate(chunk)]
+    both = _trajectories(subject, cfg, mode, prompts, rows, edits)  # (K + R, H+1, d_sae)
     index = {k: i for i, k in enumerate(keys)}
-    base = base[[index[(p, pos)] for _, p, pos in chunk]]
-    edits = [_edit(cfg, f, pos, k) for k, (f, _, pos) in enumerate(chunk)]
-    inter = _trajectories(subject, cfg, mode, prompts, [(p, pos) for _, p, pos in chunk], edits)
-    return base, inter
+    return both[[index[(p, pos)] for _, p, pos in chunk]], both[len(keys):]
 
 
 def _long_table(model, mode, units, base, inter, record_all) -> pd.DataFrame:
