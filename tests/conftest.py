@@ -8,8 +8,7 @@ from sae_lens.saes.sae import SAEMetadata
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, GPT2Config, PreTrainedTokenizerFast
 
-# One thread per xdist worker (two workers share the two cores), two without xdist.
-torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
+torch.set_num_threads(2)
 
 
 @pytest.fixture(scope="session")
