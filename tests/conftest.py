@@ -55,3 +55,22 @@ def install_debian_package(name: str) -> None:
             pytest.skip(f"{name} is not installed and `{' '.join(cmd)}` could not run: {err}")
         if done.returncode != 0:
             pytest.skip(f"{name} is not installed and `{' '.join(cmd)}` failed: {done.stderr.strip()[-300:]}")
+
+
+_binder: dict = {}
+
+
+def pytest_collection_finish(session):
+    """Start the Binder environment build at once when its test is collected (see test_binder.py)."""
+    if any(item.nodeid.startswith("tests/test_binder.py") for item in session.items):
+        from test_binder import start_build
+
+        root = session.config._tmp_path_factory.mktemp("binder-build")
+        _binder["build"] = start_build(root)
+
+
+@pytest.fixture
+def binder_build():
+    if "build" not in _binder:
+        pytest.skip("the Binder build starts when the session collects test_binder.py")
+    return _binder["build"]

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -40,29 +41,59 @@ def _run(cmd: list[str], cwd: Path, env: dict, timeout: int) -> subprocess.Compl
     return done
 
 
+class BinderBuild(threading.Thread):
+    """repo2docker's steps (copy, venv, ``pip install -r binder/requirements.txt``, ``postBuild``),
+    run in a background thread from the start of the session: they are mostly unpacking wheels, so
+    they overlap with the tests that compute. The test below waits for them and checks the result."""
+
+    def __init__(self, root: Path):
+        super().__init__(daemon=True)
+        self.repo, self.venv, self.home = root / "repo", root / "venv", root / "home"
+        self.error: str | None = None
+        self.post: subprocess.CompletedProcess | None = None
+
+    @property
+    def env(self) -> dict:
+        cache = os.environ.get("PIP_CACHE_DIR", str(Path.home() / ".cache" / "pip"))
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "JUPYTER", "VIRTUAL_ENV"))}
+        env.update(PATH=f"{self.venv / 'bin'}{os.pathsep}{env.get('PATH', '')}", VIRTUAL_ENV=str(self.venv),
+                   HOME=str(self.home), PIP_CACHE_DIR=cache,
+                   # An index that cannot be reached (offline CI) is skipped after one quick try.
+                   PIP_RETRIES="0", PIP_TIMEOUT="10")
+        return env
+
+    def run(self) -> None:
+        try:
+            self.repo.mkdir(parents=True)
+            self.home.mkdir()
+            _copy_repository(self.repo)
+            base_python = getattr(sys, "_base_executable", sys.executable)
+            subprocess.run([base_python, "-m", "venv", str(self.venv)], check=True)
+            py = str(self.venv / "bin" / "python")
+            _run([py, "-m", "pip", "install", "--quiet", "-r", "binder/requirements.txt"], self.repo, self.env, 900)
+            self.post = _run(["bash", "binder/postBuild"], self.repo, self.env, 1200)
+        except (AssertionError, OSError, subprocess.SubprocessError) as err:
+            self.error = str(err)
+
+
+def start_build(root: Path) -> BinderBuild:
+    build = BinderBuild(root)
+    build.start()
+    return build
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-def test_binder_environment_runs_notebook_00(tmp_path):
+def test_binder_environment_runs_notebook_00(tmp_path, binder_build):
     runtime = (ROOT / "binder" / "runtime.txt").read_text().strip()
     assert runtime == f"python-{sys.version_info.major}.{sys.version_info.minor}", \
         f"binder/runtime.txt asks for {runtime}; this test runs Python {sys.version.split()[0]}"
-    repo, venv, home = tmp_path / "repo", tmp_path / "venv", tmp_path / "home"
-    repo.mkdir()
-    home.mkdir()
-    _copy_repository(repo)
-
-    base_python = getattr(sys, "_base_executable", sys.executable)
-    subprocess.run([base_python, "-m", "venv", str(venv)], check=True)
-    cache = os.environ.get("PIP_CACHE_DIR", str(Path.home() / ".cache" / "pip"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "JUPYTER", "VIRTUAL_ENV"))}
-    env.update(PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}", VIRTUAL_ENV=str(venv), HOME=str(home),
-               PIP_CACHE_DIR=cache,
-               # An index that cannot be reached (offline CI) is skipped after one quick try.
-               PIP_RETRIES="0", PIP_TIMEOUT="10")
+    build = binder_build
+    build.join(timeout=2100)
+    assert not build.is_alive(), "the Binder environment build did not finish"
+    assert build.error is None, build.error
+    repo, venv, home, env, post = build.repo, build.venv, build.home, build.env, build.post
     py = str(venv / "bin" / "python")
-
-    _run([py, "-m", "pip", "install", "--quiet", "-r", "binder/requirements.txt"], repo, env, 900)
-    post = _run(["bash", "binder/postBuild"], repo, env, 1200)
     assert "zoo ok: 5 shipped artefacts" in post.stdout
     config = home / ".jupyter" / "jupyter_server_config.py"
     assert "/lab/tree/notebooks/00_zoo_tour.ipynb" in config.read_text()
