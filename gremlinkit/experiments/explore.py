@@ -162,7 +162,7 @@ def logit_effects(subject, index: FeatureIndex, contexts: pd.DataFrame, feature:
         return pd.DataFrame(columns=["token", "effect", "direction"])
     prompts = [torch.as_tensor(index.docs[d][: p + 1]) for d, p in zip(peaks.doc, peaks.peak_pos)]
     last = subject.batch(prompts).lengths - 1
-    rows = torch.arange(len(prompts))
+    rows = torch.arange(len(prompts), device=last.device)
     base = torch.log_softmax(subject.run(prompts)[rows, last], -1)  # (K, V)
     ablated = torch.log_softmax(subject.run(prompts, [iv.ablate(f, pos=-1)])[rows, last], -1)
     effect = (base - ablated).mean(0)  # (V,)

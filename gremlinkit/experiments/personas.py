@@ -148,7 +148,7 @@ def last_token_activations(subject, prompts: list[str], sites: list[str]) -> dic
     """(N, d) activation at each prompt's last token, per site."""
     acts = subject.activations_at(prompts, sites)
     last = subject.batch(prompts).lengths - 1
-    rows = torch.arange(len(prompts))
+    rows = torch.arange(len(prompts), device=last.device)
     return {s: to_numpy(a[rows, last]) for s, a in acts.items()}
 
 
