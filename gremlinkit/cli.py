@@ -74,9 +74,10 @@ def _run(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from gremlinkit import harness
 
-    index = harness.run_series(Path(args.notebooks), Path(args.runs), smoke=args.smoke)
-    print(f"executed notebooks and index: {index}")
-    return 0
+    index, entries = harness.run_series(Path(args.notebooks), Path(args.runs), smoke=args.smoke)
+    failed = sum(not e.passed for e in entries)
+    print(f"{len(entries) - failed}/{len(entries)} notebooks passed; executed notebooks and index: {index}")
+    return 1 if failed else 0
 
 
 def parser() -> argparse.ArgumentParser:

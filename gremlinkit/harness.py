@@ -8,15 +8,17 @@ the ``metrics.json`` the notebook writes into its ``output_dir``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import html
 import importlib
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import nbformat
 
@@ -24,6 +26,7 @@ from gremlinkit.params import from_params
 from gremlinkit.results import METRICS_FILE
 
 REFERENCE_DIR = Path(__file__).resolve().parent.parent / "tests" / "references"
+KERNEL_LOG = "kernel.log"  # the kernel's own stderr, kept beside the executed notebook
 
 
 @dataclass(frozen=True)
@@ -62,12 +65,37 @@ def run_notebook(notebook: Path, output_dir: Path, params: dict[str, Any] | None
     output_dir.mkdir(parents=True, exist_ok=True)
     executed = output_dir / notebook.name
     t0 = time.time()
-    papermill.execute_notebook(
-        str(notebook), str(executed), parameters=parameters, kernel_name="python3",
-        cwd=str(notebook.parent), progress_bar=False, log_output=False,
-    )
+    with _stderr_to(output_dir / KERNEL_LOG):
+        papermill.execute_notebook(
+            str(notebook), str(executed), parameters=parameters, kernel_name="python3",
+            cwd=str(notebook.parent), progress_bar=False, log_output=False,
+        )
     metrics = json.loads((output_dir / METRICS_FILE).read_text())
     return NotebookRun(notebook, executed, output_dir, metrics, time.time() - t0)
+
+
+@contextlib.contextmanager
+def _stderr_to(path: Path) -> Iterator[None]:
+    """Send this process's stderr (file descriptor 2, which the kernel inherits) to ``path`` for the
+    duration: the kernel's start-up warnings land in the run's own log, not on the user's screen."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(path, "ab") as log:
+            os.dup2(log.fileno(), 2)
+            yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def reference(notebook: Path) -> dict[str, Any]:
+    """The stored reference metrics of ``notebook``'s default run (``tests/references/<stem>.json``)."""
+    path = REFERENCE_DIR / f"{Path(notebook).stem}.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: add the notebook's reference metrics there")
+    return json.loads(path.read_text())
 
 
 def compare(metrics: dict[str, Any], reference: dict[str, Any]) -> list[str]:
@@ -92,34 +120,73 @@ def discover(notebook_dir: Path) -> list[Path]:
     return sorted(Path(notebook_dir).glob("[0-9][0-9]_*.ipynb"))
 
 
-def run_series(notebook_dir: Path, runs_dir: Path, smoke: bool = False) -> Path:
-    """Run every notebook with default parameters into ``runs/<timestamp>/`` and write an index."""
+BINDER_BUDGET_MB = 1500  # Binder gives 2 GB; leave room for the Jupyter server
+
+
+@dataclass(frozen=True)
+class SeriesEntry:
+    notebook: Path
+    executed: Path
+    seconds: float
+    metrics: dict[str, Any]
+    problems: list[str]  # empty when the notebook ran and met its reference
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+    def line(self) -> str:
+        peak = self.metrics.get("peak_rss_mb")
+        rss = f"{peak:5.0f} MB" if peak is not None else "      -"
+        verdict = "pass" if self.passed else f"FAIL: {self.problems[0]}"
+        return f"{self.notebook.name:<28} {self.seconds:5.0f} s  {rss}  {verdict}"
+
+
+def check_run(run: NotebookRun, smoke: bool) -> list[str]:
+    """What a series run fails on: a default run must meet its stored reference (which bounds peak
+    RSS); a smoke run, which has no reference, only the memory budget."""
+    if not smoke:
+        return compare(run.metrics, reference(run.notebook))
+    peak = run.metrics.get("peak_rss_mb", 0)
+    return [f"peak_rss_mb={peak:.0f} exceeds {BINDER_BUDGET_MB}"] if peak > BINDER_BUDGET_MB else []
+
+
+def run_series(notebook_dir: Path, runs_dir: Path, smoke: bool = False,
+               echo=print) -> tuple[Path, list[SeriesEntry]]:
+    """Run every notebook into ``runs/<timestamp>/``, one line per notebook through ``echo``, and
+    write an index. A notebook that fails is reported and the series goes on."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_dir = Path(runs_dir).resolve() / stamp
-    rows = []
+    entries = []
     for nb in discover(notebook_dir):
-        print(f"running {nb.name} ...", flush=True)
-        run = run_notebook(nb, run_dir / nb.stem, smoke=smoke)
-        peak = run.metrics.get("peak_rss_mb", float("nan"))
-        over = "  (over the 1.5 GB Binder budget)" if peak > 1500 else ""
-        print(f"  {run.seconds:.0f} s, peak RSS {peak:.0f} MB{over}", flush=True)
-        rows.append(run)
-    _write_index(run_dir, rows)
+        t0 = time.time()
+        try:
+            run = run_notebook(nb, run_dir / nb.stem, smoke=smoke)
+            entry = SeriesEntry(nb, run.executed, run.seconds, run.metrics, check_run(run, smoke))
+        except Exception as err:  # a cell raised (papermill names it), or no metrics were written
+            name = getattr(err, "ename", type(err).__name__)
+            value = getattr(err, "evalue", None) or (str(err).strip().splitlines() or [""])[0]
+            entry = SeriesEntry(nb, run_dir / nb.stem / nb.name, time.time() - t0, {}, [f"{name}: {value}"])
+        echo(entry.line())
+        entries.append(entry)
+    _write_index(run_dir, entries)
     latest = Path(runs_dir).resolve() / "latest"
     if latest.is_symlink() or latest.exists():
         latest.unlink()
     os.symlink(stamp, latest)
-    return run_dir / "index.html"
+    return run_dir / "index.html", entries
 
 
-def _write_index(run_dir: Path, runs: list[NotebookRun]) -> None:
+def _write_index(run_dir: Path, entries: list[SeriesEntry]) -> None:
     items, md = [], [f"# gremlinkit notebook series, {run_dir.name}", ""]
-    for r in runs:
-        rel = r.executed.relative_to(run_dir)
-        metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.metrics.items())
-        items.append(f"<li><a href='{html.escape(str(rel))}'>{html.escape(r.notebook.name)}</a> "
-                     f"({r.seconds:.0f} s): {html.escape(metrics)}</li>")
-        md.append(f"- [{r.notebook.name}]({rel}) ({r.seconds:.0f} s): {metrics}")
+    for e in entries:
+        rel = e.executed.relative_to(run_dir)
+        verdict = "pass" if e.passed else "FAIL: " + "; ".join(e.problems)
+        metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in e.metrics.items())
+        items.append(f"<li><a href='{html.escape(str(rel))}'>{html.escape(e.notebook.name)}</a> "
+                     f"({e.seconds:.0f} s, {html.escape(verdict)}): {html.escape(metrics)}</li>")
+        md.append(f"- [{e.notebook.name}]({rel}) ({e.seconds:.0f} s, {verdict}): {metrics}")
+    run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "index.html").write_text(
         f"<html><body><h1>gremlinkit notebook series, {run_dir.name}</h1><ul>{''.join(items)}</ul></body></html>\n")
     (run_dir / "index.md").write_text("\n".join(md) + "\n")

@@ -60,6 +60,12 @@ def install_debian_package(name: str) -> None:
 _binder: dict = {}
 
 
+def pytest_collection_modifyitems(session, config, items):
+    """The Binder test runs last, so that its environment build, started in the background at
+    collection, overlaps the rest of the suite instead of being waited for."""
+    items.sort(key=lambda item: item.nodeid.startswith("tests/test_binder.py"))  # stable: order kept otherwise
+
+
 def pytest_collection_finish(session):
     """Start the Binder environment build at once when its test is collected (see test_binder.py)."""
     if any(item.nodeid.startswith("tests/test_binder.py") for item in session.items):

@@ -58,6 +58,14 @@ def test_decision_rule(k, call):
     assert tests["call"] == call and f"toy-rl: {k[0]}/32 persistent" in sentence
 
 
+def test_a_control_that_is_not_found_persistent_means_no_power():
+    table = _table(12, 1, 2)  # counts that would support the hypothesis
+    control = pd.DataFrame({"model": ["toy-base", "toy-sft", "toy-rl"], "persistent": [True, False, True]})
+    sentence, tests = gremlins.verdict(table, control=control)
+    assert tests["call"] == "no power" and "not found persistent in toy-sft" in sentence
+    assert gremlins.verdict(table, control=control.assign(persistent=True))[1]["call"] == "support"
+
+
 def test_counts_intervals_are_wilson_intervals():
     summary = pd.DataFrame({"model": ["m"] * 20, "persistent": [True] * 5 + [False] * 15,
                             "half_life": np.linspace(0.1, 2.0, 20)})

@@ -12,9 +12,14 @@ from gremlinkit.errors import ConfigError
 from gremlinkit.experiments import signflip as sf
 
 
+# The smoke search budget with the default behaviour prompts: every call below is decided, in a few
+# seconds. Notebook 02's default run, with the full budget, is checked against its reference.
+CFG = dataclasses.replace(sf.SignFlipConfig.smoke(), n_behavior_prompts=12, max_new_tokens=32)
+
+
 @pytest.fixture(scope="module")
 def result(toy):
-    return sf.run(sf.SignFlipConfig(), toy)
+    return sf.run(CFG, toy)
 
 
 def test_sign_statistics_match_a_direct_count():
@@ -48,7 +53,7 @@ def test_searches_flip_units_and_found_prompts_really_flip(toy, result):
                         == row.unit].iloc[0]
     direction = None
     if urow.kind == "direction":
-        _, dirs = sf.reference_values(toy, sf.SignFlipConfig().n_docs, 0)
+        _, dirs = sf.reference_values(toy, CFG.n_docs, CFG.seed)
         direction = dirs[urow.site]
     unit = sf.Unit(urow.kind, urow.site, int(urow["index"]), direction)
     ids = [toy.tokenizer.bos_token_id] + toy.tokenizer.convert_tokens_to_ids(row.prompt.split())

@@ -10,7 +10,9 @@ toy-rl than in toy-base, and more than in toy-sft. Each comparison is a one-side
 on the counts of persistent features (``persistent`` as defined in the persistence module) at
 alpha = 0.05. The data *support* the hypothesis only if both tests pass; they *contradict* it if
 toy-rl has fewer persistent features than either control with p < 0.05 in the other direction;
-otherwise they are *inconclusive*.
+otherwise they are *inconclusive*. All of this needs power: the positive control (the feature that
+best marks ``control_topic``, which persists by the corpus's own topic chain) is scanned the same way
+in every model, and where it is not found persistent the call is *no power*, whatever the counts.
 
 **Layer localisation.** Fine-tuning is said to edit mostly later layers. Per block, the relative
 weight change ``||W_ft - W_base|| / ||W_base||`` and the relative change of ``hook_resid_post`` on
@@ -19,6 +21,7 @@ held-out stories show where each fine-tune acted.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +32,7 @@ from scipy.stats import binomtest, bootstrap, fisher_exact
 
 from gremlinkit.sites import SiteMap
 from gremlinkit.experiments import persistence
-from gremlinkit.params import Placement, check_range
+from gremlinkit.params import Placement, check_choice, check_range
 from gremlinkit.zoo import corpus
 from gremlinkit.zoo.lm import encode_docs
 
@@ -45,11 +48,14 @@ class GremlinConfig(Placement):
     horizon: int = 32  # tokens followed after the edit
     n_prompts: int = 24  # held-out stories per feature
     n_bootstrap: int = 200  # bootstrap resamples for half-life intervals
+    control_topic: str = "sea"  # positive control: this topic's feature, scanned the same way ("" for none)
     seed: int = 0  # seeds prompts, features, sampling noise and the bootstrap
     output_dir: str = "output/04_gremlin_comparison"  # where chunks, tables and metrics go
 
     def __post_init__(self) -> None:
         check_range("n_prompts", self.n_prompts, 2, 4096)
+        if self.control_topic:
+            check_choice("control_topic", self.control_topic, ["", *corpus.TOPICS])
         self.scan_config()  # validates the shared fields
 
     @classmethod
@@ -82,9 +88,11 @@ def counts(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def verdict(table: pd.DataFrame, rl: str = "toy-rl", controls: tuple[str, ...] = ("toy-base", "toy-sft")
-            ) -> tuple[str, dict[str, float]]:
-    """Apply the decision rule; returns (the sentence for the notebook, the p-values)."""
+def verdict(table: pd.DataFrame, rl: str = "toy-rl", controls: tuple[str, ...] = ("toy-base", "toy-sft"),
+            control: pd.DataFrame | None = None) -> tuple[str, dict[str, float]]:
+    """Apply the decision rule; returns (the sentence for the notebook, the p-values). ``control`` is
+    the positive control's summary (one row per model); a model where it is not persistent makes the
+    call "no power"."""
     row = table.set_index("model")
     if rl not in row.index or any(c not in row.index for c in controls):
         return "inconclusive: the comparison needs toy-rl, toy-base and toy-sft", {}
@@ -94,7 +102,10 @@ def verdict(table: pd.DataFrame, rl: str = "toy-rl", controls: tuple[str, ...] =
         k, n = row.loc[c, "persistent"], row.loc[c, "scanned"]
         more[c] = fisher_exact([[k_rl, n_rl - k_rl], [k, n - k]], alternative="greater").pvalue
         fewer[c] = fisher_exact([[k_rl, n_rl - k_rl], [k, n - k]], alternative="less").pvalue
-    if all(p < 0.05 for p in more.values()):
+    blind = [] if control is None or control.empty else control.model[~control.persistent.astype(bool)].tolist()
+    if blind:
+        call = "no power"
+    elif all(p < 0.05 for p in more.values()):
         call = "support"
     elif any(p < 0.05 for p in fewer.values()):
         call = "contradict"
@@ -104,8 +115,13 @@ def verdict(table: pd.DataFrame, rl: str = "toy-rl", controls: tuple[str, ...] =
              f"(95% CI {row.loc[m, 'fraction_low']:.2f}-{row.loc[m, 'fraction_high']:.2f}), median half-life "
              f"{row.loc[m, 'median_half_life']:.2f} tokens" for m in row.index]
     p_text = ", ".join(f"p(RL > {c}) = {more[c]:.3g}" for c in controls)
-    phrase = {"support": "support", "contradict": "contradict", "inconclusive": "are inconclusive about"}[call]
-    sentence = f"At toy scale the data {phrase} the gremlin hypothesis. " + "; ".join(parts) + f". {p_text}."
+    if call == "no power":
+        sentence = (f"At toy scale this scan has no power: the positive control is not found persistent in "
+                    f"{', '.join(blind)}, so the counts say nothing about the gremlin hypothesis. ")
+    else:
+        phrase = {"support": "support", "contradict": "contradict", "inconclusive": "are inconclusive about"}[call]
+        sentence = f"At toy scale the data {phrase} the gremlin hypothesis. "
+    sentence += "; ".join(parts) + f". {p_text}."
     return sentence, {**{f"p_rl_more_than_{c}": p for c, p in more.items()}, "call": call}
 
 
@@ -148,6 +164,7 @@ class GremlinResults:
     verdict: str
     tests: dict
     localisation: pd.DataFrame
+    control: pd.DataFrame  # the control topic feature's summary per model (empty without one)
 
 
 def run(cfg: GremlinConfig, subjects: dict | None = None) -> GremlinResults:
@@ -158,8 +175,13 @@ def run(cfg: GremlinConfig, subjects: dict | None = None) -> GremlinResults:
     scan = persistence.run(scan_cfg, subjects)
     summary = persistence.summarize(scan, cfg.n_bootstrap, cfg.seed)
     table = counts(summary)
-    sentence, tests = verdict(table)
     base = subjects[cfg.models[0]]
+    control = pd.DataFrame()
+    if cfg.control_topic:  # the same scan of one feature that must persist: the test's sensitivity
+        feature = persistence.topic_feature(base, cfg.control_topic, seed=cfg.seed)
+        control_scan = persistence.run(dataclasses.replace(scan_cfg, features=[feature]), subjects)
+        control = persistence.summarize(control_scan, cfg.n_bootstrap, cfg.seed)
+    sentence, tests = verdict(table, control=control)
     loc = []
     for m in cfg.models[1:]:
         w = weight_changes(base.model._module, subjects[m].model._module, base.site_map.n_layers)
@@ -167,7 +189,7 @@ def run(cfg: GremlinConfig, subjects: dict | None = None) -> GremlinResults:
         loc += [dict(model=m, measure="weights", **r) for r in w.to_dict("records")]
         loc += [dict(model=m, measure="resid_post", part=f"block {r['layer']}", relative_change=r["relative_change"])
                 for r in a.to_dict("records")]
-    return GremlinResults(scan, summary, table, sentence, tests, pd.DataFrame(loc))
+    return GremlinResults(scan, summary, table, sentence, tests, pd.DataFrame(loc), control)
 
 
 def metrics(res: GremlinResults) -> dict[str, float]:
@@ -175,6 +197,13 @@ def metrics(res: GremlinResults) -> dict[str, float]:
     for r in res.counts.itertuples():
         out[f"{r.model}_persistent"] = r.persistent
         out[f"{r.model}_median_half_life"] = r.median_half_life
+    for model, g in res.summary.groupby("model", sort=False):  # the direct effect: non-zero when edits act
+        out[f"{model}_mean_abs_effect_lag1"] = float(g.effect_lag1.abs().mean())
+    for r in res.control.itertuples():
+        out[f"{r.model}_control_half_life"] = r.half_life
+        out[f"{r.model}_control_persistent"] = int(r.persistent)
     out.update({k: v for k, v in res.tests.items() if k != "call"})
-    out["verdict_support"] = {"support": 1, "inconclusive": 0, "contradict": -1}.get(res.tests.get("call"), 0)
+    call = res.tests.get("call")
+    out["verdict_support"] = {"support": 1, "contradict": -1}.get(call, 0)  # 0: inconclusive or no power
+    out["verdict_has_power"] = int(call != "no power")
     return out

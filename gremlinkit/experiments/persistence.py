@@ -153,6 +153,21 @@ def expected_topic_half_life(p_switch: float = corpus.P_TOPIC_SWITCH, n_topics: 
 # --------------------------------------------------------------------------- the scan
 
 
+def topic_feature(subject, topic: str, n_docs: int = 120, seed: int = 0) -> int:
+    """The SAE feature that best marks ``topic`` on held-out zoo stories, by the corpus's labels: the
+    largest recall x (precision - base rate), so a generic feature that fires everywhere (precision
+    ~ the base rate) does not win. A topic persists by the corpus's own switching chain
+    (:func:`expected_topic_half_life`), which makes this feature a positive control for scans."""
+    check_choice("control_topic", topic, list(corpus.TOPICS))
+    from gremlinkit.experiments.zoo_tour import corpus_features, heldout_corpus
+
+    labels, feats = corpus_features(subject, heldout_corpus(n_docs, seed))
+    on = to_numpy(feats > 0).astype(bool)
+    marked = (labels.topic == topic).to_numpy()
+    recall, precision = on[marked].mean(0), on[marked].sum(0) / on.sum(0).clip(1)
+    return int((recall * (precision - marked.mean())).argmax())
+
+
 def scan_prompts(cfg: PersistenceConfig, tokenizer) -> tuple[list[torch.Tensor], list[list[int]]]:
     """Held-out stories with every edit position resolved, long enough for the horizon.
 
