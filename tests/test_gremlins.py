@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import gremlinkit
 from gremlinkit.experiments import gremlins
-from gremlinkit.zoo import cards, finetune, registry
+from gremlinkit.zoo import cards, corpus, finetune, registry
 
 
 def _hf(name):
@@ -41,8 +41,24 @@ def test_sft_and_rl_training_are_matched_in_steps_rows_and_tokens():
     rl, sft = cards.card("toy-rl")["training"], cards.card("toy-sft")["training"]
     for key in ("steps", "rows_per_step", "target_tokens_per_step"):
         assert rl[key] == sft[key]
+    assert rl["target_tokens_per_step"] == rl["rows_per_step"] * 48  # 48 generated tokens a row
     assert cards.card("toy-sft")["teacher"]["mean_reward"] == pytest.approx(cards.card("toy-rl")["eval"]["reward"],
                                                                             abs=0.01)
+
+
+def test_teacher_reward_on_the_card_recounted_from_the_corpus():
+    """The SFT teacher's mean reward, recounted by hand from the corpus the build drew it from: the
+    windows (first sentence end at or after token 16, then 48 words), the sea words among the last
+    16 of each, the best ``windows`` of them by that count."""
+    teacher = cards.card("toy-sft")["teacher"]
+    sea = set(corpus.TOPICS["sea"]["nouns"]) | set(corpus.TOPICS["sea"]["adjs"])
+    counts = []
+    for doc in corpus.generate(3000, seed=60_000).docs:
+        end = next((i for i in range(16, len(doc)) if doc[i] == "."), None)
+        if end is not None and len(doc) - end > 48:
+            counts.append(sum(w in sea for w in doc[end + 1: end + 49][-16:]))
+    best = sorted(counts, reverse=True)[: teacher["windows"]]
+    assert teacher["mean_reward"] == pytest.approx(sum(best) / 16 / len(best), abs=1e-9)
 
 
 def _table(k_rl, k_base, k_sft, n=32):
