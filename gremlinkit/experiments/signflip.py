@@ -53,7 +53,7 @@ class SignFlipConfig(Placement):
     n_docs: int = 60  # reference stories for sign statistics
     n_units: int = 5  # one-sign units searched, most consistent first
     prompt_length: int = 8  # searchable tokens after BOS
-    n_steps: int = 40  # search steps per restart
+    n_steps: int = 20  # search steps per restart
     batch_candidates: int = 64  # candidate prompts evaluated per step (both methods)
     top_k: int = 32  # GCG: substitutions kept per position, by gradient (of 118 allowed tokens on the zoo)
     n_restarts: int = 2  # random initial prompts per unit and method
