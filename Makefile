@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast zoo real-model benchmark clean-venv
+.PHONY: demo test test-fast zoo real-model benchmark mutation clean-venv
 
 # uv installs the same pinned set as pip would, several times faster. It does not read pip's
 # configuration, so pip's find-links (where a local torch wheel may lie) is passed on to it.
@@ -37,6 +37,12 @@ zoo: $(STAMP)
 
 benchmark: real-model
 	$(PY) benchmarks/run_all.py
+
+# Mutation testing of the core ([tool.mutmut] in pyproject.toml); resumes where it stopped.
+mutation: $(STAMP)
+	$(UV) mutmut==3.8.1
+	$(PY) -m mutmut run
+	$(PY) -m mutmut results
 
 clean-venv:
 	rm -rf $(VENV)

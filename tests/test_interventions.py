@@ -7,7 +7,7 @@ from sae_lens import SAE
 import gremlinkit
 from gremlinkit import interventions as iv
 from gremlinkit.errors import GremlinkitError, InputError, InterventionError, SiteError
-from gremlinkit.zoo import build, cards, corpus, lm, registry
+from gremlinkit.zoo import corpus, lm, registry
 
 PROMPTS = ["mira is a kind honest old sailor . mira says :", "ada says :", "bruno is a cruel sly young scholar ."]
 SITE = "blocks.1.hook_resid_post"
@@ -132,25 +132,19 @@ def test_logits_are_differentiable_wrt_one_hot_tokens(toy):
     assert oh.grad.abs().sum() > 0
 
 
-def test_check_sae_reproduces_the_stored_explained_variance(toy):
-    spec = build.FULL
-    docs = lm.encode_docs(corpus.generate(spec.heldout_docs, spec.heldout_seed), toy.tokenizer)
-    report = toy.check_sae([torch.from_numpy(d) for d in docs])
-    card = cards.card("toy-base-sae")["heldout_metrics"]
-    assert report["tokens"] == card["tokens"]
-    assert report["explained_variance"] == pytest.approx(card["explained_variance"], abs=0.01)
-    assert report["l0"] == pytest.approx(card["l0"], abs=0.01)
-
-
-def test_check_sae_losses_equal_a_plain_pytorch_splice(toy):
-    """Independent of nnsight: a pre-hook on block 2 of the HF module splices the SAE's reconstruction
-    into every position but the BOS, one unpadded story at a time; the mean next-token losses agree."""
+def test_check_sae_equals_a_plain_pytorch_splice(toy):
+    """Independent of nnsight: a pre-hook on block 2 of the HF module reads the site and splices the
+    SAE's reconstruction into every position but the BOS, one unpadded story at a time. Explained
+    variance, L0 and the mean next-token losses agree with `check_sae` on the same stories. (The
+    card's figures are recomputed from HF hidden states in test_zoo.py.)"""
     docs = [torch.from_numpy(d) for d in lm.encode_docs(corpus.generate(20, seed=10_001), toy.tokenizer)]
     report = toy.check_sae(docs)
     hf, sae = toy.model._module, toy.sae
+    seen = []
 
     def splice(module, args, kwargs):
         x = args[0] if args else kwargs["hidden_states"]
+        seen.append(x[0, 1:])
         x = torch.cat([x[:, :1], sae.decode(sae.encode(x))[:, 1:]], 1)
         return ((x, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": x})
 
@@ -166,6 +160,11 @@ def test_check_sae_losses_equal_a_plain_pytorch_splice(toy):
                 handle.remove()
         losses[name] = float(sum(nll)) / sum(len(d) - 1 for d in docs)
     assert report["tokens"] == sum(len(d) - 1 for d in docs)
+    xs = torch.cat(seen)
+    codes = sae.encode(xs)
+    ev = 1 - (sae.decode(codes) - xs).pow(2).sum() / (xs - xs.mean(0)).pow(2).sum()
+    assert report["explained_variance"] == pytest.approx(float(ev), abs=1e-5)
+    assert report["l0"] == pytest.approx(float((codes > 0).sum(-1).float().mean()), abs=1e-6)
     # float32 sums over ~3,000 tokens agree to ~1e-6; the splice itself costs ~1e-3 nats here.
     assert report["ce_loss_clean"] == pytest.approx(losses["clean"], abs=2e-5)
     assert report["ce_loss_spliced"] == pytest.approx(losses["spliced"], abs=2e-5)

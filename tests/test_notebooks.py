@@ -1,6 +1,6 @@
 """The papermill regression harness: every notebook runs headless and meets its stored reference.
 
-A notebook joins by adding ``tests/references/<stem>.json``; a notebook without one fails.
+A notebook joins by adding ``notebooks/references/<stem>.json``; a notebook without one fails.
 """
 
 import ast

@@ -50,7 +50,7 @@ class BuildSpec:
 
 
 FULL = BuildSpec()
-QUICK = BuildSpec(train_docs=1500, heldout_docs=200, sae_docs=600, lm=lm.LMSpec(steps=150, batch_size=8, seq_len=128),
+QUICK = BuildSpec(train_docs=1500, heldout_docs=200, sae_docs=600, lm=lm.LMSpec(steps=100, batch_size=8, seq_len=128),
                   sae=SAESpec(training_tokens=300_000),
                   finetune=finetune.FinetuneSpec(steps=8, prompts_per_step=4, eval_prompts=16),
                   real_sae=RealSAESpec(sae=SAESpec(site="blocks.15.hook_resid_pre", d_sae=256, k=32,
