@@ -11,9 +11,13 @@ from gremlinkit.errors import GremlinkitError
 
 
 def _zoo_build(args: argparse.Namespace) -> int:
-    from gremlinkit.zoo.build import build
-
     import time
+
+    from gremlinkit.zoo import registry
+
+    if args.only is not None:
+        registry.path(args.only)  # a misspelt name fails at once, before torch is imported
+    from gremlinkit.zoo.build import build
 
     t0 = time.time()
     build(root=args.out, only=args.only, quick=args.quick, real=args.real)

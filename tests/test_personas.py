@@ -41,8 +41,15 @@ def test_separation_scores_against_a_hand_computed_case():
     score = np.array([0.1, 0.9, 0.2, 0.4, 5.0, 6.0, 5.1, 5.2])  # pairs (label 0, label 1); two templates
     y = np.array([0, 1, 0, 1, 0, 1, 0, 1])
     groups = np.array([0, 0, 0, 0, 1, 1, 1, 1])
-    s = personas._separation(score, y, groups)
+    pair_ids = np.repeat(np.arange(4), 2)
+    s = personas._separation(score, y, groups, pair_ids)
     assert s["auroc"] == 1.0 and s["paired_accuracy"] == 1.0
+    # Row order does not matter: pairs are matched by id, not by position.
+    order = np.array([1, 0, 3, 2, 4, 5, 7, 6])
+    assert personas._separation(score[order], y[order], groups[order], pair_ids[order]) == s
+    flipped = score.copy()
+    flipped[[2, 3]] = flipped[[3, 2]]  # one pair now ranks its negative above its positive
+    assert personas._separation(flipped, y, groups, pair_ids)["paired_accuracy"] == 0.75
     # Pooled, template 1's offset puts its negatives above template 0's positives: 12 of 16 ordered.
     assert s["auroc_pooled"] == pytest.approx(12 / 16)
 
@@ -69,10 +76,23 @@ def test_user_pairs_work_like_built_in_ones(toy):
     built = personas.builtin_pairs("persona", 12, seed=1)
     pairs = {"kindness": {"positive": built[built.label == 1].prompt.tolist(),
                           "negative": built[built.label == 0].prompt.tolist()}}
-    cfg = dataclasses.replace(personas.PersonaConfig.smoke(), traits=[], custom_pairs=pairs, test_templates=[3])
+    # The default held-out templates (4, 5) are the built-in ones: user pairs hold out their own last
+    # quarter instead, never an empty set.
+    cfg = dataclasses.replace(personas.PersonaConfig.smoke(), traits=[], custom_pairs=pairs)
     res = personas.run(cfg, toy)
     auroc = res.scores[(res.scores.metric == "auroc") & (res.scores.method == "probe")]
     assert set(res.scores.trait) == {"kindness"} and auroc.value.max() > 0.95 and res.dose is None
+    # User pairs are written positive first; matched pairs are still ordered by their labels.
+    paired = res.scores[(res.scores.metric == "paired_accuracy") & (res.scores.method == "probe")]
+    assert paired.set_index("layer").value.loc[auroc.set_index("layer").value.idxmax()] > 0.95
+
+
+def test_held_out_templates_are_never_empty():
+    assert personas.held_out_templates(np.array([0, 1, 2, 3, 4, 5]), [4, 5]) == [4, 5]
+    assert personas.held_out_templates(np.array([0, 1, 2, 3] * 3), [4, 5]) == [3]
+    assert personas.held_out_templates(np.arange(8), [9]) == [6, 7]
+    with pytest.raises(ConfigError, match="1 template"):
+        personas.held_out_templates(np.array([0, 0]), [4])
 
 
 @pytest.mark.parametrize("kw, match", [

@@ -73,3 +73,24 @@ print("README OK")
     assert out.returncode == 0, out.stderr[-3000:]
     assert "README OK" in out.stdout
     assert "following the SAE" in out.stderr  # the gpt2 tokenizer/SAE BOS conflict is named
+
+
+def test_the_readme_experiment_and_widget_examples_run_as_written(tmp_path):
+    """Every other ``python`` block of the README, in order, in one fresh interpreter (experiments
+    write their outputs under the working directory, here a scratch one)."""
+    text = (ROOT / "README.md").read_text()
+    rest = text[text.index("## Notebooks"):]
+    blocks = re.findall(r"```python\n(.*?)```", rest, re.S)
+    assert len(blocks) >= 4
+    checks = """
+assert set(res.calls.columns) >= {"condition", "call"} and len(res.calls) == 5  # the sign-flip result
+assert set(summary.columns) >= {"half_life", "persistent"} and len(summary) == 16  # 8 features x 2 modes
+assert cfg.features == "top-8" and len(s.texts("steered")) > 0
+print("README OK")
+"""
+    script = tmp_path / "readme_rest.py"
+    script.write_text("\n".join(blocks) + checks)
+    out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=900,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "README OK" in out.stdout

@@ -173,23 +173,37 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
 
 
-def _separation(score: np.ndarray, y: np.ndarray, groups: np.ndarray) -> dict[str, float]:
-    """AUROC within each template (averaged), pooled AUROC, and matched-pair ordering accuracy.
-
-    Rows come in pairs (label 0 then label 1), as `builtin_pairs` and `custom_pairs` write them.
-    """
+def _separation(score: np.ndarray, y: np.ndarray, groups: np.ndarray, pair_ids: np.ndarray) -> dict[str, float]:
+    """AUROC within each template (averaged), pooled AUROC, and matched-pair ordering accuracy: the
+    fraction of pairs (matched by ``pair_ids``, in any row order) whose label-1 prompt scores higher."""
     within = [roc_auc_score(y[groups == t], score[groups == t]) for t in np.unique(groups)]
+    wide = pd.DataFrame({"pair": pair_ids, "label": y, "score": score}).pivot(index="pair", columns="label",
+                                                                             values="score")
     return {"auroc": float(np.mean(within)), "auroc_pooled": float(roc_auc_score(y, score)),
-            "paired_accuracy": float((score[1::2] > score[0::2]).mean())}
+            "paired_accuracy": float((wide[1] > wide[0]).mean())}
+
+
+def held_out_templates(templates: np.ndarray, wanted: list[int]) -> list[int]:
+    """The templates a trait holds out: those of ``wanted`` that it has; when it has none of them
+    (user pairs cycle over their own templates), its last quarter of templates, at least one. A
+    trait with a single template cannot be split and is refused by name."""
+    present = sorted(set(int(t) for t in templates))
+    held = [t for t in wanted if t in present]
+    if held:
+        return held
+    if len(present) < 2:
+        raise ConfigError(f"a trait's pairs use {len(present)} template(s); a held-out split needs at least 2")
+    return present[-max(1, len(present) // 4):]
 
 
 def directions(pairs: pd.DataFrame, acts: dict[str, np.ndarray], test_templates: list[int], seed: int
                ) -> tuple[pd.DataFrame, dict[tuple[str, str], np.ndarray]]:
     """Tidy scores (trait, site, layer, method, metric, value) and the diff-of-means vectors."""
     rows, vectors = [], {}
-    test = pairs.template.isin(test_templates).to_numpy()
     for trait, idx in pairs.groupby("trait").groups.items():
         idx = np.asarray(idx)
+        held = held_out_templates(pairs.template.to_numpy()[idx], test_templates)
+        test = pairs.template.isin(held).to_numpy()
         tr, te = idx[~test[idx]], idx[test[idx]]
         y_tr, y_te = pairs.label.to_numpy()[tr], pairs.label.to_numpy()[te]
         for site, x in acts.items():
@@ -197,9 +211,9 @@ def directions(pairs: pd.DataFrame, acts: dict[str, np.ndarray], test_templates:
             dm = x[tr][y_tr == 1].mean(0) - x[tr][y_tr == 0].mean(0)
             vectors[(trait, site)] = dm
             probe = LogisticRegression(max_iter=5000, random_state=seed).fit(x[tr], y_tr)
-            groups = pairs.template.to_numpy()[te]
+            groups, pair_ids = pairs.template.to_numpy()[te], pairs.pair_id.to_numpy()[te]
             for method, score in (("probe", probe.decision_function(x[te])), ("diff_means", x[te] @ dm)):
-                for metric, value in _separation(score, y_te, groups).items():
+                for metric, value in _separation(score, y_te, groups, pair_ids).items():
                     rows.append({"trait": trait, "site": site, "layer": layer, "method": method,
                                  "metric": metric, "value": value})
             rows.append({"trait": trait, "site": site, "layer": layer, "method": "diff_means",
