@@ -41,7 +41,7 @@ benchmark: real-model
 # Mutation testing of the core ([tool.mutmut] in pyproject.toml); resumes where it stopped.
 mutation: $(STAMP)
 	$(UV) mutmut==3.8.1
-	$(PY) -m mutmut run
+	OMP_NUM_THREADS=1 GREMLINKIT_TORCH_THREADS=1 $(PY) -m mutmut run
 	$(PY) -m mutmut results
 
 clean-venv:

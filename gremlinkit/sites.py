@@ -66,6 +66,10 @@ class Site:
     io: str  # "input" or "output"
     order: tuple[int, int]  # execution order key
 
+    def __post_init__(self) -> None:
+        if self.io not in ("input", "output"):
+            raise SiteError(f"site {self.name!r}: io={self.io!r} must be 'input' or 'output'")
+
 
 class SiteMap:
     """Resolves site names for one model."""

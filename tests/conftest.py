@@ -8,7 +8,8 @@ from sae_lens.saes.sae import SAEMetadata
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, GPT2Config, PreTrainedTokenizerFast
 
-torch.set_num_threads(2)
+# Two cores here; mutation testing forks its workers and runs them on one thread each (see the Makefile).
+torch.set_num_threads(int(os.environ.get("GREMLINKIT_TORCH_THREADS", "2")))
 
 
 @pytest.fixture(scope="session")

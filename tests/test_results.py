@@ -4,7 +4,10 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
+import pytest
+import torch
 
 from gremlinkit import results
 
@@ -27,3 +30,39 @@ def test_metrics_and_tables_round_trip(tmp_path):
     results.write_table(df, tmp_path / "t.parquet")
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "t.parquet"), df)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "t.parquet"]  # no temp files left
+
+
+def test_writers_create_missing_folders_and_convert_numpy_scalars(tmp_path):
+    deep = tmp_path / "a" / "b"
+    out = results.write_metrics(deep, {"auroc": np.float32(0.75), "layer": np.int64(2), "ok": True, "n": 4})
+    on_disk = json.loads((deep / results.METRICS_FILE).read_text())
+    assert on_disk == out and type(on_disk["auroc"]) is float and on_disk["auroc"] == 0.75
+    assert on_disk["layer"] == 2 and on_disk["ok"] is True and on_disk["n"] == 4
+    # One key per line, sorted: a metrics file reads (and diffs) line by line.
+    lines = (deep / results.METRICS_FILE).read_text().splitlines()
+    assert lines[0] == "{" and lines[1].strip().startswith('"auroc"') and len(lines) == len(out) + 2
+    results.write_table(pd.DataFrame({"a": [1]}), tmp_path / "c" / "d" / "t.parquet")
+    results.atomic_write_text(tmp_path / "e" / "f" / "x.txt", "hello")
+    assert (tmp_path / "e" / "f" / "x.txt").read_text() == "hello"
+    for folder in (deep, tmp_path / "c" / "d", tmp_path / "e" / "f"):  # no temporary files left beside them
+        assert all(not p.name.startswith(".") for p in folder.iterdir())
+
+
+def test_an_atomic_write_that_fails_leaves_the_old_file(tmp_path, monkeypatch):
+    target = tmp_path / "x.txt"
+    results.atomic_write_text(target, "old")
+
+    def broken(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(results.os, "replace", broken)
+    with pytest.raises(OSError, match="disk full"):
+        results.atomic_write_text(target, "new")
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["x.txt"]
+
+
+def test_to_numpy_detaches_and_widens_half_precision():
+    t = torch.tensor([1.5, 2.25], dtype=torch.bfloat16, requires_grad=True)
+    a = results.to_numpy(t * 2)
+    assert a.dtype == np.float32 and a.tolist() == [3.0, 4.5]
+    assert results.to_numpy(torch.tensor([3, 4])).dtype == np.int64

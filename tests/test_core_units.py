@@ -1,0 +1,173 @@
+"""Exact checks of the core's small pieces (batches, the BOS policy, Gumbel noise), each against a
+value computed here by hand. Written against the mutants that `make mutation` found alive."""
+
+import warnings
+
+import pytest
+import torch
+from transformers import PreTrainedTokenizerFast
+
+from gremlinkit.errors import InputError
+from gremlinkit.generation import GumbelMax, gumbel_noise
+from gremlinkit.prompts import make_batch, resolve_bos, tokenizer_prepends_bos
+
+
+@pytest.fixture(scope="module")
+def bpe(gpt2_like):
+    tok = PreTrainedTokenizerFast.from_pretrained(gpt2_like[0])
+    assert tok.pad_token_id is None and tok.bos_token_id is not None
+    return tok
+
+
+def test_make_batch_pads_on_the_left_with_the_pad_id_or_zero(toy, bpe):
+    rows = [[0, 5, 6], [0, 7], [0]]
+    b = make_batch(rows, toy.tokenizer, bos=True)
+    pad = toy.tokenizer.pad_token_id
+    assert pad not in (None, 0)
+    assert b.input_ids.tolist() == [[0, 5, 6], [pad, 0, 7], [pad, pad, 0]]
+    assert b.attention_mask.tolist() == [[1, 1, 1], [0, 1, 1], [0, 0, 1]]
+    assert b.input_ids.dtype == b.attention_mask.dtype == torch.long
+    assert b.sizes == (3, 2, 1) and b.lengths.tolist() == [3, 2, 1]
+    assert b.positions().tolist() == [[0, 1, 2], [-1, 0, 1], [-1, -1, 0]]
+    assert make_batch([[4, 5], [6]], bpe).input_ids.tolist() == [[4, 5], [0, 6]]  # no pad token: 0
+
+
+def test_a_batch_of_ids_has_a_bos_only_when_asked_and_every_row_starts_with_it(toy):
+    tok = toy.tokenizer
+    assert make_batch([[0, 5], [0]], tok, bos=True).bos  # a row may be the BOS alone
+    assert not make_batch([[0, 5], [5, 6]], tok, bos=True).bos
+    assert not make_batch([[0, 5], [0, 6]], tok, bos=False).bos
+
+
+def test_make_batch_bounds_are_named(toy):
+    assert make_batch([[0, 1, 2]], toy.tokenizer, max_length=3).sizes == (3,)  # exactly the limit is fine
+    with pytest.raises(InputError, match="prompt 1 has 4 tokens; this model reads at most 3"):
+        make_batch([[0], [0, 1, 2, 3]], toy.tokenizer, max_length=3)
+    with pytest.raises(InputError, match="^the prompt list is empty: pass at least one prompt$"):
+        make_batch([], toy.tokenizer)
+    with pytest.raises(InputError, match="^prompt 1 is empty"):
+        make_batch([[0], []], toy.tokenizer)
+
+
+def test_split_keeps_rows_bos_and_sizes_and_trims_each_part(toy):
+    rows = [[0, 5, 6, 7], [0, 7], [0, 8, 9], [0], [0, 4]]
+    b = make_batch(rows, toy.tokenizer, bos=True)
+    parts = b.split(2)
+    assert [p.sizes for p in parts] == [(4, 2), (3, 1), (2,)]
+    assert all(p.bos for p in parts)
+    for start, p in zip((0, 2, 4), parts):
+        alone = make_batch(rows[start:start + 2], toy.tokenizer, bos=True)
+        assert torch.equal(p.input_ids, alone.input_ids) and torch.equal(p.attention_mask, alone.attention_mask)
+        assert p.lengths.tolist() == list(p.sizes)
+
+
+def test_tokenizer_prepends_bos_tells_the_two_kinds_apart(toy, bpe):
+    assert tokenizer_prepends_bos(toy.tokenizer) is True
+    assert tokenizer_prepends_bos(bpe) is False
+
+
+def test_resolve_bos_names_each_conflict(toy, bpe):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no conflict, no warning
+        assert resolve_bos(toy.tokenizer, None) is True and resolve_bos(bpe, None) is False
+        assert resolve_bos(bpe, None, sae_prepend_bos=False) is False
+        assert resolve_bos(bpe, True, sae_prepend_bos=True) is True
+    with pytest.warns(UserWarning) as rec:
+        assert resolve_bos(bpe, None, sae_prepend_bos=True) is True
+    assert str(rec[0].message) == ("the tokenizer does not prepend a BOS token, but the SAE was trained with "
+                                   "prepend_bos=True: following the SAE (prepends_bos=True); pass bos=True or "
+                                   "bos=False to choose")
+    with pytest.warns(UserWarning) as rec:
+        assert resolve_bos(toy.tokenizer, None, sae_prepend_bos=False) is False
+    assert str(rec[0].message).startswith("the tokenizer prepends a BOS token, but the SAE was trained with "
+                                          "prepend_bos=False")
+    with pytest.warns(UserWarning, match=r"^bos=False disagrees with the SAE's metadata prepend_bos=True: its "
+                                         r"features were trained on prompts with a leading BOS$"):
+        assert resolve_bos(bpe, False, sae_prepend_bos=True) is False
+    with pytest.warns(UserWarning, match="trained on prompts without a leading BOS$"):
+        resolve_bos(toy.tokenizer, True, sae_prepend_bos=False)
+
+
+def test_gumbel_noise_is_minus_log_minus_log_of_the_seeded_uniforms():
+    u = torch.rand(5, 7, generator=torch.Generator().manual_seed(11))
+    torch.testing.assert_close(gumbel_noise(11, 5, 7), -torch.log(-torch.log(u)), atol=1e-6, rtol=0)
+
+
+def test_gumbel_noise_stays_finite_at_the_ends_of_the_unit_interval(monkeypatch):
+    monkeypatch.setattr(torch, "rand", lambda *shape, generator=None: torch.tensor([[0.0, 1.0]]))
+    noise = gumbel_noise(0, 1, 2)
+    assert torch.isfinite(noise).all() and noise[0, 0] < -3 and noise[0, 1] > 15
+
+
+def test_gumbel_max_tempers_the_logits_then_adds_this_steps_noise():
+    noise = torch.arange(24, dtype=torch.float32).reshape(2, 3, 4)  # (rows, steps, vocab)
+    proc = GumbelMax(noise, prompt_width=5, temperature=0.5)
+    scores = torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 1.0, 1.0]])
+    out = proc(torch.zeros(2, 7, dtype=torch.long), scores)  # step 2
+    torch.testing.assert_close(out, scores / 0.5 + noise[:, 2], atol=0, rtol=0)
+    assert torch.equal(GumbelMax(noise, 5, 0.0)(torch.zeros(2, 6, dtype=torch.long), scores), scores)  # greedy
+
+
+def test_site_maps_read_the_config_and_name_the_valid_range():
+    from types import SimpleNamespace
+
+    from gremlinkit.errors import SiteError
+    from gremlinkit.sites import Site, SiteMap
+
+    serial = SiteMap.for_config(SimpleNamespace(model_type="gpt_neox", num_hidden_layers=2))
+    parallel = SiteMap.for_config(SimpleNamespace(model_type="gpt_neox", num_hidden_layers=2,
+                                                  use_parallel_residual=True))
+    assert not serial.parallel_residual and parallel.parallel_residual is True
+    assert "blocks.1.hook_resid_mid" in serial.names and "blocks.1.hook_resid_mid" not in parallel.names
+    with pytest.raises(SiteError, match="'blocks.1.hook_resid_mid'"):
+        parallel.resolve("blocks.1.hook_resid_mid")  # a parallel block has no state between its halves
+    with pytest.raises(SiteError, match=r"valid sites look like 'blocks.0.hook_resid_pre' ... "
+                                        r"'blocks.1.hook_resid_post' \(see subject.sites\)"):
+        serial.resolve("blocks.2.hook_resid_pre")
+    ios = {n: serial.resolve(n).io for n in serial.names}
+    assert ios["hook_embed"] == ios["ln_final.hook_normalized"] == ios["blocks.0.hook_attn_out"] == "output"
+    assert ios["blocks.0.hook_resid_pre"] == ios["blocks.0.hook_resid_mid"] == "input"
+    assert {ios[f"blocks.0.{h}"] for h in ("mlp.hook_pre", "hook_mlp_out", "hook_resid_post")} == {"output"}
+    # Sites sort into the order the forward pass reaches them.
+    assert sorted(serial.names, key=lambda n: serial.resolve(n).order) == serial.names
+    with pytest.raises(SiteError, match="io='OUTPUT' must be 'input' or 'output'"):
+        Site("x", "m", "OUTPUT", (0, 0))
+
+
+def test_intervention_constructors_keep_every_field():
+    from gremlinkit import interventions as iv
+
+    v = torch.tensor([3.0, 4.0])
+    for edit, kind in ((iv.ablate(5, pos=2, rows=[1], step=3), "ablate"), (iv.add(5, 1.5, pos=2, rows=[1], step=3), "add"),
+                       (iv.clamp(5, 0.5, pos=2, rows=[1], step=3), "clamp")):
+        assert (edit.kind, edit.feature, edit.pos, edit.rows, edit.step) == (kind, 5, 2, [1], 3)
+    for edit, kind in ((iv.steer(v, 2.0, "s", pos=2, rows=[1], step=3), "steer"),
+                       (iv.reflect(v, "s", pos=2, rows=[1], step=3), "reflect"),
+                       (iv.project_out(v, "s", pos=2, rows=[1], step=3), "project_out")):
+        assert (edit.kind, edit.site, edit.pos, edit.rows, edit.step) == (kind, "s", 2, [1], 3)
+        assert edit.vector.dtype == torch.float32
+    assert iv.reflect(v, "s").vector.tolist() == pytest.approx([0.6, 0.8])  # unit length
+    assert iv.steer([1, 2], 1.0, "s").vector.dtype == torch.float32  # ints become a float direction
+    for make in (iv.reflect, iv.project_out):
+        with pytest.raises(iv.InterventionError, match=f"^{make.__name__} needs a non-zero direction$"):
+            make(torch.zeros(2), "s")
+    with pytest.raises(iv.InterventionError, match="^the direction has 2 non-finite entries$"):
+        iv.steer(torch.tensor([1.0, float("nan"), float("inf")]), 1.0, "s")
+
+
+def test_validate_names_the_exact_valid_ranges():
+    from gremlinkit import interventions as iv
+
+    kw = dict(n_rows=3, max_len=[4, 2, 5], d_model=2, d_sae=10)
+    iv.validate(iv.ablate(9, pos=1, rows=2), **kw)  # the last feature, a valid position, the last row
+    with pytest.raises(iv.InterventionError, match=r"feature 10 is out of range: this SAE has 10 features \(valid 0..9\)"):
+        iv.validate(iv.ablate(10), **kw)
+    with pytest.raises(iv.InterventionError, match=r"position 2 is beyond row 1, whose sequence has 2 tokens "
+                                                    r"\(valid -2..1\)"):
+        iv.validate(iv.ablate(0, pos=2), **kw)
+    iv.validate(iv.ablate(0, pos=-2), **kw)
+    with pytest.raises(iv.InterventionError, match=r"rows \[3\] are out of range: the batch has 3 rows \(valid 0..2\)"):
+        iv.validate(iv.ablate(0, rows=3), **kw)
+    iv.validate(iv.ablate(0, pos=[[3], [1], [4]]), **kw)  # per-row lists up to each row's last token
+    with pytest.raises(iv.InterventionError, match=r"positions \[2\] are beyond row 1, whose sequence has 2 tokens"):
+        iv.validate(iv.ablate(0, pos=[[0], [2], [0]]), **kw)
