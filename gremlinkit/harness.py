@@ -130,10 +130,7 @@ BINDER_BUDGET_MB = 1500  # Binder gives 2 GB; leave room for the Jupyter server
 
 @dataclass(frozen=True)
 class SeriesEntry:
-    notebook: Path
-    executed: Path
-    seconds: float
-    metrics: dict[str, Any]
+    run: NotebookRun  # a run that failed has no metrics
     problems: list[str]  # empty when the notebook ran and met its reference
 
     @property
@@ -141,10 +138,10 @@ class SeriesEntry:
         return not self.problems
 
     def line(self) -> str:
-        peak = self.metrics.get("peak_rss_mb")
+        peak = self.run.metrics.get("peak_rss_mb")
         rss = f"{peak:5.0f} MB" if peak is not None else "      -"
         verdict = "pass" if self.passed else f"FAIL: {self.problems[0]}"
-        return f"{self.notebook.name:<28} {self.seconds:5.0f} s  {rss}  {verdict}"
+        return f"{self.run.notebook.name:<28} {self.run.seconds:5.0f} s  {rss}  {verdict}"
 
 
 def check_run(run: NotebookRun, smoke: bool) -> list[str]:
@@ -167,11 +164,12 @@ def run_series(notebook_dir: Path, runs_dir: Path, smoke: bool = False,
         t0 = time.time()
         try:
             run = run_notebook(nb, run_dir / nb.stem, smoke=smoke)
-            entry = SeriesEntry(nb, run.executed, run.seconds, run.metrics, check_run(run, smoke))
+            entry = SeriesEntry(run, check_run(run, smoke))
         except Exception as err:  # a cell raised (papermill names it), or no metrics were written
             name = getattr(err, "ename", type(err).__name__)
             value = getattr(err, "evalue", None) or (str(err).strip().splitlines() or [""])[0]
-            entry = SeriesEntry(nb, run_dir / nb.stem / nb.name, time.time() - t0, {}, [f"{name}: {value}"])
+            failed = NotebookRun(nb, run_dir / nb.stem / nb.name, run_dir / nb.stem, {}, time.time() - t0)
+            entry = SeriesEntry(failed, [f"{name}: {value}"])
         echo(entry.line())
         entries.append(entry)
     _write_index(run_dir, entries)
@@ -185,12 +183,13 @@ def run_series(notebook_dir: Path, runs_dir: Path, smoke: bool = False,
 def _write_index(run_dir: Path, entries: list[SeriesEntry]) -> None:
     items, md = [], [f"# gremlinkit notebook series, {run_dir.name}", ""]
     for e in entries:
-        rel = e.executed.relative_to(run_dir)
+        r = e.run
+        rel = r.executed.relative_to(run_dir)
         verdict = "pass" if e.passed else "FAIL: " + "; ".join(e.problems)
-        metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in e.metrics.items())
-        items.append(f"<li><a href='{html.escape(str(rel))}'>{html.escape(e.notebook.name)}</a> "
-                     f"({e.seconds:.0f} s, {html.escape(verdict)}): {html.escape(metrics)}</li>")
-        md.append(f"- [{e.notebook.name}]({rel}) ({e.seconds:.0f} s, {verdict}): {metrics}")
+        metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.metrics.items())
+        items.append(f"<li><a href='{html.escape(str(rel))}'>{html.escape(r.notebook.name)}</a> "
+                     f"({r.seconds:.0f} s, {html.escape(verdict)}): {html.escape(metrics)}</li>")
+        md.append(f"- [{r.notebook.name}]({rel}) ({r.seconds:.0f} s, {verdict}): {metrics}")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "index.html").write_text(
         f"<html><body><h1>gremlinkit notebook series, {run_dir.name}</h1><ul>{''.join(items)}</ul></body></html>\n")

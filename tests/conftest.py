@@ -61,15 +61,19 @@ def install_debian_package(name: str) -> None:
 _binder: dict = {}
 
 
+def _is_binder(item) -> bool:
+    return item.nodeid.startswith("tests/test_binder.py")
+
+
 def pytest_collection_modifyitems(session, config, items):
     """The Binder test runs last, so that its environment build, started in the background at
     collection, overlaps the rest of the suite instead of being waited for."""
-    items.sort(key=lambda item: item.nodeid.startswith("tests/test_binder.py"))  # stable: order kept otherwise
+    items.sort(key=_is_binder)  # stable: order kept otherwise
 
 
 def pytest_collection_finish(session):
     """Start the Binder environment build at once when its test is collected (see test_binder.py)."""
-    if any(item.nodeid.startswith("tests/test_binder.py") for item in session.items):
+    if any(map(_is_binder, session.items)):
         from test_binder import start_build
 
         root = session.config._tmp_path_factory.mktemp("binder-build")

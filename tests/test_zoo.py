@@ -162,4 +162,4 @@ def test_quick_real_sae_build_is_deterministic(tmp_path):
     card = json.loads((registry.path("smollm2-135m-sae", tmp_path / "a") / "card.json").read_text())
     assert digests[0] == digests[1]
     assert card["sae"]["site"] == "blocks.15.hook_resid_pre" and card["text"]["train_words"] > 50_000
-    assert card["heldout_metrics"]["explained_variance"] > 0.6  # 15k tokens, 150k samples: small but real (0.91 here)
+    assert card["heldout_metrics"]["explained_variance"] > 0.6  # 7.7k tokens, 60k samples: small but real (0.99 here)

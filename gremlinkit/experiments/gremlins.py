@@ -54,8 +54,7 @@ class GremlinConfig(Placement):
 
     def __post_init__(self) -> None:
         check_range("n_prompts", self.n_prompts, 2, 4096)
-        if self.control_topic:
-            check_choice("control_topic", self.control_topic, ["", *corpus.TOPICS])
+        check_choice("control_topic", self.control_topic, ["", *corpus.TOPICS])
         self.scan_config()  # validates the shared fields
 
     @classmethod

@@ -255,9 +255,9 @@ def _long_table(model, mode, units, base, inter, record_all) -> pd.DataFrame:
         df = pd.DataFrame({"feature": feat[idx[0]], "measured": measured[idx[2]], "lag": idx[1]})
         unit_idx = idx[0]
     else:
-        sel = torch.arange(n_units)
-        b = to_numpy(base[sel, :, torch.as_tensor(feat)]).reshape(-1)  # (units*lags,)
-        i = to_numpy(inter[sel, :, torch.as_tensor(feat)]).reshape(-1)
+        sel, cols = torch.arange(n_units, device=base.device), torch.as_tensor(feat, device=base.device)
+        b = to_numpy(base[sel, :, cols]).reshape(-1)  # (units*lags,)
+        i = to_numpy(inter[sel, :, cols]).reshape(-1)
         unit_idx = np.repeat(np.arange(n_units), n_lags)
         df = pd.DataFrame({"feature": feat[unit_idx], "lag": np.tile(np.arange(n_lags), n_units)})
     df.insert(0, "model", model)

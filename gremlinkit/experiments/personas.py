@@ -310,7 +310,7 @@ def logit_shift(subject, vector: np.ndarray, cfg: PersonaConfig) -> pd.DataFrame
     rows = []
     for c in cfg.coefficients:
         logits = subject.run(texts, [iv.steer(v, c, cfg.steer_site)] if c else [])
-        lp = torch.log_softmax(logits[torch.arange(len(texts)), last], -1)  # (N, V)
+        lp = torch.log_softmax(logits[torch.arange(len(texts), device=last.device), last], -1)  # (N, V)
         diff = torch.stack([lp[i, b] - lp[i, g] for i, (b, g) in enumerate(pairs)])
         rows += [{"coefficient": float(c), "choice": i % len(CHOICES), "prompt_id": i // len(CHOICES),
                   "metric": "waluigi_minus_luigi_logprob", "value": float(d)} for i, d in enumerate(diff)]

@@ -158,7 +158,7 @@ def unit_value(subject, unit: Unit, prompts, embeddings: torch.Tensor | None = N
                interventions=()) -> torch.Tensor:
     """(B,) the unit's value at each prompt's last token (differentiable through ``embeddings``)."""
     acts = subject.activations_at(prompts, [unit.site], interventions, embeddings=embeddings)[unit.site]
-    last = acts[torch.arange(acts.shape[0]), subject.batch(prompts).lengths - 1]  # (B, d)
+    last = acts[torch.arange(acts.shape[0], device=acts.device), subject.batch(prompts).lengths - 1]  # (B, d)
     if unit.kind == "direction":
         return last @ unit.vector
     return (_sae_pre(subject, last) if unit.kind == "sae" else last)[:, unit.index]
