@@ -91,12 +91,13 @@ def _stderr_to(path: Path) -> Iterator[None]:
 
 
 def reference_path(notebook: Path) -> Path:
-    """Where ``notebook``'s default-run reference lives: ``references/<stem>.json`` beside it."""
+    """Where ``notebook``'s reference lives: ``references/<stem>.json`` beside it."""
     return Path(notebook).parent / REFERENCES / f"{Path(notebook).stem}.json"
 
 
 def reference(notebook: Path) -> dict[str, Any]:
-    """The stored reference metrics of ``notebook``'s default run."""
+    """The stored reference metrics of one run of ``notebook``: its default run, or its smoke run
+    where the default run is too long for the test suite (``"parameters"`` says which)."""
     path = reference_path(notebook)
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: add the notebook's reference metrics there")
@@ -144,10 +145,15 @@ class SeriesEntry:
         return f"{self.run.notebook.name:<28} {self.run.seconds:5.0f} s  {rss}  {verdict}"
 
 
+def reference_is_smoke(notebook: Path) -> bool:
+    """Whether ``notebook``'s reference was taken at its smoke parameters."""
+    return reference(notebook)["parameters"] == "smoke"
+
+
 def check_run(run: NotebookRun, smoke: bool) -> list[str]:
-    """What a series run fails on: a default run must meet its stored reference (which bounds peak
-    RSS) where one exists; a smoke run, or a notebook without a reference, only the memory budget."""
-    if not smoke and reference_path(run.notebook).exists():
+    """What a series run fails on: a run at the parameters its stored reference was taken at must
+    meet that reference (which bounds peak RSS); any other run, only the memory budget."""
+    if reference_path(run.notebook).exists() and reference_is_smoke(run.notebook) == smoke:
         return compare(run.metrics, reference(run.notebook))
     peak = run.metrics.get("peak_rss_mb", 0)
     return [f"peak_rss_mb={peak:.0f} exceeds {BINDER_BUDGET_MB}"] if peak > BINDER_BUDGET_MB else []

@@ -212,6 +212,33 @@ def encode(sae: Any, x: torch.Tensor) -> torch.Tensor:
     return sae.encode(x.to(sae_dtype(sae)))
 
 
+def encode_with_pre(sae: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAE features of ``x`` and their encoder pre-activations, from one ``sae.encode`` call.
+
+    The pre-activation is the value at sae_lens's ``hook_sae_acts_pre``, before the activation
+    function or the top-k cut, caught by a forward hook on that hook point. A top-k SAE that
+    rescales its codes by the decoder norms applies that scale after the hook; it is applied here
+    too, so a pre-activation equals the feature's activation wherever the feature is on. Unlike the
+    activation, it moves with every change of the input, however small, which is what a persistence
+    readout needs.
+    """
+    caught = []
+    handle = sae.hook_sae_acts_pre.register_forward_hook(lambda _module, _inp, out: caught.append(out))
+    try:
+        post = encode(sae, x)
+    finally:
+        handle.remove()
+    pre = caught[-1]
+    if getattr(sae.cfg, "rescale_acts_by_decoder_norm", False):
+        pre = pre * sae.W_dec.norm(dim=-1)
+    return post, pre
+
+
+def encode_pre(sae: Any, x: torch.Tensor) -> torch.Tensor:
+    """Encoder pre-activations of ``x`` (see `encode_with_pre`), in the SAE's dtype."""
+    return encode_with_pre(sae, x)[1]
+
+
 def apply(x: torch.Tensor, ivs: Sequence[Intervention], sae: Any, positions: torch.Tensor,
           lengths: torch.Tensor, step: int | None = None) -> torch.Tensor:
     """Apply every intervention of one site to its activation ``x`` (B, T, d).

@@ -59,9 +59,12 @@ def feature_frequencies(summary: pd.DataFrame, *, top: int = 40,
     )
 
 
-def decay_curves(scan: pd.DataFrame, *, title: str = "Effect of one edit, by lag") -> alt.Chart:
-    """Mean delta of each edited feature against lag, one line per feature, faceted by model and mode."""
+def decay_curves(scan: pd.DataFrame, *, features=None, title: str = "Effect of one edit, by lag") -> alt.Chart:
+    """Mean delta of each edited feature against lag, one line per feature, faceted by model and mode;
+    ``features`` picks which (default: every scanned one)."""
     own = own_feature_rows(scan)
+    if features is not None:
+        own = own[own.feature.isin(list(features))]
     curves = own.groupby(["model", "mode", "feature", "lag"], as_index=False).delta.mean()
     curves["feature"] = curves.feature.astype(str)
     return (
@@ -197,6 +200,21 @@ def persistent_counts(counts: pd.DataFrame, *, title: str = "Persistent features
     bars = base.mark_bar().encode(y=alt.Y("fraction:Q", title="persistent fraction", scale=alt.Scale(domain=[0, 1])),
                                   tooltip=["model", "persistent", "scanned"])
     return bars + base.mark_rule().encode(y="fraction_low:Q", y2="fraction_high:Q")
+
+
+def planted_dose(planted: pd.DataFrame, feature: int, *,
+                 title: str = "Planted persistence: measured half-life against the truth") -> alt.Chart:
+    """Per planted organism (by its chain's eigenvalue): each seed's fitted half-life of ``feature``
+    (filled when detected), and the planted truth as a line."""
+    data = planted[planted.feature == feature]
+    truth = data.groupby("eigenvalue", as_index=False).truth_half_life.first()
+    base = alt.Chart(data, title=title).encode(x=alt.X("eigenvalue:Q", title="planted eigenvalue per sentence"))
+    seeds = base.mark_point(size=60).encode(
+        y=alt.Y("half_life:Q", title="half-life (tokens)"), shape=alt.Shape("detected:N"),
+        color=alt.Color("detected:N"), tooltip=["model", "seed", alt.Tooltip("half_life:Q", format=".1f"),
+                                                 alt.Tooltip("p_value:Q", format=".2g"), "detected"])
+    line = alt.Chart(truth).mark_line(color="gray", strokeDash=[4, 3]).encode(x="eigenvalue:Q", y="truth_half_life:Q")
+    return line + seeds
 
 
 def localisation(loc: pd.DataFrame, *, title: str = "Where fine-tuning changed the model") -> alt.Chart:

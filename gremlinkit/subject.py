@@ -16,6 +16,9 @@ from gremlinkit.interventions import Intervention
 from gremlinkit.prompts import Batch, Prompts, make_batch, resolve_bos
 
 
+FEATURE_RECORDS = ("features", "features_pre")  # what `Subject.generate` can record besides sites
+
+
 class Subject:
     """A model (``.model``, an nnsight ``TransformersModel``), its ``.tokenizer`` and its ``.sae``.
 
@@ -137,17 +140,22 @@ class Subject:
                 for n, cs in chunks.items()}
 
     @torch.no_grad()
-    def features(self, prompts: Prompts, site: str | None = None, interventions: Sequence[Intervention] = ()
-                 ) -> torch.Tensor:
-        """SAE feature activations (batch, pos, d_sae) at the SAE's site, after ``interventions``."""
+    def features(self, prompts: Prompts, site: str | None = None, interventions: Sequence[Intervention] = (),
+                 *, pre: bool = False) -> torch.Tensor:
+        """SAE feature activations (batch, pos, d_sae) at the SAE's site, after ``interventions``;
+        ``pre=True`` gives the encoder pre-activations instead (see `encode`)."""
         hook = self.sae_site
         if site is not None and site != hook:
             raise SiteError(f"the attached SAE reads {hook!r}, not {site!r}")
-        return self.encode(self.activations(prompts, hook, interventions))
+        return self.encode(self.activations(prompts, hook, interventions), pre=pre)
 
-    def encode(self, acts: torch.Tensor) -> torch.Tensor:
-        """SAE features of activations read at the SAE's site, computed in the SAE's dtype."""
-        return ivmod.encode(self.sae, acts)
+    def encode(self, acts: torch.Tensor, pre: bool = False) -> torch.Tensor:
+        """SAE features of activations read at the SAE's site, computed in the SAE's dtype.
+
+        ``pre=True`` gives the encoder pre-activations (`gremlinkit.interventions.encode_pre`): the
+        value before the activation function or top-k cut, equal to the feature wherever it is on.
+        """
+        return ivmod.encode_pre(self.sae, acts) if pre else ivmod.encode(self.sae, acts)
 
     # ----------------------------------------------------------------- intervening
     def _plan(self, interventions: Sequence[Intervention], batch: Batch, extra: int = 0
@@ -211,8 +219,8 @@ class Subject:
         """Sample continuations with paired (Gumbel-max) noise fixed by ``seed`` and step.
 
         ``seed`` is one seed for every row or one per row; ``temperature=0`` is greedy. ``record``
-        names sites (or ``"features"``) whose activation at each step's newest position is
-        returned as (batch, max_new_tokens, d).
+        names sites, ``"features"`` or ``"features_pre"`` (the SAE's pre-activations, see `encode`),
+        whose value at each step's newest position is returned as (batch, max_new_tokens, d).
         """
         if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
             raise InputError(f"max_new_tokens={max_new_tokens!r} must be a positive integer")
@@ -225,7 +233,7 @@ class Subject:
                              f"exceeds the model's context of {self.n_ctx}")
         plan = self._plan(interventions, batch, extra=max_new_tokens)
         for r in record:
-            if r != "features":
+            if r not in FEATURE_RECORDS:
                 self.site_map.resolve(r)
         vocab = int(self.model.config.vocab_size)
         seeds = [seed] if isinstance(seed, int) else list(seed)
@@ -234,7 +242,7 @@ class Subject:
         noise = torch.stack([gumbel_noise(s, max_new_tokens, vocab, self.device) for s in seeds])  # (1|B, steps, V)
         processor = GumbelMax(noise, width, temperature)
         records: dict[str, list] = {r: [] for r in record}
-        watch = [self.sae_site if r == "features" else r for r in record]
+        watch = [self.sae_site if r in FEATURE_RECORDS else r for r in record]
         active = bool(plan or record)
         with self.model.generate(batch.inputs(), max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
                                  do_sample=False, logits_processor=[processor],
@@ -244,9 +252,11 @@ class Subject:
                     pos = batch.positions() if step == 0 else (batch.lengths + step - 1)[:, None]
                     seen: dict[str, torch.Tensor] = {}
                     self._edit_sites(plan, watch, pos, batch.lengths, step, seen)
+                    coded = {}  # one SAE encode serves both feature records
+                    if any(r in FEATURE_RECORDS for r in record):
+                        coded = dict(zip(FEATURE_RECORDS, ivmod.encode_with_pre(self.sae, seen[self.sae_site][:, -1])))
                     for r, w in zip(record, watch):
-                        last = seen[w][:, -1]  # (B, d): the newest position
-                        records[r].append(self.encode(last) if r == "features" else last)
+                        records[r].append(coded[r] if r in coded else seen[w][:, -1])  # (B, d): the newest position
             ids = tracer.result.save()
         new = ids[:, width:]
         text = self.tokenizer.batch_decode(new, skip_special_tokens=True)

@@ -76,10 +76,14 @@ def test_decision_rule(k, call):
 
 def test_a_control_that_is_not_found_persistent_means_no_power():
     table = _table(12, 1, 2)  # counts that would support the hypothesis
-    control = pd.DataFrame({"model": ["toy-base", "toy-sft", "toy-rl"], "persistent": [True, False, True]})
+    control = pd.DataFrame({"model": ["toy-base", "toy-sft", "toy-rl"], "persistent": [False, True, True]})
     sentence, tests = gremlins.verdict(table, control=control)
-    assert tests["call"] == "no power" and "not found persistent in toy-sft" in sentence
-    assert gremlins.verdict(table, control=control.assign(persistent=True))[1]["call"] == "support"
+    assert tests["call"] == "no power" and "not found persistent in toy-base" in sentence
+    assert "found persistent in toy-sft, toy-rl" in sentence
+    # Its truth holds in the base model; in a fine-tune it is reported, not required.
+    fine_tune_blind = control.assign(persistent=[True, False, True])
+    sentence, tests = gremlins.verdict(table, control=fine_tune_blind)
+    assert tests["call"] == "support" and "found persistent in toy-base, toy-rl" in sentence
 
 
 def test_counts_intervals_are_wilson_intervals():
@@ -126,3 +130,64 @@ def test_weight_changes_follow_the_site_map_on_a_llama():
         block1 = sum(p.pow(2).sum() for n, p in base.named_parameters() if n.startswith("model.layers.1."))
         expected = float((0.1 * up / 1.1).pow(2).sum() / block1) ** 0.5
     assert table["block 1"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_fraction_difference_is_paired_over_the_same_features():
+    """RL persistent on features 0-5, base on 0-1 of the same 20: the difference is 4/20, and its
+    bootstrap interval resamples features (both models together), so it never goes below zero here."""
+    rows = [{"model": m, "role": "census", "feature": f, "persistent": f < k}
+            for m, k in (("toy-base", 2), ("toy-rl", 6)) for f in range(20)]
+    rows.append({"model": "toy-rl", "role": "natural control", "feature": 99, "persistent": True})  # not counted
+    d = gremlins.fraction_difference(pd.DataFrame(rows), "toy-rl", "toy-base")
+    assert d["difference"] == pytest.approx(0.2)
+    assert 0.0 <= d["low"] < 0.2 < d["high"] <= 0.45
+
+
+def test_census_table_carries_each_features_label():
+    summary = pd.DataFrame({"model": ["toy-base", "toy-base"], "mode": "on_policy", "role": ["census", "natural control"],
+                            "feature": [3, 7], "half_life": [1.0, 30.0], "half_life_low": [0.5, 20.0],
+                            "half_life_high": [2.0, 40.0], "half_life_censored": False, "tail_effect": [0.0, 0.2],
+                            "p_value": [0.5, 1e-5], "q_value": [0.5, 2e-5], "persistent": [False, True],
+                            "divergence": [0.9, 1.0]})
+    labels = pd.DataFrame({"feature": [7], "label": ["topic"], "label_value": ["sea"], "purity": [0.83]})
+    census = gremlins.census_table(summary, labels)
+    assert list(census.columns) == gremlins.CENSUS_COLUMNS
+    assert census.set_index("feature").loc[7, "top_label"] == "topic=sea"
+    assert census.set_index("feature").loc[3, "top_label"] == ""  # a feature with no label match
+
+
+def _planted_rows(rates: dict[str, tuple[float, int]], null_hits: int, seeds: int = 5) -> pd.DataFrame:
+    """A `planted_controls` table: per model (eigenvalue, detections of feature 1 out of ``seeds``), and
+    a null with six topic features of which ``null_hits`` (model, seed) pairs are detected."""
+    rows = []
+    for model, (eig, hits) in rates.items():
+        rows += [{"model": model, "eigenvalue": eig, "truth_half_life": 10 * eig, "feature": 1, "seed": s,
+                  "detected": s < hits, "half_life": 9 * eig} for s in range(seeds)]
+    rows += [{"model": gremlins.PLANTED[0], "eigenvalue": 0.0, "truth_half_life": 0.0, "feature": f, "seed": s,
+              "detected": (f - 1) * seeds + s < null_hits, "half_life": 0.1} for f in range(1, 7) for s in range(seeds)]
+    return pd.DataFrame(rows)
+
+
+def test_planted_power_reads_sensitivity_false_positives_and_the_weakest_detected_strength():
+    table = _planted_rows({"toy-base": (0.76, 5), "toy-planted-50": (0.5, 3), "toy-planted-90": (0.9, 5)},
+                          null_hits=0)
+    power = gremlins.planted_power(table, control=1)
+    assert power["sensitivity"] == 1.0 and power["seeds"] == 5
+    assert power["null_false_positive_rate"] == 0.0 and power["null_tests"] == 30
+    assert power["min_detectable_strength"] == 0.76  # 0.5 is seen in 3/5 seeds only
+    assert 0.0 < power["null_false_positive_rate_high"] < 0.15  # Wilson: 0/30
+    weaker = gremlins.planted_power(
+        _planted_rows({"toy-base": (0.76, 4), "toy-planted-50": (0.5, 4), "toy-planted-90": (0.9, 3)}, 2), 1)
+    assert weaker["sensitivity"] == 0.6 and weaker["min_detectable_strength"] == 0.5
+    assert weaker["null_false_positive_rate"] == pytest.approx(2 / 30)
+
+
+def test_a_planted_control_seen_in_too_few_seeds_means_no_power():
+    table = _table(12, 1, 2)
+    power = {"sensitivity": 0.6, "seeds": 5, "null_false_positive_rate": 0.0, "null_tests": 30,
+             "min_detectable_strength": float("nan"), "min_detectable_half_life": float("nan")}
+    sentence, tests = gremlins.verdict(table, power=power)
+    assert tests["call"] == "no power" and "detected in only 60% of seeds" in sentence
+    sentence, tests = gremlins.verdict(table, power={**power, "sensitivity": 1.0, "min_detectable_strength": 0.76,
+                                                     "min_detectable_half_life": 32.4})
+    assert tests["call"] == "support" and "eigenvalue 0.76 per sentence (32-token half-life)" in sentence

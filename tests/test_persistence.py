@@ -33,15 +33,120 @@ def test_expected_topic_half_life_follows_from_the_chain():
     assert 30 < ps.expected_topic_half_life() < 35
 
 
+def _planted(curves: dict[int, np.ndarray], n_prompts: int = 200, noise: float = 0.3, seed: int = 0) -> pd.DataFrame:
+    """A scan table whose features' mean deltas follow ``curves`` (feature -> curve over lags), with
+    Gaussian noise per prompt and lag."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for f, curve in curves.items():
+        delta = curve[None] + rng.normal(0, noise, (n_prompts, len(curve)))
+        for p in range(n_prompts):
+            rows += [{"model": "m", "mode": "on_policy", "feature": f, "prompt_id": p, "position": 5, "lag": lag,
+                      "delta": d, "delta_post": max(d, 0.0), "diverged": True} for lag, d in enumerate(delta[p])]
+    return pd.DataFrame(rows)
+
+
 def test_fit_recovers_a_planted_decay():
-    rng = np.random.default_rng(0)
-    lags = np.arange(65)
-    rows = [{"model": "m", "mode": "on_policy", "feature": 1, "prompt_id": p, "position": 5, "lag": int(lag),
-             "delta": 2.0 * 2 ** (-lag / 12.0) + rng.normal(0, 0.3)} for p in range(200) for lag in lags]
-    summary = ps.summarize(pd.DataFrame(rows), n_bootstrap=100)
+    summary = ps.summarize(_planted({1: 2.0 * 2 ** (-np.arange(65) / 12.0)}), n_bootstrap=100)
     row = summary.iloc[0]
     assert row.half_life == pytest.approx(12.0, rel=0.1)
-    assert row.half_life_low < 12.0 < row.half_life_high and row.tail_significant and row.persistent
+    assert row.half_life_low < 12.0 < row.half_life_high and row.p_value < 1e-6 and row.persistent
+    assert not row.half_life_censored
+
+
+def test_a_tail_of_the_opposite_sign_is_not_persistence():
+    """The edit pushes the feature up; afterwards it sits clearly *below* baseline: not persistent."""
+    lags = np.arange(33)
+    curve = np.where(lags == 0, 5.0, -0.5)
+    row = ps.summarize(_planted({1: curve}), n_bootstrap=20).iloc[0]
+    assert row.effect_lag0 > 4 and row.tail_effect < -0.4
+    assert row.p_value > 0.99 and not row.persistent
+    kept = np.where(lags == 0, -5.0, -0.5)  # an ablation whose drop stays: the edit's own sign persists
+    flipped = ps.summarize(_planted({1: kept}), n_bootstrap=20).iloc[0]
+    assert flipped.p_value < 1e-6 and flipped.persistent
+
+
+def test_a_half_life_beyond_the_horizon_is_censored_at_the_horizon():
+    row = ps.summarize(_planted({1: np.full(33, 1.0)}), n_bootstrap=20).iloc[0]  # no decay at all
+    assert row.persistent and row.half_life_censored
+    assert row.half_life == 32 and row.half_life_high == 32
+
+
+def test_benjamini_hochberg_over_the_census_holds_the_false_discovery_rate():
+    """200 null features and 20 planted ones: the q-values match an independent BH step-up, the
+    planted features are found, and the realised false-positive rate among nulls stays near q."""
+    lags = np.arange(25)
+    planted = {f: 1.0 * 2 ** (-lags / 20.0) for f in range(20)}
+    null = {f: np.where(lags == 0, 1.0, 0.0) for f in range(20, 220)}
+    summary = ps.summarize(_planted({**planted, **null}, n_prompts=40, noise=1.0), n_bootstrap=10)
+    p = summary.p_value.to_numpy()
+    order = np.argsort(p)
+    stepped = np.minimum.accumulate((p[order] * len(p) / np.arange(1, len(p) + 1))[::-1])[::-1]
+    expected = np.empty_like(p)
+    expected[order] = np.minimum(stepped, 1.0)
+    np.testing.assert_allclose(summary.q_value, expected, rtol=1e-9)
+    is_planted = summary.feature < 20
+    assert summary.persistent[is_planted].mean() == 1.0
+    assert summary.persistent[~is_planted].mean() <= 0.02
+    assert (summary.p_value[~is_planted] < 0.05).mean() > 0.02  # uncorrected, the nulls would pass
+
+
+def test_the_pre_activation_readout_sees_what_the_top_k_cut_hides(toy):
+    """A persistence planted by adding the feature at every later token with a decaying amount
+    (2**(-lag/8)) is read back in full from the pre-activation, and mostly lost after the cut."""
+    from gremlinkit import interventions as iv
+
+    cfg = ps.PersistenceConfig(features=[0], horizon=24, n_prompts=16, mode="teacher_forced")
+    prompts, positions = ps.scan_prompts(cfg, toy.tokenizer)
+    feature, start = 100, 10
+    rows = []
+    for p, prompt in enumerate(prompts):
+        edits = [iv.add(feature, 4.0 * 2 ** (-lag / 8.0), pos=start + lag) for lag in range(25)]
+        window = slice(start, start + 25)
+        base = {k: toy.features([prompt], pre=k == "pre")[0, window, feature] for k in ("pre", "post")}
+        edit = {k: toy.features([prompt], interventions=edits, pre=k == "pre")[0, window, feature]
+                for k in ("pre", "post")}
+        rows += [{"model": "m", "mode": "teacher_forced", "feature": feature, "prompt_id": p, "position": start,
+                  "lag": lag, "delta": float(edit["pre"][lag] - base["pre"][lag]),
+                  "delta_post": float(edit["post"][lag] - base["post"][lag]), "diverged": False} for lag in range(25)]
+    df = pd.DataFrame(rows)
+    row = ps.summarize(df, n_bootstrap=20).iloc[0]
+    assert row.half_life == pytest.approx(8.0, rel=0.05)
+    # Independently: adding a to the code adds a * w_dec / |w_dec| to the stream (the SAE rescales its
+    # codes by the decoder norm), which moves the rescaled pre-activation by a * w_enc . w_dec.
+    sae = toy.sae
+    gain = float((sae.W_enc[:, feature] @ sae.W_dec[feature]).detach())
+    curve = df.groupby("lag").delta.mean().to_numpy()
+    np.testing.assert_allclose(curve, gain * 4.0 * 2 ** (-np.arange(25) / 8.0), rtol=1e-3, atol=1e-4)
+    assert df.delta_post.abs().sum() < 0.5 * df.delta.abs().sum()
+
+
+def test_encode_pre_equals_the_activation_wherever_the_feature_is_on(toy):
+    x = toy.activations(["mira is a kind honest old sailor . mira says :"], toy.sae_site)[0]
+    pre, post = toy.encode(x, pre=True), toy.encode(x)
+    on = post > 0
+    assert on.sum() >= 16 * (x.shape[0] - 1)  # k features are on at each real token
+    torch.testing.assert_close(pre[on], post[on])
+    sae = toy.sae  # independent: (x - b_dec) @ W_enc + b_enc, times the decoder norms
+    torch.testing.assert_close(pre, ((x - sae.b_dec) @ sae.W_enc + sae.b_enc) * sae.W_dec.norm(dim=-1))
+
+
+def test_divergence_says_whether_the_edited_continuation_changed(toy, tmp_path):
+    cfg = _cfg(tmp_path, mode="on_policy", intervention="add", scale=0.0, n_prompts=4)
+    assert not ps.run(cfg, {"toy-base": toy}).diverged.any()  # an edit of zero changes nothing
+    cfg = dataclasses.replace(cfg, scale=64.0, output_dir=str(tmp_path / "big"))
+    df = ps.run(cfg, {"toy-base": toy})
+    assert df.diverged.any()
+    # Independently, for one (feature, prompt): generate both continuations and compare the tokens.
+    from gremlinkit import interventions as iv
+
+    f, p, pos = (int(v) for v in df[["feature", "prompt_id", "position"]].iloc[0])
+    prompts, _ = ps.scan_prompts(cfg, toy.tokenizer)
+    seed = ps._row_seed(cfg, p, pos)
+    plain = toy.generate([prompts[p][: pos + 1]], cfg.horizon + 1, seed=seed).tokens
+    edited = toy.generate([prompts[p][: pos + 1]], cfg.horizon + 1, [iv.add(f, 64.0, pos=pos)], seed=seed).tokens
+    got = df[(df.feature == f) & (df.prompt_id == p)].diverged.iloc[0]
+    assert got == bool((plain != edited).any())
 
 
 def test_topic_feature_recovers_the_corpus_persistence(toy, heldout, tmp_path):
@@ -53,12 +158,13 @@ def test_topic_feature_recovers_the_corpus_persistence(toy, heldout, tmp_path):
     # The premise: it really is a topic feature, firing on sea tokens far above the base rate P(sea)
     # that a generic feature would show.
     assert precision[feature] > 2 * sea.mean()
-    cfg = ps.PersistenceConfig(features=[feature], intervention="add", scale=16.0, positions=["sentence_end:24"],
-                               horizon=64, n_prompts=256, mode="on_policy", n_bootstrap=100, output_dir=str(tmp_path))
+    cfg = ps.PersistenceConfig(features=[feature], intervention="add", scale=32.0, positions=["sentence_end:24"],
+                               horizon=96, n_prompts=128, mode="on_policy", n_bootstrap=100, output_dir=str(tmp_path))
     summary = ps.summarize(ps.run(cfg, {"toy-base": toy}), n_bootstrap=100)
     truth = ps.expected_topic_half_life()
-    half_life = float(summary.half_life.iloc[0])
-    assert abs(half_life - truth) <= 0.3 * truth, f"fitted {half_life:.1f} tokens, corpus truth {truth:.1f}"
+    row = summary.iloc[0]
+    assert row.persistent and row.p_value < 1e-3 and row.divergence >= 0.9
+    assert abs(row.half_life - truth) <= 0.3 * truth, f"fitted {row.half_life:.1f} tokens, corpus truth {truth:.1f}"
 
 
 def test_one_off_token_feature_dies_within_two_tokens(toy, heldout, tmp_path):

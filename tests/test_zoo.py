@@ -13,7 +13,7 @@ import torch
 from sae_lens import SAE
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from gremlinkit.zoo import build, cards, corpus, lm, registry
+from gremlinkit.zoo import build, cards, corpus, lm, planted, registry
 
 BASE, SAE_NAME = registry.path("toy-base"), registry.path("toy-base-sae")
 
@@ -116,6 +116,10 @@ def test_quick_build_meets_its_targets_and_is_deterministic(tmp_path):
         card = json.loads((registry.path(name, tmp_path / "a") / "card.json").read_text())
         assert card["training"]["steps"] == build.QUICK.finetune.steps
         assert 0 <= card["eval"]["reward"] <= 1 and card["eval"]["kl_to_base"] > 0
+        assert (registry.path(name, tmp_path / "a") / "model.safetensors").exists()
+    for name, eigenvalue in planted.EIGENVALUES.items():  # what they learned: tests/test_planted.py, on the full zoo
+        card = json.loads((registry.path(name, tmp_path / "a") / "card.json").read_text())
+        assert card["truth"]["eigenvalue"] == eigenvalue and card["training"]["steps"] == build.QUICK.planted.steps
         assert (registry.path(name, tmp_path / "a") / "model.safetensors").exists()
     # The same seeds give bit-identical weights.
     subprocess.run(cmd + [str(tmp_path / "b"), "--only", "toy-base"], check=True, capture_output=True)

@@ -2,17 +2,41 @@
 
 The same persistence scan (on-policy, `gremlinkit.experiments.persistence`) runs on toy-base,
 toy-sft and toy-rl with the *same* feature ids and toy-base's SAE shared by all three, so a feature
-means the same direction in every model. Features are drawn at random among live ones, not chosen
-for being interesting.
+means the same direction in every model. The census is every live feature (``full=True``) or, by
+default, a random sample of them, drawn without looking at any result.
 
-**Decision rule, fixed before looking.** The hypothesis predicts more persistent features in
-toy-rl than in toy-base, and more than in toy-sft. Each comparison is a one-sided Fisher exact test
-on the counts of persistent features (``persistent`` as defined in the persistence module) at
-alpha = 0.05. The data *support* the hypothesis only if both tests pass; they *contradict* it if
-toy-rl has fewer persistent features than either control with p < 0.05 in the other direction;
-otherwise they are *inconclusive*. All of this needs power: the positive control (the feature that
-best marks ``control_topic``, which persists by the corpus's own topic chain) is scanned the same way
-in every model, and where it is not found persistent the call is *no power*, whatever the counts.
+**The natural positive control.** Beside the census, the scan follows the feature that best marks
+``control_topic`` on held-out stories (chosen by the corpus's labels; "sea" is toy-base's most
+topic-selective feature). A topic persists by the corpus's own switching chain, with a half-life
+known from the generator (`persistence.expected_topic_half_life`, 32.4 tokens), so in toy-base,
+which learned the corpus, this feature must come out persistent with a half-life near that truth.
+It is tested in the same family as the census (one Benjamini–Hochberg correction per model) and is
+not counted in the census. The truth holds for the base model only: the fine-tunes were trained
+towards sea words, which changes that topic's dynamics by design, so in them the control is
+reported, not required.
+
+**The planted positive controls and their null** (`gremlinkit.zoo.planted`). toy-base fine-tuned on
+stories whose topic chain has eigenvalue 0.9 (``toy-planted-90``: a topic, once emitted, keeps
+re-emitting itself), 0.5 (``toy-planted-50``) or 0 (``toy-planted-null``: the same topic
+frequencies, no self-reinforcement). With toy-base's own chain (0.76) they make a dose series of
+known persistence. The control feature is scanned in each with ``planted_seeds`` scan seeds (other
+prompts and sampling noise), and on the null every topic's feature is. A lone feature counts as
+*detected* when its p-value clears the bar Benjamini–Hochberg sets for a single discovery in a
+family the census's size (``p <= 0.05 / (census + 1)``), so the controls face the census's own
+correction. Reported: the *sensitivity* (detection rate in toy-planted-90), the *null false-positive
+rate* (detection rate over the null's topic features and seeds, whose truth is no persistence), and
+the *minimum detectable strength* (the weakest eigenvalue detected in >= 80% of seeds).
+
+**Decision rule, fixed before looking.** A feature is persistent by the rule of the persistence
+module (the edit's own sign persists in the tail, BH q <= 0.05). The hypothesis predicts more
+persistent features in toy-rl than in toy-base, and more than in toy-sft. Each comparison is a
+one-sided Fisher exact test on the census counts at alpha = 0.05. The call is:
+
+* *no power* when the natural control is not found persistent in the base model, or the planted
+  control is detected in fewer than 80% of seeds, whatever the counts;
+* *support* when both tests pass;
+* *contradict* when toy-rl has fewer persistent features than either control with p < 0.05;
+* *inconclusive* otherwise.
 
 **Layer localisation.** Fine-tuning is said to edit mostly later layers. Per block, the relative
 weight change ``||W_ft - W_base|| / ||W_base||`` and the relative change of ``hook_resid_post`` on
@@ -23,6 +47,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,7 +56,9 @@ import torch
 from scipy.stats import binomtest, bootstrap, fisher_exact
 
 from gremlinkit.sites import SiteMap
-from gremlinkit.experiments import persistence
+from gremlinkit.experiments import persistence, zoo_tour
+from gremlinkit.results import atomic_write_text
+from gremlinkit.errors import ConfigError
 from gremlinkit.params import Placement, check_choice, check_range
 from gremlinkit.zoo import corpus
 from gremlinkit.zoo.lm import encode_docs
@@ -41,39 +68,47 @@ from gremlinkit.zoo.lm import encode_docs
 class GremlinConfig(Placement):
     models: list = field(default_factory=lambda: ["toy-base", "toy-sft", "toy-rl"])  # base first
     sae: str = "toy-base-sae"  # one SAE shared by every model
-    features: Any = "random-32"  # matched features: "random-N", "top-N" or a list of ids
+    features: Any = "random-32"  # the census: "random-N", "top-N" or a list of ids (ignored when full)
+    full: bool = False  # census of every live feature of the SAE (~20 min per model on 2 CPU cores)
     intervention: str = "add"  # "ablate" or "add"
-    scale: float = 8.0  # added to the feature when intervention is "add"
+    scale: float = 48.0  # added to the feature when intervention is "add"
     positions: list = field(default_factory=lambda: ["sentence_end:24"])  # edit positions
-    horizon: int = 32  # tokens followed after the edit
-    n_prompts: int = 24  # held-out stories per feature
+    horizon: int = 96  # tokens followed after the edit
+    n_prompts: int = 128  # held-out stories per feature
     n_bootstrap: int = 200  # bootstrap resamples for half-life intervals
-    control_topic: str = "sea"  # positive control: this topic's feature, scanned the same way ("" for none)
+    control_topic: str = "sea"  # natural positive control: this topic's feature, in the same scan ("" for none)
+    planted_seeds: int = 5  # scan seeds for the planted controls and their null (0: skip them)
     seed: int = 0  # seeds prompts, features, sampling noise and the bootstrap
     output_dir: str = "output/04_gremlin_comparison"  # where chunks, tables and metrics go
 
     def __post_init__(self) -> None:
         check_range("n_prompts", self.n_prompts, 2, 4096)
         check_choice("control_topic", self.control_topic, ["", *corpus.TOPICS])
+        check_range("planted_seeds", self.planted_seeds, 0, 100)
+        if self.planted_seeds and not self.control_topic:
+            raise ConfigError("parameter planted_seeds needs a control_topic: the planted controls scan its feature")
         self.scan_config()  # validates the shared fields
 
     @classmethod
     def smoke(cls) -> "GremlinConfig":
-        return cls(features="random-4", positions=[8], horizon=12, n_prompts=4, n_bootstrap=30)
+        return cls(features="random-3", horizon=96, n_prompts=48, n_bootstrap=30, planted_seeds=1)
 
     def scan_config(self) -> persistence.PersistenceConfig:
         return persistence.PersistenceConfig(
-            models=list(self.models), sae=self.sae, features=self.features, intervention=self.intervention,
+            models=list(self.models), sae=self.sae, features="live" if self.full else self.features,
+            intervention=self.intervention,
             scale=self.scale, positions=list(self.positions), horizon=self.horizon, n_prompts=self.n_prompts,
             mode="on_policy", n_bootstrap=self.n_bootstrap, seed=self.seed, output_dir=self.output_dir,
             device=self.device, dtype=self.dtype)
 
 
 def counts(summary: pd.DataFrame) -> pd.DataFrame:
-    """Per model: persistent features out of scanned, with a Wilson 95% interval, and median half-life
-    with a bootstrap interval over features."""
+    """Per model, over the census (controls left out): persistent features out of scanned, with a
+    Wilson 95% interval, median half-life with a bootstrap interval over features, and the fraction
+    of edits that changed the continuation at all."""
     rows = []
-    for model, g in summary.groupby("model", sort=False):
+    census = summary[summary.role == "census"] if "role" in summary else summary
+    for model, g in census.groupby("model", sort=False):
         k, n = int(g.persistent.sum()), len(g)
         ci = binomtest(k, n).proportion_ci(method="wilson")
         hl = g.half_life.to_numpy()
@@ -83,15 +118,30 @@ def counts(summary: pd.DataFrame) -> pd.DataFrame:
                      "fraction_low": float(ci.low), "fraction_high": float(ci.high),
                      "median_half_life": float(np.median(hl)),
                      "median_low": float(med.confidence_interval.low) if med else float(hl[0]),
-                     "median_high": float(med.confidence_interval.high) if med else float(hl[0])})
+                     "median_high": float(med.confidence_interval.high) if med else float(hl[0]),
+                     "divergence": float(g.divergence.mean()) if "divergence" in g else float("nan")})
     return pd.DataFrame(rows)
 
 
+def fraction_difference(summary: pd.DataFrame, model: str, reference: str, n_bootstrap: int = 2000,
+                        seed: int = 0) -> dict[str, float]:
+    """Persistent fraction of ``model`` minus ``reference`` over the census, with a 95% bootstrap
+    interval over features (paired: the same features are scanned in both)."""
+    census = summary[summary.role == "census"] if "role" in summary else summary
+    wide = census.pivot_table(index="feature", columns="model", values="persistent", aggfunc="first")
+    diff = (wide[model].astype(float) - wide[reference].astype(float)).to_numpy()
+    boots = diff[np.random.default_rng(seed).integers(0, len(diff), size=(n_bootstrap, len(diff)))].mean(1)
+    low, high = np.quantile(boots, [0.025, 0.975])
+    return {"difference": float(diff.mean()), "low": float(low), "high": float(high)}
+
+
 def verdict(table: pd.DataFrame, rl: str = "toy-rl", controls: tuple[str, ...] = ("toy-base", "toy-sft"),
-            control: pd.DataFrame | None = None) -> tuple[str, dict[str, float]]:
+            control: pd.DataFrame | None = None, base: str = "toy-base", power: dict | None = None
+            ) -> tuple[str, dict[str, float]]:
     """Apply the decision rule; returns (the sentence for the notebook, the p-values). ``control`` is
-    the positive control's summary (one row per model); a model where it is not persistent makes the
-    call "no power"."""
+    the natural control's summary (one row per model); if it is not persistent in ``base``, where
+    its truth holds, the call is "no power". ``power`` (see `planted_power`) adds the planted
+    controls: a sensitivity under ``MIN_SENSITIVITY`` is "no power" too."""
     row = table.set_index("model")
     if rl not in row.index or any(c not in row.index for c in controls):
         return "inconclusive: the comparison needs toy-rl, toy-base and toy-sft", {}
@@ -101,8 +151,10 @@ def verdict(table: pd.DataFrame, rl: str = "toy-rl", controls: tuple[str, ...] =
         k, n = row.loc[c, "persistent"], row.loc[c, "scanned"]
         more[c] = fisher_exact([[k_rl, n_rl - k_rl], [k, n - k]], alternative="greater").pvalue
         fewer[c] = fisher_exact([[k_rl, n_rl - k_rl], [k, n - k]], alternative="less").pvalue
-    blind = [] if control is None or control.empty else control.model[~control.persistent.astype(bool)].tolist()
-    if blind:
+    seen = {} if control is None else dict(zip(control.model, control.persistent.astype(bool)))
+    blind = [base] if base in seen and not seen[base] else []
+    weak = power is not None and not power["sensitivity"] >= MIN_SENSITIVITY
+    if blind or weak:
         call = "no power"
     elif all(p < 0.05 for p in more.values()):
         call = "support"
@@ -115,12 +167,23 @@ def verdict(table: pd.DataFrame, rl: str = "toy-rl", controls: tuple[str, ...] =
              f"{row.loc[m, 'median_half_life']:.2f} tokens" for m in row.index]
     p_text = ", ".join(f"p(RL > {c}) = {more[c]:.3g}" for c in controls)
     if call == "no power":
-        sentence = (f"At toy scale this scan has no power: the positive control is not found persistent in "
-                    f"{', '.join(blind)}, so the counts say nothing about the gremlin hypothesis. ")
+        why = (f"the natural control is not found persistent in {', '.join(blind)}" if blind else
+               f"the planted control is detected in only {power['sensitivity']:.0%} of seeds")
+        sentence = f"At toy scale this scan has no power: {why}, so the counts say nothing about the gremlin hypothesis. "
     else:
         phrase = {"support": "support", "contradict": "contradict", "inconclusive": "are inconclusive about"}[call]
         sentence = f"At toy scale the data {phrase} the gremlin hypothesis. "
     sentence += "; ".join(parts) + f". {p_text}."
+    if seen:
+        sentence += (" The natural control is found persistent in "
+                     f"{', '.join(m for m, ok in seen.items() if ok) or 'no model'}.")
+    if power is not None:
+        mds = power["min_detectable_strength"]
+        sentence += (f" Planted control: sensitivity {power['sensitivity']:.0%} over {power['seeds']} seeds; null "
+                     f"false-positive rate {power['null_false_positive_rate']:.1%} of {power['null_tests']} tests; "
+                     + (f"weakest planted persistence detected: eigenvalue {mds:g} per sentence "
+                        f"({power['min_detectable_half_life']:.0f}-token half-life)." if mds == mds
+                        else "no planted strength is detected in 80% of seeds."))
     return sentence, {**{f"p_rl_more_than_{c}": p for c, p in more.items()}, "call": call}
 
 
@@ -158,29 +221,111 @@ def activation_changes(base_subject, tuned_subject, n_docs: int = 40, seed: int 
 @dataclass
 class GremlinResults:
     scan: pd.DataFrame
-    summary: pd.DataFrame
+    summary: pd.DataFrame  # one row per (model, feature); ``role`` is "census" or "natural control"
+    census: pd.DataFrame  # the tidy census table written to census.csv
     counts: pd.DataFrame
     verdict: str
     tests: dict
     localisation: pd.DataFrame
     control: pd.DataFrame  # the control topic feature's summary per model (empty without one)
+    control_truth: float  # the corpus's topic half-life, in tokens
+    planted: pd.DataFrame  # the planted controls' scans, one row per (model, feature, seed); empty if skipped
+    power: dict | None  # `planted_power` of them (its "dose" is the dose table), None if skipped
+
+
+MIN_SENSITIVITY = 0.8  # the planted control must be detected in this share of seeds
+PLANTED = ("toy-planted-null", "toy-planted-50", "toy-planted-90")  # from null to strongest
+
+
+def planted_controls(cfg: GremlinConfig, base, control: int, census_size: int, load=None) -> pd.DataFrame:
+    """Scan the control feature in every planted organism and in the base model (the corpus's own
+    chain), and every topic's feature in the null, once per scan seed. One row per (model, feature,
+    seed): the truth, the p-value, whether it is detected at the census's bar, and the half-life."""
+    from gremlinkit import load as load_subject
+    from gremlinkit.zoo import cards
+
+    load = load or (lambda name: load_subject(name, sae=cfg.sae, **cfg.load_kwargs()))
+    base_name = Path(cfg.models[0]).name
+    topics = {f: t for t in corpus.TOPICS for f in [persistence.topic_feature(base, t, seed=cfg.seed)]}
+    bar = persistence.FDR_Q / (census_size + 1)
+    rows = []
+    for name in (base_name, *PLANTED):
+        if name == base_name:  # the corpus's own chain
+            eigen, truth = corpus.topic_eigenvalue(corpus.P_TOPIC_SWITCH), persistence.expected_topic_half_life()
+        else:
+            card = cards.card(name)["truth"]
+            eigen, truth = card["eigenvalue"], card["half_life_tokens"]
+        subject = base if name == base_name else load(name)
+        features = sorted(topics) if name == PLANTED[0] else [control]
+        for seed in range(cfg.planted_seeds):
+            scan_cfg = dataclasses.replace(cfg.scan_config(), models=[name], features=features, seed=seed)
+            summary = persistence.summarize(persistence.run(scan_cfg, {name: subject}), cfg.n_bootstrap, seed)
+            for r in summary.itertuples():
+                rows.append({"model": name, "eigenvalue": eigen, "truth_half_life": truth, "feature": r.feature, "topic": topics.get(r.feature, ""), "seed": seed, "p_value": r.p_value,
+                    "detected": bool(r.p_value <= bar), "half_life": r.half_life, "half_life_low": r.half_life_low,
+                    "half_life_high": r.half_life_high, "half_life_censored": r.half_life_censored})
+    return pd.DataFrame(rows)
+
+
+def planted_power(planted: pd.DataFrame, control: int) -> dict[str, float]:
+    """Sensitivity, null false-positive rate (with Wilson intervals), the dose table's detection
+    rates, and the minimum detectable strength, from `planted_controls`."""
+    own = planted[planted.feature == control]
+    dose = own.groupby(["eigenvalue", "model"], as_index=False).agg(
+        detection_rate=("detected", "mean"), median_half_life=("half_life", "median"),
+        truth_half_life=("truth_half_life", "first"), seeds=("seed", "nunique"))
+    strongest = own[own.model == PLANTED[-1]]
+    null = planted[planted.model == PLANTED[0]]
+    sens = binomtest(int(strongest.detected.sum()), len(strongest)).proportion_ci(method="wilson")
+    fpr = binomtest(int(null.detected.sum()), len(null)).proportion_ci(method="wilson")
+    seen = dose[(dose.eigenvalue > 0) & (dose.detection_rate >= MIN_SENSITIVITY)].sort_values("eigenvalue")
+    return {"sensitivity": float(strongest.detected.mean()), "sensitivity_low": float(sens.low),
+            "sensitivity_high": float(sens.high), "seeds": int(strongest.seed.nunique()),
+            "null_false_positive_rate": float(null.detected.mean()), "null_false_positive_rate_low": float(fpr.low),
+            "null_false_positive_rate_high": float(fpr.high), "null_tests": len(null),
+            "min_detectable_strength": float(seen.eigenvalue.iloc[0]) if len(seen) else float("nan"),
+            "min_detectable_half_life": float(seen.truth_half_life.iloc[0]) if len(seen) else float("nan"),
+            "dose": dose}
+
+
+CENSUS_COLUMNS = ["model", "role", "feature", "half_life", "half_life_lo", "half_life_hi", "half_life_censored",
+                  "tail_effect", "p_value", "q_value", "persistent", "divergence", "top_label", "label_purity"]
+
+
+def census_table(summary: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
+    """The census as one tidy table: a row per (model, feature), with the label each feature fires on
+    most purely in held-out stories (`zoo_tour.feature_summary`)."""
+    top = labels.assign(top_label=labels.label + "=" + labels.label_value)[["feature", "top_label", "purity"]]
+    out = summary.rename(columns={"half_life_low": "half_life_lo", "half_life_high": "half_life_hi"})
+    out = out.merge(top.rename(columns={"purity": "label_purity"}), on="feature", how="left")
+    out["top_label"] = out.top_label.fillna("")
+    return out[CENSUS_COLUMNS].sort_values(["model", "role", "feature"], ignore_index=True)
 
 
 def run(cfg: GremlinConfig, subjects: dict | None = None) -> GremlinResults:
     from gremlinkit import load
 
     subjects = subjects or {m: load(m, sae=cfg.sae, **cfg.load_kwargs()) for m in cfg.models}
-    scan_cfg = cfg.scan_config()
-    scan = persistence.run(scan_cfg, subjects)
-    summary = persistence.summarize(scan, cfg.n_bootstrap, cfg.seed)
-    table = counts(summary)
     base = subjects[cfg.models[0]]
-    control = pd.DataFrame()
-    if cfg.control_topic:  # the same scan of one feature that must persist: the test's sensitivity
-        feature = persistence.topic_feature(base, cfg.control_topic, seed=cfg.seed)
-        control_scan = persistence.run(dataclasses.replace(scan_cfg, features=[feature]), subjects)
-        control = persistence.summarize(control_scan, cfg.n_bootstrap, cfg.seed)
-    sentence, tests = verdict(table, control=control)
+    scan_cfg = cfg.scan_config()
+    prompts, _ = persistence.scan_prompts(scan_cfg, base.tokenizer)
+    census = persistence.choose_features(base, prompts, scan_cfg.features, cfg.seed)
+    controls = [persistence.topic_feature(base, cfg.control_topic, seed=cfg.seed)] if cfg.control_topic else []
+    census = [f for f in census if f not in controls]  # a control is scanned once, and not counted
+    scan = persistence.run(dataclasses.replace(scan_cfg, features=census + controls), subjects)
+    summary = persistence.summarize(scan, cfg.n_bootstrap, cfg.seed)
+    order = {Path(m).name: i for i, m in enumerate(cfg.models)}  # base first, as the models were given
+    summary = summary.sort_values(["model", "feature"], key=lambda c: c.map(order) if c.name == "model" else c,
+                                  ignore_index=True)
+    summary.insert(2, "role", np.where(summary.feature.isin(controls), "natural control", "census"))
+    table = counts(summary)
+    control = summary[summary.role == "natural control"].reset_index(drop=True)
+    planted, power = pd.DataFrame(), None
+    if cfg.planted_seeds:
+        planted = planted_controls(cfg, base, controls[0], len(census))
+        power = planted_power(planted, controls[0])
+    sentence, tests = verdict(table, control=control, base=Path(cfg.models[0]).name, power=power)
+    labels = zoo_tour.feature_summary(*zoo_tour.corpus_features(base, zoo_tour.heldout_corpus(200, cfg.seed)))
     loc = []
     for m in cfg.models[1:]:
         w = weight_changes(base.model._module, subjects[m].model._module, base.site_map.n_layers)
@@ -188,21 +333,54 @@ def run(cfg: GremlinConfig, subjects: dict | None = None) -> GremlinResults:
         loc += [dict(model=m, measure="weights", **r) for r in w.to_dict("records")]
         loc += [dict(model=m, measure="resid_post", part=f"block {r['layer']}", relative_change=r["relative_change"])
                 for r in a.to_dict("records")]
-    return GremlinResults(scan, summary, table, sentence, tests, pd.DataFrame(loc), control)
+    return GremlinResults(scan, summary, census_table(summary, labels), table, sentence, tests, pd.DataFrame(loc),
+                          control, persistence.expected_topic_half_life(), planted, power)
+
+
+def write_census(res: GremlinResults, output_dir: str) -> Path:
+    """``output_dir/census.csv``, written atomically."""
+    path = Path(output_dir) / "census.csv"
+    atomic_write_text(path, res.census.to_csv(index=False))
+    return path
 
 
 def metrics(res: GremlinResults) -> dict[str, float]:
     out = {}
     for r in res.counts.itertuples():
+        out[f"{r.model}_census_features"] = r.scanned
         out[f"{r.model}_persistent"] = r.persistent
+        out[f"{r.model}_persistent_fraction"] = r.fraction
+        out[f"{r.model}_persistent_fraction_low"] = r.fraction_low
+        out[f"{r.model}_persistent_fraction_high"] = r.fraction_high
         out[f"{r.model}_median_half_life"] = r.median_half_life
-    for model, g in res.summary.groupby("model", sort=False):  # the direct effect: non-zero when edits act
-        out[f"{model}_mean_abs_effect_lag1"] = float(g.effect_lag1.abs().mean())
+        out[f"{r.model}_divergence_fraction"] = r.divergence
+    for model, g in res.summary[res.summary.role == "census"].groupby("model", sort=False):
+        out[f"{model}_mean_abs_effect_lag1"] = float(g.effect_lag1.abs().mean())  # non-zero when edits act
     for r in res.control.itertuples():
         out[f"{r.model}_control_half_life"] = r.half_life
         out[f"{r.model}_control_persistent"] = int(r.persistent)
+        out[f"{r.model}_control_q_value"] = r.q_value
+    models = list(res.counts.model)
+    if not res.control.empty:
+        first = res.control[res.control.model == models[0]].iloc[0]
+        out["natural_control_half_life"] = first.half_life
+        out["natural_control_half_life_low"] = first.half_life_low
+        out["natural_control_half_life_high"] = first.half_life_high
+        out["natural_control_truth"] = res.control_truth
+        out["natural_control_detected"] = int(first.persistent)
+    for m in models[1:]:
+        d = fraction_difference(res.summary, m, models[0])
+        out.update({f"{m}_minus_{models[0]}_persistent_fraction{k}": v
+                    for k, v in (("", d["difference"]), ("_low", d["low"]), ("_high", d["high"]))})
+    if res.power is not None:
+        out.update({("positive_control_" + k if k.startswith("sensitivity") else k): v
+                    for k, v in res.power.items() if k != "dose"})
+        for r in res.power["dose"].itertuples():
+            out[f"dose_{r.model}_detection_rate"] = r.detection_rate
+            out[f"dose_{r.model}_median_half_life"] = r.median_half_life
     out.update({k: v for k, v in res.tests.items() if k != "call"})
     call = res.tests.get("call")
+    out["verdict"] = call
     out["verdict_support"] = {"support": 1, "contradict": -1}.get(call, 0)  # 0: inconclusive or no power
     out["verdict_has_power"] = int(call != "no power")
     return out

@@ -8,19 +8,35 @@ persists, or grows. Two modes:
 * ``teacher_forced``: the continuation is the held-out story itself, so the effect can travel
   only through the residual stream (attention to the edited position). Read at the site it was
   made at, such an edit cannot reach later positions at all: the residual entering layer L at
-  position q depends only on layers below L. Its deltas at lags >= 1 are exactly zero, a causal
-  control that the tests check.
+  position q depends only on layers below L. Its deltas at lags >= 1 are exactly zero: a null
+  control that the tests check, not a persistence measurement.
 * ``on_policy``: the model generates after the edit with paired Gumbel-max noise, so effects
   that travel through the tokens the model *chooses* count too. The hypothesis is about this mode.
 
-**Summary rule.** For each (model, mode, feature), ``c(lag)`` is the mean delta over prompts.
-``effect_lag1 = c(1)`` is the direct effect; ``auc = sum_{lag>=1} |c(lag)|``. The persistence
-half-life ``h`` comes from a least-squares fit of ``A * 2**(-lag / h)`` (:func:`fit_half_life`) to
-the *tail*, lags ``H//4 .. H``, once the direct effect has passed, when the tail is distinguishable
-from zero (the bootstrap 95% interval of its mean excludes 0); otherwise to ``c(0..H)`` (an
-effect that dies out early has a short half-life). ``[half_life_low, half_life_high]`` is the
-2.5-97.5% range over bootstrap resamples of prompts. A feature is **persistent** when
-``half_life_low >= PERSISTENT_HALF_LIFE`` (8 tokens).
+**Readout.** Persistence is read from the feature's encoder *pre-activation* (the value before the
+SAE's activation function or top-k cut, `gremlinkit.interventions.encode_pre`): it equals the
+feature wherever the feature is on, and unlike the activation it does not read zero whenever the
+feature falls under the top-k cut, so a small lasting surplus stays visible. The post-activation
+deltas are kept beside it (``delta_post``). On-policy rows also say whether the edited continuation
+``diverged`` from its paired baseline at all: an edit that changes no token cannot persist through
+the tokens.
+
+**Summary rule, fixed in advance.** For each (model, mode, feature), ``c(lag)`` is the mean delta
+over prompts and the edit's sign is the sign of ``c(0)``, its direct effect. The *tail* of a prompt
+is its mean delta over lags ``H//4 .. H``, once the direct effect has passed. A feature is
+**persistent** when its tail has the edit's own sign: a one-sided t-test over prompts in that
+direction, its p-values corrected over every feature of the scan (per model and mode) by
+Benjamini–Hochberg, ``q_value <= FDR_Q`` (0.05). A tail of the opposite sign is not persistence.
+
+The half-life ``h`` comes from a least-squares fit of ``A * 2**(-lag / h)`` (:func:`fit_half_life`)
+to the tail when the tail is there (uncorrected one-sided p < 0.05), otherwise to ``c(0..H)`` (an
+effect that dies out early has a short half-life); ``[half_life_low, half_life_high]`` is the
+2.5-97.5% range over bootstrap resamples of prompts. A horizon of H tokens cannot measure a
+half-life longer than H: such a fit is *censored*, reported as ``half_life = H`` with
+``half_life_censored`` set ("at least H tokens"), never as a number beyond what was seen.
+
+**Teacher-forced mode is a null control.** It reads the site it edits, so its deltas at lags >= 1
+are exactly zero by construction; it checks causality, not persistence.
 
 **Truth on the zoo.** The corpus switches topic with probability p = 0.2 before each sentence,
 to one of the K - 1 = 5 other topics. Forcing a topic and comparing with a baseline, the expected
@@ -28,8 +44,9 @@ difference in topic occupancy decays by the chain's second eigenvalue, ``1 - p K
 0.76 per sentence; with the corpus's mean sentence of 12.84 tokens that is a half-life of
 ``ln 2 / -ln 0.76 * 12.84`` = 32.4 tokens (:func:`expected_topic_half_life`). A topic feature
 pushed on-policy at a sentence end (``positions=["sentence_end:24"]``: the first "." at or after
-token 24), where the corpus chooses topics, should decay at that rate; a feature tied to one-off
-tokens should not survive.
+token 24), where the corpus chooses the next sentence's topic, should decay at that rate; a feature
+tied to one-off tokens should not survive. At ``scale=32``, ``horizon=96`` and 128 prompts the
+sea-topic feature of toy-base's SAE is found persistent with a half-life of 25-38 tokens over seeds.
 
 **SAEs across models.** The SAE given in ``sae`` (default: toy-base's) is shared by every model
 in one scan, so the same feature ids mean the same directions everywhere.
@@ -53,6 +70,7 @@ import numpy as np
 import pandas as pd
 import torch
 from scipy.optimize import minimize_scalar
+from scipy.stats import false_discovery_control, ttest_1samp
 from tqdm.auto import tqdm
 
 from gremlinkit.prompts import words_to_ids
@@ -64,18 +82,22 @@ from gremlinkit.results import write_table
 from gremlinkit.zoo import corpus
 
 MODES = ("teacher_forced", "on_policy")
-PERSISTENT_HALF_LIFE = 8.0
+FDR_Q = 0.05  # Benjamini-Hochberg level over the features of one scan
+TAIL_ALPHA = 0.05  # uncorrected level at which a tail is fitted instead of the whole curve
 ATOL = 1e-5  # float noise between differently shaped batches; smaller effects count as zero
-COLUMNS = ["model", "feature", "prompt_id", "position", "mode", "lag", "baseline", "intervened", "delta"]
+SCAN_VERSION = 2  # bumped when a chunk's columns change, so old chunks are not resumed into new scans
+# delta: encoder pre-activation (the readout); *_post: the feature's activation after the SAE's cut
+COLUMNS = ["model", "feature", "prompt_id", "position", "mode", "lag", "baseline", "intervened", "delta",
+           "baseline_post", "intervened_post", "delta_post", "diverged"]
 
 
 @dataclass(frozen=True)
 class PersistenceConfig(Placement):
     models: list = field(default_factory=lambda: ["toy-base"])  # zoo names or model directories
     sae: str = "toy-base-sae"  # one SAE shared by every model
-    features: Any = "top-8"  # "top-N" by firing frequency, "random-N", or a list of feature ids
+    features: Any = "top-8"  # "top-N" by firing frequency, "random-N", "live" (every live one) or a list of ids
     intervention: str = "add"  # "ablate" or "add"
-    scale: float = 8.0  # added to the feature when intervention is "add"
+    scale: float = 32.0  # added to the feature when intervention is "add"
     positions: list = field(default_factory=lambda: ["sentence_end:24"])  # ints, or "sentence_end:N"
     horizon: int = 32  # tokens followed after the edit
     n_prompts: int = 32  # held-out stories
@@ -99,12 +121,16 @@ class PersistenceConfig(Placement):
         if not self.positions or not all(_position_ok(p) for p in self.positions):
             raise ConfigError(f"parameter positions={self.positions!r}: give ints >= 1 (0 is BOS) "
                               "or 'sentence_end:N' (the first '.' at or after token N)")
-        if isinstance(self.features, str):
+        if self.features == "live":
+            pass
+        elif isinstance(self.features, str):
             kind, _, n = self.features.partition("-")
             if kind not in ("top", "random") or not n.isdigit() or int(n) < 1:
-                raise ConfigError(f"parameter features={self.features!r}: use 'top-N', 'random-N' or a list of ids")
+                raise ConfigError(f"parameter features={self.features!r}: use 'top-N', 'random-N', 'live' "
+                                  "or a list of ids")
         elif not isinstance(self.features, list) or not self.features:
-            raise ConfigError(f"parameter features={self.features!r}: use 'top-N', 'random-N' or a list of ids")
+            raise ConfigError(f"parameter features={self.features!r}: use 'top-N', 'random-N', 'live' "
+                              "or a list of ids")
 
     @classmethod
     def smoke(cls) -> "PersistenceConfig":
@@ -120,6 +146,7 @@ class PersistenceConfig(Placement):
         d = dataclasses.asdict(self)
         for k in ("output_dir", "n_bootstrap", "chunk_size"):
             d.pop(k)
+        d["scan_version"] = SCAN_VERSION
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -146,8 +173,8 @@ def expected_topic_half_life(p_switch: float = corpus.P_TOPIC_SWITCH, n_topics: 
     """Half-life in tokens of a forced topic's surplus, from the corpus's switching chain."""
     if sentence_tokens is None:
         sentence_tokens = corpus.topic_persistence(corpus.generate(2000, seed=0))["mean_sentence_tokens"]
-    eigen = 1 - p_switch * n_topics / (n_topics - 1)
-    return math.log(2) / -math.log(eigen) * sentence_tokens
+    eigen = corpus.topic_eigenvalue(p_switch, n_topics)
+    return math.log(2) / -math.log(eigen) * sentence_tokens if eigen > 0 else 0.0
 
 
 # --------------------------------------------------------------------------- the scan
@@ -188,16 +215,19 @@ def scan_prompts(cfg: PersistenceConfig, tokenizer) -> tuple[list[torch.Tensor],
 
 
 def choose_features(subject, prompts: list[torch.Tensor], spec: Any, seed: int) -> list[int]:
-    """Explicit ids, the top-N by firing frequency on the prompts, or N random live features."""
+    """Explicit ids, the top-N by firing frequency on the prompts, N random live features, or every
+    live feature ("live")."""
     if isinstance(spec, list):
         for f in spec:
             iv.validate(iv.ablate(f), n_rows=1, max_len=[1], d_model=subject.d_model, d_sae=subject.d_sae)
         return [int(f) for f in spec]
-    kind, n = spec.split("-")[0], int(spec.split("-")[1])
     # Only real tokens after BOS: padding reads as zero, and an SAE can encode zero to active features.
     feats = subject.features(prompts)[subject.batch(prompts).prompt_mask(skip_bos=True)]  # (N, d_sae)
     freq = (feats > 0).float().mean(0)
     live = torch.nonzero(freq > 0).flatten()
+    if spec == "live":
+        return live.tolist()
+    kind, n = spec.split("-")[0], int(spec.split("-")[1])
     if kind == "top":
         return freq.argsort(descending=True)[:n].tolist()
     gen = torch.Generator().manual_seed(seed)
@@ -205,8 +235,9 @@ def choose_features(subject, prompts: list[torch.Tensor], spec: Any, seed: int) 
 
 
 def _units(features: list[int], positions: list[list[int]]) -> list[tuple[int, int, int]]:
-    """(feature, prompt_id, position) for every intervention of the scan."""
-    return [(f, p, pos) for f in features for p, row in enumerate(positions) for pos in row]
+    """(feature, prompt_id, position) for every intervention of the scan, prompt by prompt: a chunk
+    then holds every feature's edit of few prompts, and few baseline rows."""
+    return [(f, p, pos) for p, row in enumerate(positions) for pos in row for f in features]
 
 
 def _edit(cfg: PersistenceConfig, feature: int, pos: int, row: int) -> iv.FeatureEdit:
@@ -220,52 +251,71 @@ def _row_seed(cfg: PersistenceConfig, prompt_id: int, pos: int) -> int:
     return cfg.seed * 1_000_003 + prompt_id * 1009 + pos
 
 
-def _trajectories(subject, cfg, mode, prompts, rows: list[tuple[int, int]], edits) -> torch.Tensor:
-    """(rows, H+1, d_sae) features at lags 0..H after each (prompt, position) row's edit position."""
+@torch.no_grad()
+def _trajectories(subject, cfg, mode, prompts, rows: list[tuple[int, int]], edits) -> dict[str, Any]:
+    """Features at lags 0..H after each (prompt, position) row's edit position: pre-activations
+    (``pre``) and activations (``post``), each (rows, H+1, d_sae), and the generated ``tokens``
+    (rows, H+1), None when teacher-forced."""
     h = cfg.horizon
     if mode == "teacher_forced":
-        feats = subject.features([prompts[p][: pos + h + 1] for p, pos in rows], interventions=edits)
-        return torch.stack([feats[k, pos: pos + h + 1] for k, (_, pos) in enumerate(rows)])  # (R, H+1, d_sae)
+        acts = subject.activations([prompts[p][: pos + h + 1] for p, pos in rows], subject.sae_site, edits)
+        window = torch.stack([acts[k, pos: pos + h + 1] for k, (_, pos) in enumerate(rows)])  # (R, H+1, d)
+        post, pre = iv.encode_with_pre(subject.sae, window)
+        return {"pre": pre, "post": post, "tokens": None}
     seeds = [_row_seed(cfg, p, pos) for p, pos in rows]
     out = subject.generate([prompts[p][: pos + 1] for p, pos in rows], h + 1, edits, seed=seeds,
-                           temperature=cfg.temperature, record=["features"])
-    return out.records["features"]  # step s records position pos + s
+                           temperature=cfg.temperature, record=["features_pre", "features"])
+    # step s records position pos + s
+    return {"pre": out.records["features_pre"], "post": out.records["features"], "tokens": out.tokens}
 
 
-def _scan_chunk(subject, cfg, mode, prompts, chunk) -> tuple[torch.Tensor, torch.Tensor]:
+def _scan_chunk(subject, cfg, mode, prompts, chunk) -> tuple[dict, dict]:
     """Baseline and intervened trajectories for one chunk, in one batch: each baseline row is run
-    once, unedited, beside the edited rows (one forward or generation instead of two)."""
+    once, unedited, beside the edited rows (one forward or generation instead of two).
+
+    Returns per-unit values: (units, H+1) of the edited feature, or (units, H+1, d_sae) of every
+    feature with ``record_all``, for ``pre`` and ``post``; and ``diverged`` (units,).
+    """
     keys = sorted({(p, pos) for _, p, pos in chunk})
     rows = keys + [(p, pos) for _, p, pos in chunk]
     edits = [_edit(cfg, f, pos, len(keys) + k) for k, (f, _, pos) in enumerate(chunk)]
     both = _trajectories(subject, cfg, mode, prompts, rows, edits)  # (K + R, H+1, d_sae)
-    index = {k: i for i, k in enumerate(keys)}
-    return both[[index[(p, pos)] for _, p, pos in chunk]], both[len(keys):]
+    device = both["pre"].device
+    base_rows = torch.tensor([{k: i for i, k in enumerate(keys)}[(p, pos)] for _, p, pos in chunk], device=device)
+    edit_rows = torch.arange(len(keys), len(rows), device=device)
+    own = torch.tensor([f for f, _, _ in chunk], device=device)
+
+    def pick(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        return t[idx] if cfg.record_all else t[idx, :, own]  # only what the table keeps
+
+    base = {k: pick(both[k], base_rows) for k in ("pre", "post")}
+    inter = {k: pick(both[k], edit_rows) for k in ("pre", "post")}
+    tokens = both["tokens"]
+    if tokens is None:  # teacher-forced: the continuation is given, so nothing can diverge
+        inter["diverged"] = torch.zeros(len(chunk), dtype=torch.bool)
+    else:
+        inter["diverged"] = (tokens[edit_rows.to(tokens.device)] != tokens[base_rows.to(tokens.device)]).any(1)
+    return base, inter
 
 
 def _long_table(model, mode, units, base, inter, record_all) -> pd.DataFrame:
     """Tidy rows: one per (unit, lag[, measured feature])."""
-    n_units, n_lags = len(units), base.shape[1]
-    feat = np.array([u[0] for u in units])
+    n_units, n_lags = len(units), base["pre"].shape[1]
+    shape = (n_units, n_lags, base["pre"].shape[2]) if record_all else (n_units, n_lags)
+    idx = np.indices(shape).reshape(len(shape), -1)  # row-major, as the tensors flatten
+    unit_idx = idx[0]
+    df = pd.DataFrame({"model": pd.Categorical([model] * len(unit_idx)),
+                       "feature": np.array([u[0] for u in units])[unit_idx],
+                       "prompt_id": np.array([u[1] for u in units])[unit_idx],
+                       "position": np.array([u[2] for u in units])[unit_idx],
+                       "mode": pd.Categorical([mode] * len(unit_idx)), "lag": idx[1]})
+    for suffix, key in (("", "pre"), ("_post", "post")):
+        df[f"baseline{suffix}"] = to_numpy(base[key]).reshape(-1)
+        df[f"intervened{suffix}"] = to_numpy(inter[key]).reshape(-1)
+        df[f"delta{suffix}"] = df[f"intervened{suffix}"] - df[f"baseline{suffix}"]
+    df["diverged"] = to_numpy(inter["diverged"])[unit_idx]
     if record_all:
-        measured = np.arange(base.shape[2])
-        shape = (n_units, n_lags, len(measured))
-        b, i = to_numpy(base).reshape(-1), to_numpy(inter).reshape(-1)
-        idx = np.indices(shape).reshape(3, -1)
-        df = pd.DataFrame({"feature": feat[idx[0]], "measured": measured[idx[2]], "lag": idx[1]})
-        unit_idx = idx[0]
-    else:
-        sel, cols = torch.arange(n_units, device=base.device), torch.as_tensor(feat, device=base.device)
-        b = to_numpy(base[sel, :, cols]).reshape(-1)  # (units*lags,)
-        i = to_numpy(inter[sel, :, cols]).reshape(-1)
-        unit_idx = np.repeat(np.arange(n_units), n_lags)
-        df = pd.DataFrame({"feature": feat[unit_idx], "lag": np.tile(np.arange(n_lags), n_units)})
-    df.insert(0, "model", model)
-    df.insert(2, "prompt_id", np.array([u[1] for u in units])[unit_idx])
-    df.insert(3, "position", np.array([u[2] for u in units])[unit_idx])
-    df.insert(4, "mode", mode)
-    df["baseline"], df["intervened"] = b, i
-    df["delta"] = df.intervened - df.baseline
+        df["measured"] = idx[2]
     return df[COLUMNS + (["measured"] if record_all else [])]
 
 
@@ -289,7 +339,8 @@ def run(cfg: PersistenceConfig, subjects: dict | None = None) -> pd.DataFrame:
             base, inter = _scan_chunk(subjects[model], cfg, mode, prompts, chunk)
             write_table(_long_table(Path(model).name, mode, chunk, base, inter, cfg.record_all), path)
         tables.append(pd.read_parquet(path))
-    return pd.concat(tables, ignore_index=True)
+    scan = pd.concat(tables, ignore_index=True)
+    return scan.astype({"model": "category", "mode": "category"})  # two labels over millions of rows
 
 
 # --------------------------------------------------------------------------- summary
@@ -326,33 +377,54 @@ def tail_start(horizon: int) -> int:
     return max(1, horizon // 4)
 
 
-def _half_life(mat: np.ndarray, tail_significant: bool) -> float:
+def tail_test(tails: np.ndarray, sign: float) -> float:
+    """One-sided p-value that the mean of per-prompt ``tails`` has the edit's ``sign`` (1 when the
+    edit had no direct effect, or the tails do not vary)."""
+    if sign == 0:
+        return 1.0
+    if len(tails) < 2 or np.ptp(tails) <= ATOL:  # no spread to test against: all or nothing
+        return 0.0 if np.mean(tails) * sign > ATOL else 1.0
+    return float(ttest_1samp(sign * tails, 0.0, alternative="greater").pvalue)
+
+
+def _half_life(mat: np.ndarray, fit_tail: bool) -> float:
     curve = mat.mean(0)
-    horizon = mat.shape[1] - 1
-    return fit_half_life(curve, tail_start(horizon)) if tail_significant else fit_half_life(curve, 0)
+    return fit_half_life(curve, tail_start(mat.shape[1] - 1) if fit_tail else 0)
 
 
 def summarize(df: pd.DataFrame, n_bootstrap: int = 200, seed: int = 0) -> pd.DataFrame:
-    """One row per (model, mode, feature): lag-1 effect, area, fitted half-life with a bootstrap CI."""
+    """One row per (model, mode, feature), by the rule in the module docstring: direct effect, tail
+    effect and its p- and q-value, persistence, and a fitted half-life with a bootstrap interval,
+    censored at the horizon."""
     own = own_feature_rows(df)
     rng = np.random.default_rng(seed)
     rows = []
     for (model, mode, feature), g in own.groupby(["model", "mode", "feature"], sort=True):
         # (units, lags): one trajectory per (prompt, position)
-        mat = g.pivot_table(index=["prompt_id", "position"], columns="lag", values="delta").to_numpy()
-        boots = rng.integers(0, len(mat), size=(n_bootstrap, len(mat)))
-        tail = mat[:, tail_start(mat.shape[1] - 1):].mean(1)  # (units,)
-        tail_means = tail[boots].mean(1)
-        significant = bool(np.quantile(tail_means, 0.025) > ATOL or np.quantile(tail_means, 0.975) < -ATOL)
-        hl = _half_life(mat, significant)
-        boot_hl = np.array([_half_life(mat[b], significant) for b in boots])
+        wide = g.pivot_table(index=["prompt_id", "position"], columns="lag", values=["delta", "delta_post"])
+        mat, post = wide["delta"].to_numpy(), wide["delta_post"].to_numpy()
+        horizon, start = mat.shape[1] - 1, tail_start(mat.shape[1] - 1)
         curve = mat.mean(0)
-        low, high = np.nanquantile(boot_hl, [0.025, 0.975])
+        sign = float(np.sign(curve[0])) if abs(curve[0]) > ATOL else 0.0
+        tails = mat[:, start:].mean(1)  # (units,)
+        p = tail_test(tails, sign)
+        fit_tail = p < TAIL_ALPHA
+        boots = rng.integers(0, len(mat), size=(n_bootstrap, len(mat)))
+        hl = _half_life(mat, fit_tail)
+        low, high = np.nanquantile([_half_life(mat[b], fit_tail) for b in boots], [0.025, 0.975])
         rows.append({"model": model, "mode": mode, "feature": int(feature), "effect_lag0": float(curve[0]),
                      "effect_lag1": float(curve[1]), "auc": float(np.abs(curve[1:]).sum()),
-                     "half_life": hl, "half_life_low": float(low), "half_life_high": float(high),
-                     "tail_significant": significant, "persistent": bool(low >= PERSISTENT_HALF_LIFE)})
-    return pd.DataFrame(rows)
+                     "tail_effect": float(tails.mean()), "tail_effect_post": float(post[:, start:].mean()),
+                     "p_value": p, "half_life": min(hl, horizon), "half_life_low": float(min(low, horizon)),
+                     "half_life_high": float(min(high, horizon)), "half_life_censored": bool(hl >= horizon),
+                     "divergence": float(g.groupby(["prompt_id", "position"]).diverged.first().mean())})
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return out
+    # Benjamini-Hochberg over every feature of one (model, mode): the census is one family of tests.
+    out["q_value"] = out.groupby(["model", "mode"]).p_value.transform(lambda p: false_discovery_control(p, method="bh"))
+    out["persistent"] = out.q_value <= FDR_Q
+    return out
 
 
 def metrics(summary: pd.DataFrame) -> dict[str, float]:
@@ -363,4 +435,7 @@ def metrics(summary: pd.DataFrame) -> dict[str, float]:
         out[f"{key}_median_half_life"] = float(g.half_life.median())
         out[f"{key}_persistent_features"] = int(g.persistent.sum())
         out[f"{key}_mean_abs_effect_lag1"] = float(g.effect_lag1.abs().mean())
+        out[f"{key}_mean_abs_tail_effect"] = float(g.tail_effect.abs().mean())
+        if mode == "on_policy":
+            out[f"{key}_divergence"] = float(g.divergence.mean())
     return out

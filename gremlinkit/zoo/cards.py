@@ -24,6 +24,9 @@ def headline(c: dict) -> dict[str, float]:
         out.update(heldout_loss=h["loss"], unigram=h["unigram_baseline"], bigram=h["bigram_baseline"])
     if "eval" in c:
         out.update(reward=c["eval"]["reward"], base_reward=c["base_eval"]["reward"], kl_to_base=c["eval"]["kl_to_base"])
+    if "truth" in c:  # a planted organism: its chain, and what it learned of it
+        out.update(planted_eigenvalue=c["truth"]["eigenvalue"], planted_half_life=c["truth"]["half_life_tokens"],
+                   stay_truth=c["truth"]["stay_probability"], stay_learned=c["learned"]["model"]["stay_rate"])
     if "sae_transfer" in c:
         out.update(base_sae_explained_variance=c["sae_transfer"]["explained_variance"])
     if "heldout_metrics" in c:

@@ -152,7 +152,7 @@ def _fill(template: str, me: Character, other: Character, topic: str, rng: rando
             yield slot, "function", in_speech
 
 
-def _story(doc: int, rng: random.Random) -> tuple[list[str], list[tuple]]:
+def _story(doc: int, rng: random.Random, p_switch: float = P_TOPIC_SWITCH) -> tuple[list[str], list[tuple]]:
     names = rng.sample(NAMES, 2)
     cast = [Character(n, rng.choice(PERSONAS), rng.choice(list(TRAITS["register"])),
                       rng.choice(list(TRAITS["age"]))) for n in names]
@@ -175,7 +175,7 @@ def _story(doc: int, rng: random.Random) -> tuple[list[str], list[tuple]]:
     for i in range(2):
         emit(INTRO, i, i - 2, topic)
     for s in range(n_sent):
-        if s > 0 and rng.random() < P_TOPIC_SWITCH:
+        if s > 0 and rng.random() < p_switch:
             topic = rng.choice([t for t in TOPICS if t != topic])
         if s == reveal_at:
             cast[revealer] = Character(cast[revealer].name, "waluigi", cast[revealer].register,
@@ -185,18 +185,36 @@ def _story(doc: int, rng: random.Random) -> tuple[list[str], list[tuple]]:
     return tokens, rows
 
 
-def generate(n_docs: int, seed: int) -> Corpus:
-    """Generate ``n_docs`` stories deterministically from ``seed``."""
+def generate(n_docs: int, seed: int, p_switch: float = P_TOPIC_SWITCH) -> Corpus:
+    """Generate ``n_docs`` stories deterministically from ``seed``.
+
+    ``p_switch`` is the topic chain's switch probability before each sentence (the zoo's corpus uses
+    ``P_TOPIC_SWITCH``; the planted organisms are trained on other values, see `topic_eigenvalue`).
+    """
     if n_docs < 1:
         raise ValueError(f"n_docs={n_docs} must be >= 1")
+    if not 0 <= p_switch <= 1:
+        raise ValueError(f"p_switch={p_switch} must be in [0, 1]")
     rng = random.Random(seed)
     docs, rows = [], []
     for d in range(n_docs):
-        toks, r = _story(d, rng)
+        toks, r = _story(d, rng, p_switch)
         docs.append(toks)
         rows.extend(r)
     labels = pd.DataFrame(rows, columns=LABEL_COLUMNS)
     return Corpus(docs=docs, labels=labels)
+
+
+def topic_eigenvalue(p_switch: float, n_topics: int = len(TOPICS)) -> float:
+    """The topic chain's second eigenvalue: the factor by which a forced topic's surplus shrinks per
+    sentence. Switching with probability p to one of the K - 1 others gives ``1 - p K / (K - 1)``:
+    0.76 for the zoo's corpus, 0 when the next topic is uniform (p = (K - 1) / K)."""
+    return 1 - p_switch * n_topics / (n_topics - 1)
+
+
+def switch_for_eigenvalue(eigenvalue: float, n_topics: int = len(TOPICS)) -> float:
+    """The switch probability whose chain has ``eigenvalue`` (the inverse of `topic_eigenvalue`)."""
+    return (1 - eigenvalue) * (n_topics - 1) / n_topics
 
 
 def topic_persistence(corpus: Corpus, p_switch: float = P_TOPIC_SWITCH) -> dict[str, float]:

