@@ -144,7 +144,8 @@ def test_fraction_difference_is_paired_over_the_same_features():
 
 
 def test_census_table_carries_each_features_label():
-    summary = pd.DataFrame({"model": ["toy-base", "toy-base"], "mode": "on_policy", "role": ["census", "natural control"],
+    summary = pd.DataFrame({"model": ["toy-base", "toy-base"], "mode": "on_policy",
+                            "role": ["census", "natural control"],
                             "feature": [3, 7], "half_life": [1.0, 30.0], "half_life_low": [0.5, 20.0],
                             "half_life_high": [2.0, 40.0], "half_life_censored": False, "tail_effect": [0.0, 0.2],
                             "p_value": [0.5, 1e-5], "q_value": [0.5, 2e-5], "persistent": [False, True],

@@ -169,7 +169,7 @@ def verdict(table: pd.DataFrame, rl: str = "toy-rl", controls: tuple[str, ...] =
     if call == "no power":
         why = (f"the natural control is not found persistent in {', '.join(blind)}" if blind else
                f"the planted control is detected in only {power['sensitivity']:.0%} of seeds")
-        sentence = f"At toy scale this scan has no power: {why}, so the counts say nothing about the gremlin hypothesis. "
+        sentence = f"At toy scale this scan has no power: {why}, so the counts say nothing about the hypothesis. "
     else:
         phrase = {"support": "support", "contradict": "contradict", "inconclusive": "are inconclusive about"}[call]
         sentence = f"At toy scale the data {phrase} the gremlin hypothesis. "
@@ -261,9 +261,11 @@ def planted_controls(cfg: GremlinConfig, base, control: int, census_size: int, l
             scan_cfg = dataclasses.replace(cfg.scan_config(), models=[name], features=features, seed=seed)
             summary = persistence.summarize(persistence.run(scan_cfg, {name: subject}), cfg.n_bootstrap, seed)
             for r in summary.itertuples():
-                rows.append({"model": name, "eigenvalue": eigen, "truth_half_life": truth, "feature": r.feature, "topic": topics.get(r.feature, ""), "seed": seed, "p_value": r.p_value,
-                    "detected": bool(r.p_value <= bar), "half_life": r.half_life, "half_life_low": r.half_life_low,
-                    "half_life_high": r.half_life_high, "half_life_censored": r.half_life_censored})
+                rows.append({"model": name, "eigenvalue": eigen, "truth_half_life": truth, "feature": r.feature,
+                             "topic": topics.get(r.feature, ""), "seed": seed, "p_value": r.p_value,
+                             "detected": bool(r.p_value <= bar), "half_life": r.half_life,
+                             "half_life_low": r.half_life_low, "half_life_high": r.half_life_high,
+                             "half_life_censored": r.half_life_censored})
     return pd.DataFrame(rows)
 
 
