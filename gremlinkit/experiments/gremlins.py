@@ -246,7 +246,7 @@ def planted_controls(cfg: GremlinConfig, base, control: int, census_size: int, l
 
     load = load or (lambda name: load_subject(name, sae=cfg.sae, **cfg.load_kwargs()))
     base_name = Path(cfg.models[0]).name
-    topics = {f: t for t in corpus.TOPICS for f in [persistence.topic_feature(base, t, seed=cfg.seed)]}
+    topics = {f: t for t, f in persistence.topic_features(base, list(corpus.TOPICS), seed=cfg.seed).items()}
     bar = persistence.FDR_Q / (census_size + 1)
     rows = []
     for name in (base_name, *PLANTED):

@@ -180,19 +180,29 @@ def expected_topic_half_life(p_switch: float = corpus.P_TOPIC_SWITCH, n_topics: 
 # --------------------------------------------------------------------------- the scan
 
 
-def topic_feature(subject, topic: str, n_docs: int = 120, seed: int = 0) -> int:
-    """The SAE feature that best marks ``topic`` on held-out zoo stories, by the corpus's labels: the
-    largest recall x (precision - base rate), so a generic feature that fires everywhere (precision
-    ~ the base rate) does not win. A topic persists by the corpus's own switching chain
-    (:func:`expected_topic_half_life`), which makes this feature a positive control for scans."""
-    check_choice("control_topic", topic, list(corpus.TOPICS))
+def topic_features(subject, topics, n_docs: int = 120, seed: int = 0) -> dict[str, int]:
+    """Per topic, the SAE feature that best marks it on held-out zoo stories, by the corpus's labels:
+    the largest recall x (precision - base rate), so a generic feature that fires everywhere
+    (precision ~ the base rate) does not win. A topic persists by the corpus's own switching chain
+    (:func:`expected_topic_half_life`), which makes such a feature a positive control for scans.
+    The stories are encoded once for every topic."""
+    for topic in topics:
+        check_choice("control_topic", topic, list(corpus.TOPICS))
     from gremlinkit.experiments.zoo_tour import corpus_features, heldout_corpus
 
     labels, feats = corpus_features(subject, heldout_corpus(n_docs, seed))
     on = to_numpy(feats > 0).astype(bool)
-    marked = (labels.topic == topic).to_numpy()
-    recall, precision = on[marked].mean(0), on[marked].sum(0) / on.sum(0).clip(1)
-    return int((recall * (precision - marked.mean())).argmax())
+    out = {}
+    for topic in topics:
+        marked = (labels.topic == topic).to_numpy()
+        recall, precision = on[marked].mean(0), on[marked].sum(0) / on.sum(0).clip(1)
+        out[topic] = int((recall * (precision - marked.mean())).argmax())
+    return out
+
+
+def topic_feature(subject, topic: str, n_docs: int = 120, seed: int = 0) -> int:
+    """The SAE feature that best marks ``topic`` (see `topic_features`)."""
+    return topic_features(subject, [topic], n_docs, seed)[topic]
 
 
 def scan_prompts(cfg: PersistenceConfig, tokenizer) -> tuple[list[torch.Tensor], list[list[int]]]:
@@ -292,9 +302,9 @@ def _scan_chunk(subject, cfg, mode, prompts, chunk) -> tuple[dict, dict]:
     inter = {k: pick(both[k], edit_rows) for k in ("pre", "post")}
     tokens = both["tokens"]
     if tokens is None:  # teacher-forced: the continuation is given, so nothing can diverge
-        inter["diverged"] = torch.zeros(len(chunk), dtype=torch.bool)
-    else:
-        inter["diverged"] = (tokens[edit_rows.to(tokens.device)] != tokens[base_rows.to(tokens.device)]).any(1)
+        inter["diverged"] = torch.zeros(len(chunk), dtype=torch.bool, device=device)
+    else:  # tokens and features both come from the subject's device
+        inter["diverged"] = (tokens[edit_rows] != tokens[base_rows]).any(1)
     return base, inter
 
 
