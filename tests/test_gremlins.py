@@ -9,6 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import gremlinkit
+from gremlinkit import plots
 from gremlinkit.experiments import gremlins
 from gremlinkit.zoo import cards, corpus, finetune, registry
 
@@ -151,10 +152,18 @@ def test_census_table_carries_each_features_label():
                             "p_value": [0.5, 1e-5], "q_value": [0.5, 2e-5], "persistent": [False, True],
                             "divergence": [0.9, 1.0]})
     labels = pd.DataFrame({"feature": [7], "label": ["topic"], "label_value": ["sea"], "purity": [0.83]})
-    census = gremlins.census_table(summary, labels)
+    acts = pd.DataFrame({"model": ["toy-base"] * 2, "feature": [7, 3], "prevalence_delta": [0.3, 0.0],
+                         "prevalence_delta_p": [1e-4, 1.0], "word_rate_delta": [0.05, -0.01],
+                         "word_rate_delta_p": [0.01, 0.6]})
+    census = gremlins.census_table(summary, labels, acts)
     assert list(census.columns) == gremlins.CENSUS_COLUMNS
-    assert census.set_index("feature").loc[7, "top_label"] == "topic=sea"
-    assert census.set_index("feature").loc[3, "top_label"] == ""  # a feature with no label match
+    assert census.set_index("feature").loc[7, "word_rate_delta"] == 0.05  # joined on (model, feature)
+    assert (census.ablate_edits == 0).all() and census.ablate_prevalence_delta.isna().all()  # no ablation run
+    ablated = acts.assign(edits=[40, 12], divergence=[0.5, 0.1], prevalence_delta=[-0.2, 0.0])
+    census = gremlins.census_table(summary, labels, acts, ablated).set_index("feature")
+    assert census.loc[7, "ablate_prevalence_delta"] == -0.2 and census.loc[3, "ablate_edits"] == 12
+    assert census.loc[7, "top_label"] == "topic=sea"
+    assert census.loc[3, "top_label"] == ""  # a feature with no label match
 
 
 def _planted_rows(rates: dict[str, tuple[float, int]], null_hits: int, seeds: int = 5) -> pd.DataFrame:
@@ -192,3 +201,40 @@ def test_a_planted_control_seen_in_too_few_seeds_means_no_power():
     sentence, tests = gremlins.verdict(table, power={**power, "sensitivity": 1.0, "min_detectable_strength": 0.76,
                                                      "min_detectable_half_life": 32.4})
     assert tests["call"] == "support" and "eigenvalue 0.76 per sentence (32-token half-life)" in sentence
+
+
+def test_dose_row_reads_the_tail_ratio_and_the_persistent_fraction():
+    """The statistic by hand: the mean of tail / direct effect over census features (the control
+    left out), a bootstrap interval around it, and a Wilson interval on the persistent count."""
+    summary = pd.DataFrame({"feature": [1, 2, 3, 4, 9], "effect_lag0": [2.0, -4.0, 1.0, 8.0, 5.0],
+                            "tail_effect": [1.0, -1.0, 0.0, 0.0, 2.5], "persistent": [True, True, False, False, True],
+                            "half_life": [30.0, 20.0, 1.0, 1.0, 35.0]})
+    row = gremlins._dose_row("toy-rl", summary, control=9, n_bootstrap=2000, seed=0)
+    assert row["tail_ratio"] == pytest.approx((0.5 + 0.25 + 0 + 0) / 4)
+    assert row["tail_ratio_low"] < row["tail_ratio"] < row["tail_ratio_high"]
+    assert row["persistent"] == 2 and row["scanned"] == 4 and row["persistent_fraction"] == 0.5
+    assert row["control_tail_ratio"] == 0.5 and row["control_persistent"]
+    assert row["method"] == "on-policy RL" and row["rl_steps"] == 40 and row["horizon"] == 48  # from the card
+
+
+def test_organisms_are_described_by_their_cards():
+    assert gremlins.organism("toy-base")["method"] == "base" and gremlins.organism("toy-base")["kl_to_base"] == 0
+    sft = gremlins.organism("toy-sft")
+    assert sft["method"] == "off-policy SFT" and sft["rl_steps"] == 0 and sft["reward"] == cards.card("toy-sft")["eval"][
+        "reward"]
+    assert 0 < gremlins.organism("toy-rl")["weight_change"] < gremlins.organism("toy-sft")["weight_change"]
+
+
+def test_dose_chart_puts_toy_base_at_zero_steps_on_every_horizon():
+    dose = pd.DataFrame([
+        {"model": "toy-base", "method": "base", "rl_steps": 0, "horizon": 0, "tail_ratio": 0.01},
+        {"model": "toy-rl-20", "method": "on-policy RL", "rl_steps": 20, "horizon": 48, "tail_ratio": 0.02},
+        {"model": "toy-rl-h128-80", "method": "on-policy RL", "rl_steps": 80, "horizon": 128, "tail_ratio": 0.03},
+        {"model": "toy-rs", "method": "rejection sampling", "rl_steps": 0, "horizon": 48, "tail_ratio": 0.0}])
+    dose = dose.assign(tail_ratio_low=dose.tail_ratio - 0.01, tail_ratio_high=dose.tail_ratio + 0.01, reward=0.1,
+                       kl_to_base=0.1, persistent=0)
+    spec = plots.rl_dose(dose).to_dict()
+    steps = pd.DataFrame(spec["datasets"][spec["hconcat"][0]["data"]["name"]])
+    assert sorted(zip(steps.rl_steps, steps.horizon)) == [(0, 48), (0, 128), (20, 48), (80, 128)]
+    methods = pd.DataFrame(spec["datasets"][spec["hconcat"][1]["data"]["name"]])
+    assert list(methods.model) == list(dose.model)  # every organism, in the given order

@@ -149,6 +149,67 @@ def test_divergence_says_whether_the_edited_continuation_changed(toy, tmp_path):
     assert got == bool((plain != edited).any())
 
 
+def test_token_columns_are_the_tokens_each_run_chose(toy, tmp_path):
+    """On-policy rows carry the baseline's and the edited run's tokens, regenerated here one at a time;
+    teacher-forced rows, where the model chooses nothing, carry -1."""
+    from gremlinkit import interventions as iv
+
+    cfg = _cfg(tmp_path, intervention="add", scale=64.0, n_prompts=3, features=[5])
+    df = ps.run(cfg, {"toy-base": toy})
+    assert (df[df["mode"] == "teacher_forced"][["token", "intervened_token"]] == -1).all().all()
+    on = df[df["mode"] == "on_policy"]
+    prompts, positions = ps.scan_prompts(cfg, toy.tokenizer)
+    for p, (pos,) in enumerate(positions):
+        rows = on[on.prompt_id == p].sort_values("lag")
+        seed = ps._row_seed(cfg, p, pos)
+        plain = toy.generate([prompts[p][: pos + 1]], cfg.horizon + 1, seed=seed).tokens[0]
+        edited = toy.generate([prompts[p][: pos + 1]], cfg.horizon + 1, [iv.add(5, 64.0, pos=pos)], seed=seed).tokens[0]
+        assert rows.token.tolist() == plain.tolist() and rows.intervened_token.tolist() == edited.tolist()
+        assert rows.diverged.iloc[0] == bool((plain != edited).any())
+
+
+def test_behaviour_counts_prevalence_and_words_in_its_window_only():
+    """Two prompts of one feature: by hand, over lags 2..3 of 0..4."""
+    rows = []
+    for p, (base_on, edit_on, base_tok, edit_tok) in enumerate([
+            ([0, 0, 0, 0, 0], [1, 1, 1, 0, 1], [7, 7, 7, 7, 7], [9, 9, 9, 7, 9]),
+            ([1, 1, 1, 1, 1], [1, 1, 0, 0, 1], [7, 9, 9, 9, 7], [9, 9, 9, 7, 9])]):
+        for lag in range(5):
+            rows.append({"model": "m", "feature": 4, "prompt_id": p, "position": 8, "mode": "on_policy", "lag": lag,
+                         "baseline_post": float(base_on[lag]), "intervened_post": float(edit_on[lag]),
+                         "token": base_tok[lag], "intervened_token": edit_tok[lag], "diverged": True})
+    got = ps.behaviour(pd.DataFrame(rows), words=[9], window=(2, 3)).iloc[0]
+    # prompt 0: prevalence (1 + 0)/2 - 0 = 0.5, words (1 + 0)/2 - 0 = 0.5
+    # prompt 1: prevalence 0 - 1 = -1, words (1 + 0)/2 - 1 = -0.5
+    assert got.prevalence_delta == pytest.approx(-0.25) and got.word_rate_delta == pytest.approx(0.0)
+    assert 0 < got.prevalence_delta_p <= 1 and got.edits == 2 and got.divergence == 1.0
+    with pytest.raises(ps.ConfigError, match="horizon >= 50"):
+        ps.behaviour(pd.DataFrame(rows), words=[9], window=(50, 60))
+
+
+def test_active_positions_edit_each_feature_at_its_first_firing(toy, tmp_path):
+    """``active:8``: every unit sits at the feature's first firing in tokens 8-39 of its story, found
+    again here from the story's own features, and no story where it fires there is left out; an
+    ablation there takes the feature's whole activation out of the stream at lag 0."""
+    features = [5, 9, 40]
+    cfg = _cfg(tmp_path, positions=["active:8"], features=features, intervention="ablate", n_prompts=12,
+               mode="teacher_forced")
+    df = ps.run(cfg, {"toy-base": toy})
+    prompts, _ = ps.scan_prompts(cfg, toy.tokenizer)
+    units = set(map(tuple, df[["feature", "prompt_id", "position"]].drop_duplicates().to_numpy().tolist()))
+    expected = set()
+    for p, ids in enumerate(prompts):
+        on = toy.features([ids])[0, 8: 8 + ps.ACTIVE_WINDOW] > 0  # (window, d_sae)
+        expected |= {(f, p, 8 + int(torch.nonzero(on[:, f])[0])) for f in features if on[:, f].any()}
+    assert units == expected and len(units) > 0
+    lag0 = df[df.lag == 0]
+    assert (lag0.baseline_post > 0).all()  # it fires where it is ablated
+    # Independently: zeroing a code of value a removes a * w_dec / |w_dec| from the stream, which moves
+    # the (decoder-norm rescaled) pre-activation by -a * w_enc . w_dec.
+    gain = {f: float((toy.sae.W_enc[:, f] @ toy.sae.W_dec[f]).detach()) for f in features}
+    np.testing.assert_allclose(lag0.delta, -lag0.baseline_post * lag0.feature.map(gain), rtol=1e-3, atol=1e-4)
+
+
 def test_topic_feature_recovers_the_corpus_persistence(toy, heldout, tmp_path):
     labels, feats = heldout  # the same 120 held-out stories that topic_feature reads
     feature = ps.topic_feature(toy, "sea", n_docs=120, seed=0)
@@ -250,6 +311,8 @@ def test_comparison_across_models_uses_the_same_features(toy, tmp_path):
     ({"positions": [0]}, "positions=\\[0\\]"),
     ({"horizon": 0}, "horizon=0 is out of range"),
     ({"models": []}, "models=\\[\\] is empty"),
+    ({"positions": ["active:8", 30]}, "'active:N' .* give it alone"),
+    ({"positions": ["active:x"]}, "'active:N' alone"),
 ])
 def test_bad_config_names_the_parameter(kw, match):
     with pytest.raises(ConfigError, match=match):

@@ -121,9 +121,25 @@ def test_quick_build_meets_its_targets_and_is_deterministic(tmp_path):
         card = json.loads((registry.path(name, tmp_path / "a") / "card.json").read_text())
         assert card["truth"]["eigenvalue"] == eigenvalue and card["training"]["steps"] == build.QUICK.planted.steps
         assert (registry.path(name, tmp_path / "a") / "model.safetensors").exists()
-    # The same seeds give bit-identical weights.
+    # The dose series: one run per horizon, each organism a snapshot of it, further along with more steps.
+    dose = {n: json.loads((registry.path(n, tmp_path / "a") / "card.json").read_text()) for n in registry.DOSES
+            if not registry.ARTEFACTS[n].full_only}
+    for name, card in dose.items():
+        horizon, _ = registry.DOSES[name]
+        assert card["training"]["steps"] == build.QUICK.dose.steps(name) and card["reward"]["horizon"] == horizon
+        assert card["training"]["schedule_steps"] == 8 and f"last 16 of {horizon}" in card["reward"]["definition"]
+    changes = [dose[n]["weight_change"]["relative_to_toy_base"] for n in ("toy-rl-20", "toy-rl-80", "toy-rl-320")]
+    assert 0 < changes[0] < changes[1] < changes[2]
+    rs = json.loads((registry.path("toy-rs", tmp_path / "a") / "card.json").read_text())
+    sampled = rs["rejection_sampling"]
+    assert sampled["samples"] == build.QUICK.finetune.steps * build.QUICK.finetune.rows  # as many as toy-rl drew
+    assert sampled["mean_reward_kept"] > sampled["mean_reward_sampled"]  # the best of each group
+    assert rs["training"]["steps"] == build.QUICK.finetune.steps and rs["training"]["lr"] == build.QUICK.finetune.sft_lr
+    # The same seeds give bit-identical weights, and a dose run stopped early gives its first snapshot.
     subprocess.run(cmd + [str(tmp_path / "b"), "--only", "toy-base"], check=True, capture_output=True)
     assert _digest(registry.path("toy-base", tmp_path / "a")) == _digest(registry.path("toy-base", tmp_path / "b"))
+    subprocess.run(cmd + [str(tmp_path / "b"), "--only", "toy-rl-20"], check=True, capture_output=True)
+    assert _digest(registry.path("toy-rl-20", tmp_path / "a")) == _digest(registry.path("toy-rl-20", tmp_path / "b"))
     listed = subprocess.run([sys.executable, "-m", "gremlinkit", "zoo", "list", "--out", str(tmp_path / "a")],
                             check=True, capture_output=True, text=True).stdout
     assert f"heldout_loss={round(base['heldout']['loss'], 4)}" in listed

@@ -38,6 +38,25 @@ one-sided Fisher exact test on the census counts at alpha = 0.05. The call is:
 * *contradict* when toy-rl has fewer persistent features than either control with p < 0.05;
 * *inconclusive* otherwise.
 
+**Dose-response and the matched controls.** The hypothesis predicts that persistence grows with
+the number of on-policy RL cycles and with the reward's horizon, and that on-policy RL breeds more
+of it than rejection sampling (the base model's own best samples, trained offline), which breeds no
+less than off-policy SFT, at equal reward (`gremlinkit.zoo.finetune`). The dose organisms
+(``dose_models``: toy-rl after 20, 80 and 320 steps of one run, a horizon-128 run after 80, and
+toy-rs) are scanned with the census's features on its first ``dose_prompts`` prompts, as are the
+main models (the same rows of their scan), so every organism is measured alike. Per organism the
+*persistence statistic* is the census's mean tail ratio, ``tail_effect / effect_lag0`` (the share
+of an edit's direct effect still there in the tail, in the edit's own sign), with a bootstrap
+interval over features, beside its persistent fraction and the card's reward, KL and weight change.
+
+**The behavioural form** (`persistence.behaviour`). For every census feature and model, the change
+that one edit makes 16-48 tokens later in the feature's own prevalence and in the rate of the
+reward's sea words among the chosen tokens, against the paired no-edit run (census.csv columns
+``prevalence_delta``, ``word_rate_delta`` and their p-values). The same is read for an *ablation*
+where the feature lives: each census feature is zeroed at its first firing in tokens 8-39 of each
+of ``ablate_prompts`` stories (``positions=["active:8"]``, horizon 48; a story where it never fires
+there is left out, ``ablate_edits`` counts the rest), columns ``ablate_*``.
+
 **Layer localisation.** Fine-tuning is said to edit mostly later layers. Per block, the relative
 weight change ``||W_ft - W_base|| / ||W_base||`` and the relative change of ``hook_resid_post`` on
 held-out stories show where each fine-tune acted.
@@ -64,6 +83,10 @@ from gremlinkit.zoo import corpus
 from gremlinkit.zoo.lm import encode_docs
 
 
+ABLATE_START = 8  # the behavioural ablation looks for each feature's first firing from this token on
+DOSE_MODELS = ("toy-rl-20", "toy-rl-80", "toy-rl-320", "toy-rl-h128-80", "toy-rs")  # built by `zoo build`
+
+
 @dataclass(frozen=True)
 class GremlinConfig(Placement):
     models: list = field(default_factory=lambda: ["toy-base", "toy-sft", "toy-rl"])  # base first
@@ -78,11 +101,16 @@ class GremlinConfig(Placement):
     n_bootstrap: int = 200  # bootstrap resamples for half-life intervals
     control_topic: str = "sea"  # natural positive control: this topic's feature, in the same scan ("" for none)
     planted_seeds: int = 5  # scan seeds for the planted controls and their null (0: skip them)
+    dose_models: list = field(default_factory=lambda: list(DOSE_MODELS))  # RL dose series and toy-rs ([]: skip)
+    dose_prompts: int = 64  # prompts per feature in the dose series (the census's first ones)
+    ablate_prompts: int = 64  # stories per feature for the ablation where each feature fires (0: skip)
     seed: int = 0  # seeds prompts, features, sampling noise and the bootstrap
     output_dir: str = "output/04_gremlin_comparison"  # where chunks, tables and metrics go
 
     def __post_init__(self) -> None:
         check_range("n_prompts", self.n_prompts, 2, 4096)
+        check_range("dose_prompts", self.dose_prompts, 2, self.n_prompts)
+        check_range("ablate_prompts", self.ablate_prompts, 0, 4096)
         check_choice("control_topic", self.control_topic, ["", *corpus.TOPICS])
         check_range("planted_seeds", self.planted_seeds, 0, 100)
         if self.planted_seeds and not self.control_topic:
@@ -91,7 +119,8 @@ class GremlinConfig(Placement):
 
     @classmethod
     def smoke(cls) -> "GremlinConfig":
-        return cls(features="random-3", horizon=96, n_prompts=48, n_bootstrap=30, planted_seeds=1)
+        return cls(features="random-3", horizon=96, n_prompts=48, n_bootstrap=30, planted_seeds=1, dose_models=[],
+                   dose_prompts=32, ablate_prompts=24)
 
     def scan_config(self) -> persistence.PersistenceConfig:
         return persistence.PersistenceConfig(
@@ -100,6 +129,13 @@ class GremlinConfig(Placement):
             scale=self.scale, positions=list(self.positions), horizon=self.horizon, n_prompts=self.n_prompts,
             mode="on_policy", n_bootstrap=self.n_bootstrap, seed=self.seed, output_dir=self.output_dir,
             device=self.device, dtype=self.dtype)
+
+    def ablation_config(self, features: list[int]) -> persistence.PersistenceConfig:
+        """The behavioural ablation: ``features`` zeroed where each first fires after token 8, for
+        as long as the behavioural window reaches."""
+        return dataclasses.replace(self.scan_config(), intervention="ablate", positions=[f"active:{ABLATE_START}"],
+                                   horizon=persistence.BEHAVIOUR_WINDOW[1], n_prompts=self.ablate_prompts,
+                                   features=features)
 
 
 def counts(summary: pd.DataFrame) -> pd.DataFrame:
@@ -231,6 +267,7 @@ class GremlinResults:
     control_truth: float  # the corpus's topic half-life, in tokens
     planted: pd.DataFrame  # the planted controls' scans, one row per (model, feature, seed); empty if skipped
     power: dict | None  # `planted_power` of them (its "dose" is the dose table), None if skipped
+    rl_dose: pd.DataFrame  # `rl_dose_series`: one row per organism; empty if skipped
 
 
 MIN_SENSITIVITY = 0.8  # the planted control must be detected in this share of seeds
@@ -290,15 +327,90 @@ def planted_power(planted: pd.DataFrame, control: int) -> dict[str, float]:
             "dose": dose}
 
 
+def organism(name: str) -> dict[str, Any]:
+    """How a zoo organism was trained, from its card: method, RL steps, reward horizon, reward, KL to
+    toy-base and relative weight change (NaN where the card has none)."""
+    from gremlinkit.zoo import cards, registry
+
+    c = cards.card(name) if name in registry.ARTEFACTS else {}
+    training = c.get("training", {})
+    method = ("on-policy RL" if "kl_coef" in training else "rejection sampling" if "rejection_sampling" in c
+              else "off-policy SFT" if "teacher" in c else "base" if name == "toy-base" else "other")
+    nan = float("nan")
+    return {"model": name, "method": method, "rl_steps": training.get("steps", 0) if method == "on-policy RL" else 0,
+            "horizon": c.get("reward", {}).get("horizon", 0), "reward": c.get("eval", {}).get("reward", nan),
+            "kl_to_base": c.get("eval", {}).get("kl_to_base", 0.0 if name == "toy-base" else nan),
+            "weight_change": c.get("weight_change", {}).get("relative_to_toy_base", 0.0 if name == "toy-base" else nan)}
+
+
+def _dose_row(name: str, summary: pd.DataFrame, control: int | None, n_bootstrap: int, seed: int) -> dict:
+    census = summary[summary.feature != control]
+    ratio = (census.tail_effect / census.effect_lag0).to_numpy()
+    boots = ratio[np.random.default_rng(seed).integers(0, len(ratio), size=(n_bootstrap, len(ratio)))].mean(1)
+    k, n = int(census.persistent.sum()), len(census)
+    ci = binomtest(k, n).proportion_ci(method="wilson")
+    row = {**organism(name), "tail_ratio": float(ratio.mean()), "tail_ratio_low": float(np.quantile(boots, 0.025)),
+           "tail_ratio_high": float(np.quantile(boots, 0.975)), "persistent": k, "scanned": n,
+           "persistent_fraction": k / n, "persistent_fraction_low": float(ci.low),
+           "persistent_fraction_high": float(ci.high)}
+    if control is not None:
+        c = summary[summary.feature == control].iloc[0]
+        row.update(control_tail_ratio=float(c.tail_effect / c.effect_lag0), control_half_life=float(c.half_life),
+                   control_persistent=bool(c.persistent))
+    return row
+
+
+def rl_dose_series(cfg: GremlinConfig, scan: pd.DataFrame, features: list[int], control: int | None,
+                   load=None) -> pd.DataFrame:
+    """The persistence statistic of every main model (their scan's first ``dose_prompts`` prompts)
+    and every dose organism (scanned alike), one row per organism with its training (`organism`)."""
+    from gremlinkit import load as load_subject
+
+    load = load or (lambda name: load_subject(name, sae=cfg.sae, **cfg.load_kwargs()))
+    scan_cfg = dataclasses.replace(cfg.scan_config(), n_prompts=cfg.dose_prompts,
+                                   features=features + ([control] if control is not None else []))
+    rows = []
+    head = persistence.summarize(scan[scan.prompt_id < cfg.dose_prompts], cfg.n_bootstrap, cfg.seed)
+    for model, g in head.groupby("model", sort=False, observed=True):
+        rows.append(_dose_row(str(model), g, control, 2000, cfg.seed))
+    for name in cfg.dose_models:
+        one = persistence.run(dataclasses.replace(scan_cfg, models=[name]), {name: load(name)})
+        rows.append(_dose_row(Path(name).name, persistence.summarize(one, cfg.n_bootstrap, cfg.seed), control,
+                              2000, cfg.seed))
+    return pd.DataFrame(rows)
+
+
+def reward_word_ids(tokenizer) -> list[int]:
+    """Token ids of the RL reward's sea words (`gremlinkit.zoo.finetune.TARGET_WORDS`)."""
+    from gremlinkit.zoo.finetune import TARGET_WORDS
+
+    return [int(i) for i in tokenizer.convert_tokens_to_ids(sorted(TARGET_WORDS))]
+
+
+BEHAVIOUR_COLUMNS = ["prevalence_delta", "prevalence_delta_p", "word_rate_delta", "word_rate_delta_p"]
 CENSUS_COLUMNS = ["model", "role", "feature", "half_life", "half_life_lo", "half_life_hi", "half_life_censored",
-                  "tail_effect", "p_value", "q_value", "persistent", "divergence", "top_label", "label_purity"]
+                  "tail_effect", "p_value", "q_value", "persistent", "divergence", *BEHAVIOUR_COLUMNS,
+                  "ablate_edits", "ablate_divergence", *[f"ablate_{c}" for c in BEHAVIOUR_COLUMNS], "top_label",
+                  "label_purity"]
 
 
-def census_table(summary: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
-    """The census as one tidy table: a row per (model, feature), with the label each feature fires on
-    most purely in held-out stories (`zoo_tour.feature_summary`)."""
+def census_table(summary: pd.DataFrame, labels: pd.DataFrame, added: pd.DataFrame,
+                 ablated: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The census as one tidy table: a row per (model, feature), with its behavioural form
+    (`persistence.behaviour`) after the scan's edit (``added``) and after the ablation where it
+    fires (``ablated``, columns ``ablate_*``; NaN when skipped), and the label each feature fires
+    on most purely in held-out stories (`zoo_tour.feature_summary`)."""
     top = labels.assign(top_label=labels.label + "=" + labels.label_value)[["feature", "top_label", "purity"]]
     out = summary.rename(columns={"half_life_low": "half_life_lo", "half_life_high": "half_life_hi"})
+    out = out.merge(added.astype({"model": str})[["model", "feature", *BEHAVIOUR_COLUMNS]], on=["model", "feature"],
+                    how="left")
+    if ablated is not None and not ablated.empty:
+        ablated = ablated.astype({"model": str}).rename(
+            columns={c: f"ablate_{c}" for c in ["edits", "divergence", *BEHAVIOUR_COLUMNS]})
+        out = out.merge(ablated, on=["model", "feature"], how="left")
+    else:
+        out = out.assign(ablate_edits=0, ablate_divergence=np.nan, **{f"ablate_{c}": np.nan for c in BEHAVIOUR_COLUMNS})
+    out["ablate_edits"] = out.ablate_edits.fillna(0).astype(int)
     out = out.merge(top.rename(columns={"purity": "label_purity"}), on="feature", how="left")
     out["top_label"] = out.top_label.fillna("")
     return out[CENSUS_COLUMNS].sort_values(["model", "role", "feature"], ignore_index=True)
@@ -306,6 +418,11 @@ def census_table(summary: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
 
 def run(cfg: GremlinConfig, subjects: dict | None = None) -> GremlinResults:
     from gremlinkit import load
+    from gremlinkit.zoo import registry
+
+    for name in cfg.dose_models:  # before any scan: a missing organism fails now, saying how to build it
+        if name in registry.ARTEFACTS:
+            registry.require(name)
 
     subjects = subjects or {m: load(m, sae=cfg.sae, **cfg.load_kwargs()) for m in cfg.models}
     base = subjects[cfg.models[0]]
@@ -322,10 +439,16 @@ def run(cfg: GremlinConfig, subjects: dict | None = None) -> GremlinResults:
     summary.insert(2, "role", np.where(summary.feature.isin(controls), "natural control", "census"))
     table = counts(summary)
     control = summary[summary.role == "natural control"].reset_index(drop=True)
-    planted, power = pd.DataFrame(), None
+    planted, power, dose = pd.DataFrame(), None, pd.DataFrame()
     if cfg.planted_seeds:
         planted = planted_controls(cfg, base, controls[0], len(census))
         power = planted_power(planted, controls[0])
+    if cfg.dose_models:
+        dose = rl_dose_series(cfg, scan, census, controls[0] if controls else None)
+    words = reward_word_ids(base.tokenizer)
+    added, ablated = persistence.behaviour(scan, words), None
+    if cfg.ablate_prompts:
+        ablated = persistence.behaviour(persistence.run(cfg.ablation_config(census + controls), subjects), words)
     sentence, tests = verdict(table, control=control, base=Path(cfg.models[0]).name, power=power)
     labels = zoo_tour.feature_summary(*zoo_tour.corpus_features(base, zoo_tour.heldout_corpus(200, cfg.seed)))
     loc = []
@@ -335,8 +458,9 @@ def run(cfg: GremlinConfig, subjects: dict | None = None) -> GremlinResults:
         loc += [dict(model=m, measure="weights", **r) for r in w.to_dict("records")]
         loc += [dict(model=m, measure="resid_post", part=f"block {r['layer']}", relative_change=r["relative_change"])
                 for r in a.to_dict("records")]
-    return GremlinResults(scan, summary, census_table(summary, labels), table, sentence, tests, pd.DataFrame(loc),
-                          control, persistence.expected_topic_half_life(), planted, power)
+    return GremlinResults(scan, summary, census_table(summary.astype({"model": str}), labels, added, ablated), table, sentence,
+                          tests, pd.DataFrame(loc), control, persistence.expected_topic_half_life(), planted, power,
+                          dose)
 
 
 def write_census(res: GremlinResults, output_dir: str) -> Path:
@@ -370,6 +494,9 @@ def metrics(res: GremlinResults) -> dict[str, float]:
         out["natural_control_half_life_high"] = first.half_life_high
         out["natural_control_truth"] = res.control_truth
         out["natural_control_detected"] = int(first.persistent)
+        acts = res.census[(res.census.role == "natural control") & (res.census.model == models[0])].iloc[0]
+        for k in BEHAVIOUR_COLUMNS + [f"ablate_{c}" for c in BEHAVIOUR_COLUMNS]:
+            out[f"natural_control_{k}"] = float(acts[k])  # the behavioural form, where the truth says it persists
     for m in models[1:]:
         d = fraction_difference(res.summary, m, models[0])
         out.update({f"{m}_minus_{models[0]}_persistent_fraction{k}": v
@@ -380,6 +507,16 @@ def metrics(res: GremlinResults) -> dict[str, float]:
         for r in res.power["dose"].itertuples():
             out[f"dose_{r.model}_detection_rate"] = r.detection_rate
             out[f"dose_{r.model}_median_half_life"] = r.median_half_life
+    for r in res.rl_dose.itertuples():
+        for k in ("tail_ratio", "tail_ratio_low", "tail_ratio_high", "persistent_fraction", "reward", "kl_to_base"):
+            out[f"rl_dose_{r.model}_{k}"] = getattr(r, k)
+    census = res.census[res.census.role == "census"]
+    for model, g in census.groupby("model", sort=False):
+        out[f"{model}_mean_prevalence_delta"] = float(g.prevalence_delta.mean())
+        out[f"{model}_mean_word_rate_delta"] = float(g.word_rate_delta.mean())
+        out[f"{model}_mean_ablate_prevalence_delta"] = float(g.ablate_prevalence_delta.mean())
+        out[f"{model}_mean_ablate_word_rate_delta"] = float(g.ablate_word_rate_delta.mean())
+        out[f"{model}_ablate_divergence"] = float(g.ablate_divergence.mean())
     out.update({k: v for k, v in res.tests.items() if k != "call"})
     call = res.tests.get("call")
     out["verdict"] = call

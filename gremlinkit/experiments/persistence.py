@@ -85,10 +85,13 @@ MODES = ("teacher_forced", "on_policy")
 FDR_Q = 0.05  # Benjamini-Hochberg level over the features of one scan
 TAIL_ALPHA = 0.05  # uncorrected level at which a tail is fitted instead of the whole curve
 ATOL = 1e-5  # float noise between differently shaped batches; smaller effects count as zero
-SCAN_VERSION = 2  # bumped when a chunk's columns change, so old chunks are not resumed into new scans
-# delta: encoder pre-activation (the readout); *_post: the feature's activation after the SAE's cut
+SCAN_VERSION = 3  # bumped when a chunk's columns change, so old chunks are not resumed into new scans
+# delta: encoder pre-activation (the readout); *_post: the feature's activation after the SAE's cut;
+# token, intervened_token: the token each run chose after reading the lag's position (-1 when teacher-forced)
 COLUMNS = ["model", "feature", "prompt_id", "position", "mode", "lag", "baseline", "intervened", "delta",
-           "baseline_post", "intervened_post", "delta_post", "diverged"]
+           "baseline_post", "intervened_post", "delta_post", "diverged", "token", "intervened_token"]
+BEHAVIOUR_WINDOW = (16, 48)  # lags at which the behavioural form of persistence is read
+ACTIVE_WINDOW = 32  # "active:N" edits each feature at its first firing among tokens N .. N + 31
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,7 @@ class PersistenceConfig(Placement):
     features: Any = "top-8"  # "top-N" by firing frequency, "random-N", "live" (every live one) or a list of ids
     intervention: str = "add"  # "ablate" or "add"
     scale: float = 32.0  # added to the feature when intervention is "add"
-    positions: list = field(default_factory=lambda: ["sentence_end:24"])  # ints, or "sentence_end:N"
+    positions: list = field(default_factory=lambda: ["sentence_end:24"])  # ints, "sentence_end:N" or ["active:N"]
     horizon: int = 32  # tokens followed after the edit
     n_prompts: int = 32  # held-out stories
     mode: str = "both"  # "teacher_forced", "on_policy" or "both"
@@ -119,8 +122,11 @@ class PersistenceConfig(Placement):
         check_range("chunk_size", self.chunk_size, 1, 4096)
         check_range("n_bootstrap", self.n_bootstrap, 10, 10_000)
         if not self.positions or not all(_position_ok(p) for p in self.positions):
-            raise ConfigError(f"parameter positions={self.positions!r}: give ints >= 1 (0 is BOS) "
-                              "or 'sentence_end:N' (the first '.' at or after token N)")
+            raise ConfigError(f"parameter positions={self.positions!r}: give ints >= 1 (0 is BOS), "
+                              "'sentence_end:N' (the first '.' at or after token N), or 'active:N' alone")
+        if self.active_start is not None and len(self.positions) > 1:
+            raise ConfigError(f"parameter positions={self.positions!r}: 'active:N' (where each feature fires) "
+                              "is a position of its own; give it alone")
         if self.features == "live":
             pass
         elif isinstance(self.features, str):
@@ -138,6 +144,13 @@ class PersistenceConfig(Placement):
                    n_bootstrap=50)
 
     @property
+    def active_start(self) -> int | None:
+        """N of an ``"active:N"`` position: each feature is edited at its first firing in tokens
+        N .. N + ACTIVE_WINDOW - 1 of each story (none where it never fires there)."""
+        p = self.positions[0]
+        return int(p.split(":")[1]) if isinstance(p, str) and p.startswith("active:") else None
+
+    @property
     def modes(self) -> tuple[str, ...]:
         return MODES if self.mode == "both" else (self.mode,)
 
@@ -153,15 +166,18 @@ class PersistenceConfig(Placement):
 def _position_ok(p: Any) -> bool:
     if isinstance(p, str):
         kind, _, n = p.partition(":")
-        return kind == "sentence_end" and n.isdigit() and int(n) >= 1
+        return kind in ("sentence_end", "active") and n.isdigit() and int(n) >= 1
     return isinstance(p, int) and not isinstance(p, bool) and p >= 1
 
 
 def resolve_position(spec: Any, tokens: list[str]) -> int | None:
-    """The edit position ``spec`` names in one story (None if the story has no such position)."""
+    """The edit position ``spec`` names in one story (None if the story has no such position); for
+    ``"active:N"``, the last position the feature may be edited at, which the story must reach."""
     if isinstance(spec, int):
         return spec
     start = int(spec.split(":")[1])
+    if spec.startswith("active:"):
+        return start + ACTIVE_WINDOW - 1 if start + ACTIVE_WINDOW <= len(tokens) else None
     return next((i for i in range(start, len(tokens)) if tokens[i] == "."), None)
 
 
@@ -250,6 +266,19 @@ def _units(features: list[int], positions: list[list[int]]) -> list[tuple[int, i
     return [(f, p, pos) for p, row in enumerate(positions) for pos in row for f in features]
 
 
+def _active_units(subject, prompts: list[torch.Tensor], features: list[int], start: int
+                  ) -> list[tuple[int, int, int]]:
+    """(feature, prompt_id, position) at each feature's first firing in tokens ``start`` ..
+    ``start + ACTIVE_WINDOW - 1`` of each prompt, prompt by prompt; none where it never fires there."""
+    window = [p[: start + ACTIVE_WINDOW] for p in prompts]  # every prompt reaches this far: no padding
+    on = subject.features(window)[:, start:, features] > 0  # (prompts, window, features)
+    first = on.int().argmax(1)  # the first firing (0 where none: masked by ``fires``)
+    fires = to_numpy(on.any(1))
+    first = to_numpy(first)
+    return [(f, p, start + int(first[p, j])) for p in range(len(prompts)) for j, f in enumerate(features)
+            if fires[p, j]]
+
+
 def _edit(cfg: PersistenceConfig, feature: int, pos: int, row: int) -> iv.FeatureEdit:
     if cfg.intervention == "ablate":
         return iv.ablate(feature, pos=pos, rows=row)
@@ -302,9 +331,9 @@ def _scan_chunk(subject, cfg, mode, prompts, chunk) -> tuple[dict, dict]:
     inter = {k: pick(both[k], edit_rows) for k in ("pre", "post")}
     tokens = both["tokens"]
     if tokens is None:  # teacher-forced: the continuation is given, so nothing can diverge
-        inter["diverged"] = torch.zeros(len(chunk), dtype=torch.bool, device=device)
-    else:  # tokens and features both come from the subject's device
-        inter["diverged"] = (tokens[edit_rows] != tokens[base_rows]).any(1)
+        tokens = torch.full((len(rows), base["pre"].shape[1]), -1, dtype=torch.long, device=device)
+    base["tokens"], inter["tokens"] = tokens[base_rows], tokens[edit_rows]  # on the subject's device, as features
+    inter["diverged"] = (inter["tokens"] != base["tokens"]).any(1)
     return base, inter
 
 
@@ -324,6 +353,9 @@ def _long_table(model, mode, units, base, inter, record_all) -> pd.DataFrame:
         df[f"intervened{suffix}"] = to_numpy(inter[key]).reshape(-1)
         df[f"delta{suffix}"] = df[f"intervened{suffix}"] - df[f"baseline{suffix}"]
     df["diverged"] = to_numpy(inter["diverged"])[unit_idx]
+    lag_idx = (unit_idx, idx[1])  # a token per (unit, lag), whatever was measured
+    df["token"] = to_numpy(base["tokens"]).astype(np.int32)[lag_idx]
+    df["intervened_token"] = to_numpy(inter["tokens"]).astype(np.int32)[lag_idx]
     if record_all:
         df["measured"] = idx[2]
     return df[COLUMNS + (["measured"] if record_all else [])]
@@ -337,7 +369,8 @@ def run(cfg: PersistenceConfig, subjects: dict | None = None) -> pd.DataFrame:
     first = subjects[cfg.models[0]]
     prompts, positions = scan_prompts(cfg, first.tokenizer)
     features = choose_features(first, prompts, cfg.features, cfg.seed)
-    units = _units(features, positions)
+    units = _units(features, positions) if cfg.active_start is None else \
+        _active_units(first, prompts, features, cfg.active_start)
     scan_dir = Path(cfg.output_dir) / f"scan-{cfg.scan_key()}"
     jobs = [(m, mode, start) for m in cfg.models for mode in cfg.modes
             for start in range(0, len(units), cfg.chunk_size)]
@@ -435,6 +468,34 @@ def summarize(df: pd.DataFrame, n_bootstrap: int = 200, seed: int = 0) -> pd.Dat
     out["q_value"] = out.groupby(["model", "mode"]).p_value.transform(lambda p: false_discovery_control(p, method="bh"))
     out["persistent"] = out.q_value <= FDR_Q
     return out
+
+
+def behaviour(df: pd.DataFrame, words: list[int], window: tuple[int, int] = BEHAVIOUR_WINDOW) -> pd.DataFrame:
+    """The behavioural form of persistence, per (model, feature), from on-policy rows: over lags
+    ``window[0]..window[1]`` after the edit, the change in the feature's own *prevalence* (the
+    share of tokens where its activation is on) and in the rate of ``words`` (token ids, e.g. the
+    reward's words) among the chosen tokens, each edited run minus its paired no-edit run, averaged
+    over prompts, with a two-sided paired t-test over prompts; ``edits`` counts the edited runs and
+    ``divergence`` is the share of them whose continuation changed at all."""
+    own = own_feature_rows(df)
+    lo, hi = window
+    w = own[(own["mode"] == "on_policy") & own.lag.between(lo, hi)]
+    if w.empty:
+        raise ConfigError(f"the behavioural window lags {lo}..{hi} needs an on-policy scan with horizon >= {lo}")
+    hits = np.isin(w.intervened_token.to_numpy(), words).astype(float) - np.isin(w.token.to_numpy(), words)
+    per_prompt = w.assign(prevalence=(w.intervened_post > 0).astype(float) - (w.baseline_post > 0), words=hits) \
+        .groupby(["model", "feature", "prompt_id", "position"], observed=True)[["prevalence", "words", "diverged"]] \
+        .mean()
+    rows = []
+    for (model, feature), g in per_prompt.groupby(level=["model", "feature"], observed=True):
+        row = {"model": model, "feature": int(feature), "edits": len(g), "divergence": float(g.diverged.mean())}
+        for col, name in (("prevalence", "prevalence_delta"), ("words", "word_rate_delta")):
+            x = g[col].to_numpy()
+            row[name] = float(x.mean())
+            row[f"{name}_p"] = float(ttest_1samp(x, 0.0).pvalue) if len(x) > 1 and np.ptp(x) > 0 else \
+                (1.0 if not x.any() else 0.0)
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def metrics(summary: pd.DataFrame) -> dict[str, float]:

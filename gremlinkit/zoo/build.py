@@ -6,6 +6,7 @@ build never leaves a half-written artefact behind, and a rerun with ``only=`` re
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import shutil
@@ -46,6 +47,7 @@ class BuildSpec:
     heldout_seed: int = 1
     lm: lm.LMSpec = field(default_factory=lm.LMSpec)
     sae: SAESpec = field(default_factory=SAESpec)
+    dose: finetune.DoseSpec = field(default_factory=finetune.DoseSpec)  # before the field that hides the module
     finetune: finetune.FinetuneSpec = field(default_factory=finetune.FinetuneSpec)
     planted: planted.PlantedSpec = field(default_factory=planted.PlantedSpec)
     real_sae: RealSAESpec = field(default_factory=RealSAESpec)
@@ -55,6 +57,7 @@ FULL = BuildSpec()
 QUICK = BuildSpec(train_docs=1500, heldout_docs=200, sae_docs=600, lm=lm.LMSpec(steps=100, batch_size=8, seq_len=128),
                   sae=SAESpec(training_tokens=300_000),
                   finetune=finetune.FinetuneSpec(steps=8, prompts_per_step=4, eval_prompts=16),
+                  dose=finetune.DoseSpec(step_scale=1 / 40),
                   planted=planted.PlantedSpec(steps=10, docs=300, sample_prompts=8, sample_tokens=64),
                   real_sae=RealSAESpec(sae=SAESpec(site="blocks.15.hook_resid_pre", d_sae=256, k=32,
                                                    training_tokens=60_000, batch_size=256, lr=2e-3,
@@ -184,19 +187,22 @@ def _sae_transfer(root: Path | None, name: str, spec: BuildSpec) -> dict[str, fl
     return subject.check_sae([torch.from_numpy(d) for d in docs])
 
 
-def _finetune_card(name: str, log: dict, metrics: dict, base_metrics: dict, spec: BuildSpec, seconds: float) -> dict:
-    ft = spec.finetune
+def _finetune_card(name: str, log: dict, metrics: dict, base_metrics: dict, ft: finetune.FinetuneSpec,
+                   seconds: float, lr: float, weight_change: float, extra: dict | None = None) -> dict:
+    """The card of a fine-tuned organism: its reward, training, evaluation against toy-base's, samples."""
     return {
         "name": name, "description": registry.ARTEFACTS[name].description,
-        "reward": {"definition": "fraction of the last 16 of 48 generated tokens that are sea-topic words "
-                                 f"({', '.join(sorted(finetune.TARGET_WORDS))}), from story prefixes ending a "
-                                 "sentence; temperature 1", "horizon": ft.horizon, "tail": ft.tail},
+        "reward": {"definition": f"fraction of the last {ft.tail} of {ft.horizon} generated tokens that are "
+                                 f"sea-topic words ({', '.join(sorted(finetune.TARGET_WORDS))}), from story prefixes "
+                                 "ending a sentence; temperature 1", "horizon": ft.horizon, "tail": ft.tail},
         "training": {"steps": ft.steps, "rows_per_step": ft.rows, "target_tokens_per_step": ft.rows * ft.horizon,
-                     "lr": ft.lr if name == "toy-rl" else ft.sft_lr, "seed": ft.seed,
+                     "lr": lr, "seed": ft.seed,
                      **{f"{k}_curve_every_5": [round(v, 4) for v in vals[::5]] for k, vals in log.items()},
-                     **({"kl_coef": ft.kl_coef, "group": ft.group} if name == "toy-rl" else {})},
+                     **(extra or {})},
         "eval": {k: v for k, v in metrics.items() if k != "samples"},
         "base_eval": {k: v for k, v in base_metrics.items() if k != "samples"},
+        "weight_change": {"relative_to_toy_base": weight_change,
+                          "definition": "||W - W_toy-base|| / ||W_toy-base|| over every parameter"},
         "samples": {f"sample_{i}": s for i, s in enumerate(metrics["samples"])},
         "versions": _versions(), "build_seconds": {name: round(seconds, 1)},
     }
@@ -214,30 +220,79 @@ def _save_finetuned(root: Path | None, name: str, model, tok, card: dict, spec: 
     return card
 
 
+def _rl_extra(ft: finetune.FinetuneSpec) -> dict:
+    return {"kl_coef": ft.kl_coef, "group": ft.group, "schedule_steps": ft.schedule_steps or ft.steps}
+
+
 def build_rl(root: Path | None, spec: BuildSpec) -> dict:
     t0 = time.time()
+    ft = spec.finetune
     base, tok = _load_hf(root, "toy-base")
-    policy, log = finetune.train_rl(base, tok, spec.finetune)
-    card = _finetune_card("toy-rl", log, finetune.evaluate(policy, base, tok, spec.finetune),
-                          finetune.evaluate(base, base, tok, spec.finetune), spec, time.time() - t0)
+    policy, log, _ = finetune.train_rl(base, tok, ft)
+    card = _finetune_card("toy-rl", log, finetune.evaluate(policy, base, tok, ft), finetune.evaluate(base, base, tok, ft),
+                          ft, time.time() - t0, ft.lr, finetune.relative_weight_change(base, policy), _rl_extra(ft))
     return _save_finetuned(root, "toy-rl", policy, tok, card, spec)
 
 
-def build_sft(root: Path | None, spec: BuildSpec) -> dict:
+def _rl_card(root: Path | None, name: str) -> dict:
     from gremlinkit.zoo.cards import card as read_card
 
-    t0 = time.time()
     rl_card = read_card("toy-rl", root)
     if not rl_card:
-        raise FileNotFoundError("toy-sft matches toy-rl's reward: build toy-rl first")
+        raise FileNotFoundError(f"{name} matches toy-rl's reward: build toy-rl first")
+    return rl_card
+
+
+def build_sft(root: Path | None, spec: BuildSpec) -> dict:
+    t0 = time.time()
+    ft, rl_card = spec.finetune, _rl_card(root, "toy-sft")
     base, tok = _load_hf(root, "toy-base")
-    windows, teacher_reward = finetune.teacher_windows(3000, spec.finetune, rl_card["eval"]["reward"], seed=60_000)
-    model, log = finetune.train_sft(base, tok, spec.finetune, windows)
-    card = _finetune_card("toy-sft", log, finetune.evaluate(model, base, tok, spec.finetune),
-                          rl_card["base_eval"], spec, time.time() - t0)
+    windows, teacher_reward = finetune.teacher_windows(3000, ft, rl_card["eval"]["reward"], seed=60_000)
+    model, log = finetune.train_sft(base, tok, ft, windows)
+    card = _finetune_card("toy-sft", log, finetune.evaluate(model, base, tok, ft), rl_card["base_eval"], ft,
+                          time.time() - t0, ft.sft_lr, finetune.relative_weight_change(base, model))
     card["teacher"] = {"windows": len(windows), "mean_reward": teacher_reward,
                        "target_reward_from_toy_rl": rl_card["eval"]["reward"]}
     return _save_finetuned(root, "toy-sft", model, tok, card, spec)
+
+
+def build_rs(root: Path | None, spec: BuildSpec) -> dict:
+    """Rejection sampling: toy-base's own best-of-group samples, matched to toy-rl's reward, trained
+    offline with toy-sft's steps, rows, tokens and learning rate."""
+    t0 = time.time()
+    ft, rl_card = spec.finetune, _rl_card(root, "toy-rs")
+    base, tok = _load_hf(root, "toy-base")
+    windows, kept_reward, sampled_reward = finetune.best_of_group(base, tok, ft, rl_card["eval"]["reward"])
+    model, log = finetune.train_sft(base, tok, ft, windows, name="toy-rs")
+    card = _finetune_card("toy-rs", log, finetune.evaluate(model, base, tok, ft), rl_card["base_eval"], ft,
+                          time.time() - t0, ft.sft_lr, finetune.relative_weight_change(base, model))
+    card["rejection_sampling"] = {
+        "samples": ft.steps * ft.rows, "group": ft.group, "windows_kept": len(windows),
+        "mean_reward_kept": kept_reward, "mean_reward_sampled": sampled_reward,
+        "target_reward_from_toy_rl": rl_card["eval"]["reward"]}
+    return _save_finetuned(root, "toy-rs", model, tok, card, spec)
+
+
+def build_dose(names: list[str], root: Path | None, spec: BuildSpec) -> dict[str, dict]:
+    """One RL run for ``names`` (organisms of one horizon, `registry.DOSES`), each saved from the
+    run's snapshot after its number of steps; returns their cards."""
+    t0 = time.time()
+    ft = spec.dose.finetune(spec.finetune, names)
+    steps = {n: spec.dose.steps(n) for n in names}
+    base, tok = _load_hf(root, "toy-base")
+    _, log, snaps = finetune.train_rl(base, tok, ft, snapshots=tuple(steps.values()),
+                                      name=f"the horizon-{ft.horizon} dose run")
+    run_seconds = time.time() - t0
+    base_eval = finetune.evaluate(base, base, tok, ft)
+    cards = {}
+    for n in names:
+        t1, model, own = time.time(), snaps[steps[n]], dataclasses.replace(ft, steps=steps[n])
+        card = _finetune_card(n, {k: v[:steps[n]] for k, v in log.items()}, finetune.evaluate(model, base, tok, own),
+                              base_eval, own, 0.0, ft.lr, finetune.relative_weight_change(base, model), _rl_extra(ft))
+        card["build_seconds"] = {f"horizon-{ft.horizon} run to step {ft.steps} (shared)": round(run_seconds, 1),
+                                 n: round(time.time() - t1, 1)}
+        cards[n] = _save_finetuned(root, n, model, tok, card, spec)
+    return cards
 
 
 def build_planted(name: str, root: Path | None, spec: BuildSpec) -> dict:
@@ -326,6 +381,7 @@ def build_smollm2_sae(root: Path | None, spec: BuildSpec) -> dict:
 
 
 BUILDERS = {"toy-base": build_base, "toy-base-sae": build_sae, "toy-rl": build_rl, "toy-sft": build_sft,
+            "toy-rs": build_rs, **{name: build_dose for name in registry.DOSES},
             **{name: functools.partial(build_planted, name) for name in planted.EIGENVALUES},
             "smollm2-135m": build_smollm2, "smollm2-135m-sae": build_smollm2_sae}
 
@@ -333,17 +389,28 @@ BUILDERS = {"toy-base": build_base, "toy-base-sae": build_sae, "toy-rl": build_r
 REAL = ("smollm2-135m", "smollm2-135m-sae")  # built from installed packages, not from seeds alone
 
 
-def build(root: Path | None = None, only: str | None = None, quick: bool = False, real: bool = False
-          ) -> dict[str, dict]:
-    """Build every toy artefact (with ``real``, smollm2-135m and its SAE too), or ``only`` one, under
-    ``root`` (default: each artefact's own place, see `registry.path`); returns the model cards."""
-    names = [only] if only else [n for n in BUILDERS if real or n not in REAL]
+def build(root: Path | None = None, only: str | None = None, quick: bool = False, real: bool = False,
+          full: bool = False, missing: bool = False) -> dict[str, dict]:
+    """Build every toy artefact (with ``real``, smollm2-135m and its SAE too; with ``full``, the
+    dose organisms too long for the default build), or ``only`` one, under ``root`` (default: each
+    artefact's own place, see `registry.path`); with ``missing``, only those not built yet. Returns
+    the model cards."""
+    names = [only] if only else [n for n in BUILDERS if (real or n not in REAL)
+                                 and (full or not registry.ARTEFACTS[n].full_only)]
     for n in names:
         registry.path(n)  # raises a clear error for an unknown name
+    if missing:
+        names = [n for n in names if registry.missing_files(root, only=[n], cached=True)]
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     spec = QUICK if quick else FULL
     cards = {}
     for n in names:
+        if n in cards:  # made by an earlier dose run
+            continue
         print(f"building {n} ({'quick' if quick else 'full'}) into {registry.path(n, root)}", flush=True)
-        cards[n] = BUILDERS[n](root, spec)
+        if n in registry.DOSES:  # every organism of this horizon comes from one run
+            horizon = registry.DOSES[n][0]
+            cards.update(build_dose([m for m in names if registry.DOSES.get(m, (None,))[0] == horizon], root, spec))
+        else:
+            cards[n] = BUILDERS[n](root, spec)
     return cards

