@@ -138,6 +138,8 @@ def test_quick_build_meets_its_targets_and_is_deterministic(tmp_path):
     # The same seeds give bit-identical weights, and a dose run stopped early gives its first snapshot.
     subprocess.run(cmd + [str(tmp_path / "b"), "--only", "toy-base"], check=True, capture_output=True)
     assert _digest(registry.path("toy-base", tmp_path / "a")) == _digest(registry.path("toy-base", tmp_path / "b"))
+    # toy-rl-20's card measures how toy-base's SAE transfers to it, so b needs that SAE too
+    shutil.copytree(registry.path("toy-base-sae", tmp_path / "a"), registry.path("toy-base-sae", tmp_path / "b"))
     subprocess.run(cmd + [str(tmp_path / "b"), "--only", "toy-rl-20"], check=True, capture_output=True)
     assert _digest(registry.path("toy-rl-20", tmp_path / "a")) == _digest(registry.path("toy-rl-20", tmp_path / "b"))
     listed = subprocess.run([sys.executable, "-m", "gremlinkit", "zoo", "list", "--out", str(tmp_path / "a")],
