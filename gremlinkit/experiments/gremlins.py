@@ -120,7 +120,7 @@ class GremlinConfig(Placement):
     @classmethod
     def smoke(cls) -> "GremlinConfig":
         return cls(features="random-3", horizon=96, n_prompts=48, n_bootstrap=30, planted_seeds=1, dose_models=[],
-                   dose_prompts=32, ablate_prompts=24)
+                   dose_prompts=32, ablate_prompts=8)
 
     def scan_config(self) -> persistence.PersistenceConfig:
         return persistence.PersistenceConfig(
