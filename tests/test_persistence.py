@@ -183,8 +183,8 @@ def test_behaviour_counts_prevalence_and_words_in_its_window_only():
     # prompt 1: prevalence 0 - 1 = -1, words (1 + 0)/2 - 1 = -0.5
     assert got.prevalence_delta == pytest.approx(-0.25) and got.word_rate_delta == pytest.approx(0.0)
     assert 0 < got.prevalence_delta_p <= 1 and got.edits == 2 and got.divergence == 1.0
-    with pytest.raises(ps.ConfigError, match="horizon >= 50"):
-        ps.behaviour(pd.DataFrame(rows), words=[9], window=(50, 60))
+    with pytest.raises(ps.ConfigError, match="horizon >= 5"):  # the window must fit in the scan
+        ps.behaviour(pd.DataFrame(rows), words=[9], window=(2, 5))
 
 
 def test_active_positions_edit_each_feature_at_its_first_firing(toy, tmp_path):

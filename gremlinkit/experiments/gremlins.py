@@ -111,6 +111,7 @@ class GremlinConfig(Placement):
         check_range("n_prompts", self.n_prompts, 2, 4096)
         check_range("dose_prompts", self.dose_prompts, 2, self.n_prompts)
         check_range("ablate_prompts", self.ablate_prompts, 0, 4096)
+        check_range("horizon", self.horizon, persistence.BEHAVIOUR_WINDOW[1], 200)  # the behavioural form's window
         check_choice("control_topic", self.control_topic, ["", *corpus.TOPICS])
         check_range("planted_seeds", self.planted_seeds, 0, 100)
         if self.planted_seeds and not self.control_topic:

@@ -19,7 +19,14 @@ feature wherever the feature is on, and unlike the activation it does not read z
 feature falls under the top-k cut, so a small lasting surplus stays visible. The post-activation
 deltas are kept beside it (``delta_post``). On-policy rows also say whether the edited continuation
 ``diverged`` from its paired baseline at all: an edit that changes no token cannot persist through
-the tokens.
+the tokens; ``token`` and ``intervened_token`` are what each run chose at every lag.
+
+**Where.** An edit sits at a token index, at ``"sentence_end:N"`` (the first "." at or after token
+N), or at ``"active:N"``: each feature at its own first firing in tokens N .. N + 31 of each story,
+so that an ablation removes something (a story where the feature never fires there is left out).
+
+**Behaviour** (:func:`behaviour`). The same edits read as behaviour: over lags 16-48, the change in
+the feature's own prevalence and in the rate of given words among the chosen tokens.
 
 **Summary rule, fixed in advance.** For each (model, mode, feature), ``c(lag)`` is the mean delta
 over prompts and the edit's sign is the sign of ``c(0)``, its direct effect. The *tail* of a prompt
@@ -269,7 +276,8 @@ def _units(features: list[int], positions: list[list[int]]) -> list[tuple[int, i
 def _active_units(subject, prompts: list[torch.Tensor], features: list[int], start: int
                   ) -> list[tuple[int, int, int]]:
     """(feature, prompt_id, position) at each feature's first firing in tokens ``start`` ..
-    ``start + ACTIVE_WINDOW - 1`` of each prompt, prompt by prompt; none where it never fires there."""
+    ``start + ACTIVE_WINDOW - 1`` of each prompt, prompt by prompt; none where it never fires there.
+    Firing is read in ``subject`` (the scan's first model); every model is edited at these units."""
     window = [p[: start + ACTIVE_WINDOW] for p in prompts]  # every prompt reaches this far: no padding
     on = subject.features(window)[:, start:, features] > 0  # (prompts, window, features)
     first = on.int().argmax(1)  # the first firing (0 where none: masked by ``fires``)
@@ -479,9 +487,10 @@ def behaviour(df: pd.DataFrame, words: list[int], window: tuple[int, int] = BEHA
     ``divergence`` is the share of them whose continuation changed at all."""
     own = own_feature_rows(df)
     lo, hi = window
-    w = own[(own["mode"] == "on_policy") & own.lag.between(lo, hi)]
-    if w.empty:
-        raise ConfigError(f"the behavioural window lags {lo}..{hi} needs an on-policy scan with horizon >= {lo}")
+    on = own[own["mode"] == "on_policy"]
+    if on.empty or on.lag.max() < hi:
+        raise ConfigError(f"the behavioural window, lags {lo}..{hi}, needs an on-policy scan with horizon >= {hi}")
+    w = on[on.lag.between(lo, hi)]
     hits = np.isin(w.intervened_token.to_numpy(), words).astype(float) - np.isin(w.token.to_numpy(), words)
     per_prompt = w.assign(prevalence=(w.intervened_post > 0).astype(float) - (w.baseline_post > 0), words=hits) \
         .groupby(["model", "feature", "prompt_id", "position"], observed=True)[["prevalence", "words", "diverged"]] \
