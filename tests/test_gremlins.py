@@ -246,3 +246,11 @@ def test_dose_chart_puts_toy_base_at_zero_steps_on_every_horizon():
     assert sorted(zip(steps.rl_steps, steps.horizon)) == [(0, 48), (0, 128), (20, 48), (80, 128)]
     methods = pd.DataFrame(spec["datasets"][spec["hconcat"][1]["data"]["name"]])
     assert list(methods.model) == list(dose.model)  # every organism, in the given order
+
+
+def test_a_dose_organism_not_built_stops_the_run_before_any_scan(tmp_path, monkeypatch):
+    monkeypatch.setenv("GREMLINKIT_CACHE", str(tmp_path))  # an empty cache: no dose organism is built
+    cfg = gremlins.GremlinConfig(dose_models=["toy-rl-80"], output_dir=str(tmp_path / "out"))
+    with pytest.raises(gremlinkit.errors.UnknownArtefactError, match="toy-rl-80.*gremlinkit zoo build --missing"):
+        gremlins.run(cfg)
+    assert not (tmp_path / "out").exists()  # nothing was scanned
