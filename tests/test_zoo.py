@@ -135,6 +135,12 @@ def test_quick_build_meets_its_targets_and_is_deterministic(tmp_path):
     assert sampled["samples"] == build.QUICK.finetune.steps * build.QUICK.finetune.rows  # as many as toy-rl drew
     assert sampled["mean_reward_kept"] > sampled["mean_reward_sampled"]  # the best of each group
     assert rs["training"]["steps"] == build.QUICK.finetune.steps and rs["training"]["lr"] == build.QUICK.finetune.sft_lr
+    # `--missing` (what `make organisms` runs) builds exactly what is absent.
+    rs_digest = _digest(registry.path("toy-rs", tmp_path / "a"))
+    shutil.rmtree(registry.path("toy-rs", tmp_path / "a"))
+    built = subprocess.run(cmd + [str(tmp_path / "a"), "--missing"], check=True, capture_output=True, text=True).stdout
+    assert [line.split()[1] for line in built.splitlines() if line.startswith("building")] == ["toy-rs"]
+    assert _digest(registry.path("toy-rs", tmp_path / "a")) == rs_digest  # and rebuilt bit for bit
     # The same seeds give bit-identical weights, and a dose run stopped early gives its first snapshot.
     subprocess.run(cmd + [str(tmp_path / "b"), "--only", "toy-base"], check=True, capture_output=True)
     assert _digest(registry.path("toy-base", tmp_path / "a")) == _digest(registry.path("toy-base", tmp_path / "b"))
