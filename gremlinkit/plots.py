@@ -10,7 +10,7 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 
-from gremlinkit.experiments.persistence import own_feature_rows
+from gremlinkit.results import own_feature_rows
 
 
 def render_offline() -> None:

@@ -24,6 +24,12 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
     return (t.float() if t.is_floating_point() else t).numpy()
 
 
+def own_feature_rows(scan: pd.DataFrame) -> pd.DataFrame:
+    """Rows of a persistence scan that measure the edited feature itself (a ``record_all`` scan also
+    measures every other feature, in its ``measured`` column)."""
+    return scan[scan.measured == scan.feature] if "measured" in scan else scan
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file and a rename: readers never see half a file."""
     path = Path(path)

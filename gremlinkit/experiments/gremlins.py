@@ -160,6 +160,13 @@ def counts(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def mean_interval(values: np.ndarray, n_bootstrap: int, seed: int) -> tuple[float, float]:
+    """95% percentile interval of the mean of ``values``, over ``n_bootstrap`` resamples of them."""
+    boots = values[np.random.default_rng(seed).integers(0, len(values), size=(n_bootstrap, len(values)))].mean(1)
+    low, high = np.quantile(boots, [0.025, 0.975])
+    return float(low), float(high)
+
+
 def fraction_difference(summary: pd.DataFrame, model: str, reference: str, n_bootstrap: int = 2000,
                         seed: int = 0) -> dict[str, float]:
     """Persistent fraction of ``model`` minus ``reference`` over the census, with a 95% bootstrap
@@ -167,9 +174,8 @@ def fraction_difference(summary: pd.DataFrame, model: str, reference: str, n_boo
     census = summary[summary.role == "census"] if "role" in summary else summary
     wide = census.pivot_table(index="feature", columns="model", values="persistent", aggfunc="first")
     diff = (wide[model].astype(float) - wide[reference].astype(float)).to_numpy()
-    boots = diff[np.random.default_rng(seed).integers(0, len(diff), size=(n_bootstrap, len(diff)))].mean(1)
-    low, high = np.quantile(boots, [0.025, 0.975])
-    return {"difference": float(diff.mean()), "low": float(low), "high": float(high)}
+    low, high = mean_interval(diff, n_bootstrap, seed)
+    return {"difference": float(diff.mean()), "low": low, "high": high}
 
 
 def verdict(table: pd.DataFrame, rl: str = "toy-rl", controls: tuple[str, ...] = ("toy-base", "toy-sft"),
@@ -350,11 +356,11 @@ DOSE_BOOTSTRAP = 2000  # resamples of features for the tail ratio's interval
 def _dose_row(name: str, summary: pd.DataFrame, control: int | None, n_bootstrap: int, seed: int) -> dict:
     census = summary[summary.feature != control]
     ratio = (census.tail_effect / census.effect_lag0).to_numpy()
-    boots = ratio[np.random.default_rng(seed).integers(0, len(ratio), size=(n_bootstrap, len(ratio)))].mean(1)
+    low, high = mean_interval(ratio, n_bootstrap, seed)
     k, n = int(census.persistent.sum()), len(census)
     ci = binomtest(k, n).proportion_ci(method="wilson")
-    row = {**organism(name), "tail_ratio": float(ratio.mean()), "tail_ratio_low": float(np.quantile(boots, 0.025)),
-           "tail_ratio_high": float(np.quantile(boots, 0.975)), "persistent": k, "scanned": n,
+    row = {**organism(name), "tail_ratio": float(ratio.mean()), "tail_ratio_low": low,
+           "tail_ratio_high": high, "persistent": k, "scanned": n,
            "persistent_fraction": k / n, "persistent_fraction_low": float(ci.low),
            "persistent_fraction_high": float(ci.high)}
     if control is not None:
@@ -513,7 +519,7 @@ def metrics(res: GremlinResults) -> dict[str, float]:
             out[f"dose_{r.model}_median_half_life"] = r.median_half_life
     for r in res.rl_dose.itertuples():
         for k in ("tail_ratio", "tail_ratio_low", "tail_ratio_high", "persistent_fraction", "reward", "kl_to_base"):
-            if getattr(r, k) == getattr(r, k):  # toy-base has no reward of its own on a card
+            if pd.notna(getattr(r, k)):  # toy-base has no reward of its own on a card
                 out[f"rl_dose_{r.model}_{k}"] = getattr(r, k)
     census = res.census[res.census.role == "census"]
     for model, g in census.groupby("model", sort=False):

@@ -81,11 +81,10 @@ from scipy.stats import false_discovery_control, ttest_1samp
 from tqdm.auto import tqdm
 
 from gremlinkit.prompts import words_to_ids
-from gremlinkit.results import to_numpy
 from gremlinkit import interventions as iv
 from gremlinkit.errors import ConfigError
 from gremlinkit.params import Placement, check_choice, check_range
-from gremlinkit.results import write_table
+from gremlinkit.results import own_feature_rows, to_numpy, write_table
 from gremlinkit.zoo import corpus
 
 MODES = ("teacher_forced", "on_policy")
@@ -280,9 +279,8 @@ def _active_units(subject, prompts: list[torch.Tensor], features: list[int], sta
     Firing is read in ``subject`` (the scan's first model); every model is edited at these units."""
     window = [p[: start + ACTIVE_WINDOW] for p in prompts]  # every prompt reaches this far: no padding
     on = subject.features(window)[:, start:, features] > 0  # (prompts, window, features)
-    first = on.int().argmax(1)  # the first firing (0 where none: masked by ``fires``)
+    first = to_numpy(on.int().argmax(1))  # the first firing (0 where none: masked by ``fires``)
     fires = to_numpy(on.any(1))
-    first = to_numpy(first)
     return [(f, p, start + int(first[p, j])) for p in range(len(prompts)) for j, f in enumerate(features)
             if fires[p, j]]
 
@@ -395,11 +393,6 @@ def run(cfg: PersistenceConfig, subjects: dict | None = None) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------- summary
-
-
-def own_feature_rows(scan: pd.DataFrame) -> pd.DataFrame:
-    """Rows that measure the edited feature itself (a ``record_all`` scan also measures every other)."""
-    return scan[scan.measured == scan.feature] if "measured" in scan else scan
 
 
 def fit_half_life(curve: np.ndarray, start: int) -> float:
