@@ -31,11 +31,14 @@ organisms: $(STAMP)
 demo: real-model organisms
 	$(PY) -m gremlinkit demo --notebooks notebooks --runs runs
 
+# Tests run on TEST_WORKERS pytest-xdist workers (one per core here), one torch thread each.
+TEST_WORKERS ?= 2
+
 test: real-model
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS)
 
 test-fast: real-model
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -n $(TEST_WORKERS) -m "not slow"
 
 zoo: $(STAMP)
 	$(PY) -m gremlinkit zoo build

@@ -1,5 +1,6 @@
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,7 +9,11 @@ from sae_lens.saes.sae import SAEMetadata
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, GPT2Config, PreTrainedTokenizerFast
 
-# Two cores here; mutation testing forks its workers and runs them on one thread each (see the Makefile).
+# Two cores here. With several pytest-xdist workers (`make test`), or mutation testing's forked
+# workers (see the Makefile), each process and the kernels and scripts it starts use one thread.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") != "1":
+    os.environ.setdefault("GREMLINKIT_TORCH_THREADS", "1")
+    os.environ.setdefault("OMP_NUM_THREADS", os.environ["GREMLINKIT_TORCH_THREADS"])
 torch.set_num_threads(int(os.environ.get("GREMLINKIT_TORCH_THREADS", "2")))
 
 
@@ -58,30 +63,54 @@ def install_debian_package(name: str) -> None:
             pytest.skip(f"{name} is not installed and `{' '.join(cmd)}` failed: {done.stderr.strip()[-300:]}")
 
 
-_binder: dict = {}
+def _is_binder(nodeid: str) -> bool:
+    return nodeid.startswith("tests/test_binder.py")
 
 
-def _is_binder(item) -> bool:
-    return item.nodeid.startswith("tests/test_binder.py")
+def _binder_root(config) -> Path:
+    """Where the Binder build runs: under the session's base temporary folder, which pytest-xdist's
+    workers share as the parent of their own."""
+    base = config._tmp_path_factory.getbasetemp()
+    return (base.parent if hasattr(config, "workerinput") else base) / "binder-build"
+
+
+def _start_binder_build(config) -> None:
+    from test_binder import start_build
+
+    if not getattr(config, "_binder_started", False):
+        config._binder_started = True
+        start_build(_binder_root(config))
+
+
+# The longest tests (minutes each on 2 cores), started first so that no worker is left with one at the end.
+LONGEST = ("tests/test_zoo.py::test_quick_build", "tests/test_notebooks.py::test_reference_run",
+           "tests/test_browser.py", "tests/test_zoo.py::test_quick_real_sae")
 
 
 def pytest_collection_modifyitems(session, config, items):
-    """The Binder test runs last, so that its environment build, started in the background at
-    collection, overlaps the rest of the suite instead of being waited for."""
-    items.sort(key=_is_binder)  # stable: order kept otherwise
+    """The slowest tests first and the Binder test last: on several workers the long ones start at
+    once, and the Binder environment build (started in the background when its test is collected)
+    overlaps the rest of the suite instead of being waited for."""
+    def rank(item) -> tuple:
+        longest = [i for i, prefix in enumerate(LONGEST) if item.nodeid.startswith(prefix)]
+        return _is_binder(item.nodeid), item.get_closest_marker("slow") is None, longest[0] if longest else len(LONGEST)
+
+    items.sort(key=rank)  # stable: file order otherwise
 
 
 def pytest_collection_finish(session):
-    """Start the Binder environment build at once when its test is collected (see test_binder.py)."""
-    if any(map(_is_binder, session.items)):
-        from test_binder import start_build
+    """Without workers: start the Binder build as soon as its test is collected (see test_binder.py)."""
+    if not hasattr(session.config, "workerinput") and any(_is_binder(i.nodeid) for i in session.items):
+        _start_binder_build(session.config)
 
-        root = session.config._tmp_path_factory.mktemp("binder-build")
-        _binder["build"] = start_build(root)
+
+def pytest_xdist_node_collection_finished(node, ids):
+    """With pytest-xdist: the controller starts the build once, when a worker has collected its test."""
+    if any(map(_is_binder, ids)):
+        _start_binder_build(node.config)
 
 
 @pytest.fixture
-def binder_build():
-    if "build" not in _binder:
-        pytest.skip("the Binder build starts when the session collects test_binder.py")
-    return _binder["build"]
+def binder_build(request):
+    """The Binder build's folder (test_binder.py waits there for its result)."""
+    return _binder_root(request.config)

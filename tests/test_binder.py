@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -50,28 +51,17 @@ def _run(cmd: list[str], cwd: Path, env: dict, timeout: int, background: bool = 
 class BinderBuild(threading.Thread):
     """repo2docker's steps (copy, venv, ``pip install -r binder/requirements.txt``, ``postBuild``),
     run in a background thread from the start of the session at a low CPU priority: they fill the
-    time the other tests leave a core idle. The test below waits for them and checks the result."""
+    time the other tests leave a core idle. The thread runs in the process that starts the session
+    (pytest-xdist's controller when the suite runs on several workers) and ends by writing
+    ``result.json`` under its root; the test below, on whichever worker, waits for that file."""
 
     def __init__(self, root: Path):
         super().__init__(daemon=True)
-        self.repo, self.venv, self.home = root / "repo", root / "venv", root / "home"
-        self.error: str | None = None
-        self.post: subprocess.CompletedProcess | None = None
-
-    @property
-    def env(self) -> dict:
-        cache = os.environ.get("PIP_CACHE_DIR", str(Path.home() / ".cache" / "pip"))
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "JUPYTER", "VIRTUAL_ENV"))}
-        env.update(PATH=f"{self.venv / 'bin'}{os.pathsep}{env.get('PATH', '')}", VIRTUAL_ENV=str(self.venv),
-                   HOME=str(self.home), PIP_CACHE_DIR=cache,
-                   # Bytecode is compiled on first import instead of at install: the same environment,
-                   # less work while the other tests run.
-                   PIP_NO_COMPILE="1",
-                   # An index that cannot be reached (offline CI) is skipped after one quick try.
-                   PIP_RETRIES="0", PIP_TIMEOUT="10")
-        return env
+        self.root = root
+        self.repo, self.venv, self.home = paths(root)
 
     def run(self) -> None:
+        result: dict = {"error": None, "post_stdout": ""}
         try:
             self.repo.mkdir(parents=True)
             self.home.mkdir()
@@ -79,11 +69,35 @@ class BinderBuild(threading.Thread):
             base_python = getattr(sys, "_base_executable", sys.executable)
             subprocess.run([base_python, "-m", "venv", str(self.venv)], check=True, preexec_fn=_lower_priority)
             py = str(self.venv / "bin" / "python")
-            _run([py, "-m", "pip", "install", "--quiet", "-r", "binder/requirements.txt"], self.repo, self.env, 900,
+            env = build_env(self.root)
+            _run([py, "-m", "pip", "install", "--quiet", "-r", "binder/requirements.txt"], self.repo, env, 900,
                  background=True)
-            self.post = _run(["bash", "binder/postBuild"], self.repo, self.env, 1200, background=True)
+            result["post_stdout"] = _run(["bash", "binder/postBuild"], self.repo, env, 1200, background=True).stdout
         except (AssertionError, OSError, subprocess.SubprocessError) as err:
-            self.error = str(err)
+            result["error"] = str(err)
+        tmp = self.root / "result.json.tmp"
+        tmp.write_text(json.dumps(result))
+        tmp.replace(self.root / "result.json")
+
+
+def paths(root: Path) -> tuple[Path, Path, Path]:
+    """(repository copy, virtual environment, HOME) of the build under ``root``."""
+    return root / "repo", root / "venv", root / "home"
+
+
+def build_env(root: Path) -> dict:
+    """The build's environment: the Binder venv first on PATH, a scratch HOME, pip's own cache."""
+    _, venv, home = paths(root)
+    cache = os.environ.get("PIP_CACHE_DIR", str(Path.home() / ".cache" / "pip"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "JUPYTER", "VIRTUAL_ENV"))}
+    env.update(PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}", VIRTUAL_ENV=str(venv),
+               HOME=str(home), PIP_CACHE_DIR=cache,
+               # Bytecode is compiled on first import instead of at install: the same environment,
+               # less work while the other tests run.
+               PIP_NO_COMPILE="1",
+               # An index that cannot be reached (offline CI) is skipped after one quick try.
+               PIP_RETRIES="0", PIP_TIMEOUT="10")
+    return env
 
 
 def start_build(root: Path) -> BinderBuild:
@@ -92,20 +106,29 @@ def start_build(root: Path) -> BinderBuild:
     return build
 
 
+def wait_for(root: Path, timeout: float) -> dict:
+    """The build's result, once ``result.json`` appears under ``root``."""
+    deadline = time.monotonic() + timeout
+    while not (root / "result.json").exists():
+        if time.monotonic() > deadline:
+            pytest.fail(f"the Binder environment build under {root} did not finish in {timeout:.0f} s")
+        time.sleep(2)
+    return json.loads((root / "result.json").read_text())
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_binder_environment_runs_notebook_00(tmp_path, binder_build):
     runtime = (ROOT / "binder" / "runtime.txt").read_text().strip()
     assert runtime == f"python-{sys.version_info.major}.{sys.version_info.minor}", \
         f"binder/runtime.txt asks for {runtime}; this test runs Python {sys.version.split()[0]}"
-    build = binder_build
-    build.join(timeout=2100)
-    assert not build.is_alive(), "the Binder environment build did not finish"
-    assert build.error is None, build.error
-    repo, venv, home, env, post = build.repo, build.venv, build.home, build.env, build.post
+    build = wait_for(binder_build, timeout=2100)
+    assert build["error"] is None, build["error"]
+    repo, venv, home = paths(binder_build)
+    env = build_env(binder_build)
     py = str(venv / "bin" / "python")
     shipped = [a for a in registry.ARTEFACTS.values() if not a.cached]  # every toy artefact and the real SAE
-    assert f"zoo ok: {len(shipped)} shipped artefacts" in post.stdout
+    assert f"zoo ok: {len(shipped)} shipped artefacts" in build["post_stdout"]
     config = home / ".jupyter" / "jupyter_server_config.py"
     assert "/lab/tree/notebooks/00_zoo_tour.ipynb" in config.read_text()
 
