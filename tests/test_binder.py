@@ -1,7 +1,8 @@
 """The Binder environment, built as repo2docker builds it, from the ``binder/`` files alone.
 
 repo2docker copies the repository, picks the Python named in ``binder/runtime.txt``, runs
-``pip install -r binder/requirements.txt``, then ``binder/postBuild`` from the repository root.
+``pip install -r binder/requirements.txt``, then ``binder/postBuild`` from the repository root
+(which installs gremlinkit with uv; the test points uv and pip at this machine's caches).
 This test does the same in a fresh virtual environment (no Makefile, no .venv, a scratch HOME)
 and runs notebook 00 there with its default parameters against its stored reference.
 """
@@ -89,9 +90,10 @@ def build_env(root: Path) -> dict:
     """The build's environment: the Binder venv first on PATH, a scratch HOME, pip's own cache."""
     _, venv, home = paths(root)
     cache = os.environ.get("PIP_CACHE_DIR", str(Path.home() / ".cache" / "pip"))
+    uv_cache = os.environ.get("UV_CACHE_DIR", str(Path.home() / ".cache" / "uv"))  # filled by `make test`'s install
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "JUPYTER", "VIRTUAL_ENV"))}
     env.update(PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}", VIRTUAL_ENV=str(venv),
-               HOME=str(home), PIP_CACHE_DIR=cache,
+               HOME=str(home), PIP_CACHE_DIR=cache, UV_CACHE_DIR=uv_cache,
                # Bytecode is compiled on first import instead of at install: the same environment,
                # less work while the other tests run.
                PIP_NO_COMPILE="1",

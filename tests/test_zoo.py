@@ -2,7 +2,6 @@
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import torch
 from sae_lens import SAE
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from gremlinkit import cli as gk_cli
 from gremlinkit.zoo import build, cards, corpus, lm, planted, registry
 
 BASE, SAE_NAME = registry.path("toy-base"), registry.path("toy-base-sae")
@@ -91,21 +91,21 @@ def _digest(directory):
     return h.hexdigest()
 
 
-def _build_twice(*commands: list[str]) -> None:
-    """Run two builds side by side, one torch thread each (reading the text is single-threaded, so
-    they overlap well): the same seeds and the same settings, so their weights must agree bit for bit."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for c in commands]
-    outputs = [p.communicate()[0] for p in procs]
-    for c, p, out in zip(commands, procs, outputs):
-        assert p.returncode == 0, f"{' '.join(c)} failed:\n{out[-3000:]}"
+def _cli(capsys, *args: str) -> str:
+    """``python -m gremlinkit ARGS`` run in this process (`gremlinkit.cli.main`), so the suite does
+    not pay a fresh interpreter's imports for each call; returns what it printed."""
+    capsys.readouterr()
+    assert gk_cli.main(list(args)) == 0
+    return capsys.readouterr().out
 
 
 @pytest.mark.slow
-def test_quick_build_meets_its_targets_and_is_deterministic(tmp_path):
-    cmd = [sys.executable, "-m", "gremlinkit", "zoo", "build", "--quick", "--out"]
-    subprocess.run(cmd + [str(tmp_path / "a")], check=True, capture_output=True)
+def test_quick_build_meets_its_targets_and_is_deterministic(tmp_path, capsys):
+    def cli(*args: str) -> str:
+        return _cli(capsys, *args)
+
+    cmd = ["zoo", "build", "--quick", "--out"]
+    cli(*cmd, str(tmp_path / "a"))
     base = json.loads((registry.path("toy-base", tmp_path / "a") / "card.json").read_text())
     sae = json.loads((registry.path("toy-base-sae", tmp_path / "a") / "card.json").read_text())
     assert base["heldout"]["loss"] < base["heldout"]["bigram_baseline"]
@@ -138,18 +138,17 @@ def test_quick_build_meets_its_targets_and_is_deterministic(tmp_path):
     # `--missing` (what `make organisms` runs) builds exactly what is absent.
     rs_digest = _digest(registry.path("toy-rs", tmp_path / "a"))
     shutil.rmtree(registry.path("toy-rs", tmp_path / "a"))
-    built = subprocess.run(cmd + [str(tmp_path / "a"), "--missing"], check=True, capture_output=True, text=True).stdout
+    built = cli(*cmd, str(tmp_path / "a"), "--missing")
     assert [line.split()[1] for line in built.splitlines() if line.startswith("building")] == ["toy-rs"]
     assert _digest(registry.path("toy-rs", tmp_path / "a")) == rs_digest  # and rebuilt bit for bit
     # The same seeds give bit-identical weights, and a dose run stopped early gives its first snapshot.
-    subprocess.run(cmd + [str(tmp_path / "b"), "--only", "toy-base"], check=True, capture_output=True)
+    cli(*cmd, str(tmp_path / "b"), "--only", "toy-base")
     assert _digest(registry.path("toy-base", tmp_path / "a")) == _digest(registry.path("toy-base", tmp_path / "b"))
     # toy-rl-20's card measures how toy-base's SAE transfers to it, so b needs that SAE too
     shutil.copytree(registry.path("toy-base-sae", tmp_path / "a"), registry.path("toy-base-sae", tmp_path / "b"))
-    subprocess.run(cmd + [str(tmp_path / "b"), "--only", "toy-rl-20"], check=True, capture_output=True)
+    cli(*cmd, str(tmp_path / "b"), "--only", "toy-rl-20")
     assert _digest(registry.path("toy-rl-20", tmp_path / "a")) == _digest(registry.path("toy-rl-20", tmp_path / "b"))
-    listed = subprocess.run([sys.executable, "-m", "gremlinkit", "zoo", "list", "--out", str(tmp_path / "a")],
-                            check=True, capture_output=True, text=True).stdout
+    listed = cli("zoo", "list", "--out", str(tmp_path / "a"))
     assert f"heldout_loss={round(base['heldout']['loss'], 4)}" in listed
 
 
@@ -173,7 +172,7 @@ def test_zoo_check_names_each_missing_file(tmp_path):
 
 
 @pytest.mark.slow
-def test_quick_real_sae_build_is_deterministic(tmp_path):
+def test_quick_real_sae_build_is_deterministic(tmp_path, capsys):
     """The smollm2 SAE's build, at its quick size, gives bit-identical weights twice."""
     from conftest import install_debian_package
 
@@ -184,8 +183,8 @@ def test_quick_real_sae_build_is_deterministic(tmp_path):
     for run in ("a", "b"):
         (tmp_path / run).mkdir()
         (tmp_path / run / "smollm2-135m").symlink_to(registry.require("smollm2-135m"))
-    _build_twice(*[[sys.executable, "-m", "gremlinkit", "zoo", "build", "--quick", "--only", "smollm2-135m-sae",
-                    "--out", str(tmp_path / run)] for run in ("a", "b")])
+    for run in ("a", "b"):  # the same seeds and settings twice: the weights must agree bit for bit
+        _cli(capsys, "zoo", "build", "--quick", "--only", "smollm2-135m-sae", "--out", str(tmp_path / run))
     digests = [_digest(registry.path("smollm2-135m-sae", tmp_path / run)) for run in ("a", "b")]
     card = json.loads((registry.path("smollm2-135m-sae", tmp_path / "a") / "card.json").read_text())
     assert digests[0] == digests[1]
