@@ -104,14 +104,30 @@ def reference(notebook: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def variants(notebook: Path) -> dict[str, dict[str, Any]]:
+    """Every stored reference of ``notebook`` by name: ``"default"`` (``references/<stem>.json``)
+    and one per other model (``references/<stem>.<model>.json``, whose ``"params"`` hold the
+    parameters that run differs by, e.g. ``{"model": "smollm2-135m"}``)."""
+    out = {"default": reference(notebook)}
+    stem = Path(notebook).stem
+    for path in sorted((Path(notebook).parent / REFERENCES).glob(f"{stem}.*.json")):
+        out[path.name[len(stem) + 1: -len(".json")]] = json.loads(path.read_text())
+    return out
+
+
 def compare(metrics: dict[str, Any], reference: dict[str, Any]) -> list[str]:
-    """Every way ``metrics`` misses ``reference['metrics']`` (value +- atol, or min/max bounds)."""
+    """Every way ``metrics`` misses ``reference['metrics']`` (value +- atol, min/max bounds, or a
+    label that ``equals`` one exactly)."""
     problems = []
     for name, ref in reference["metrics"].items():
         if name not in metrics:
             problems.append(f"{name}: not recorded by the notebook")
             continue
         got = metrics[name]
+        if "equals" in ref:
+            if got != ref["equals"]:
+                problems.append(f"{name}={got!r} is not {ref['equals']!r} ({ref.get('why', '')})")
+            continue
         if "value" in ref and abs(got - ref["value"]) > ref["atol"]:
             problems.append(f"{name}={got:.6g} differs from the reference {ref['value']:.6g} by more than "
                             f"{ref['atol']} ({ref.get('why', '')})")

@@ -115,7 +115,7 @@ def feature_lag_heatmap(scan: pd.DataFrame, *, title: str = "Mean |delta| by fea
     )
 
 
-def layer_profile(scores: pd.DataFrame, *, metric: str = "auroc",
+def layer_profile(scores: pd.DataFrame, *, metric: str = "auroc_pooled",
                   title: str = "Trait decodability by layer (held-out templates)") -> alt.Chart:
     """``metric`` against layer, one line per trait and method."""
     data = scores[scores.metric == metric]
@@ -132,8 +132,8 @@ def layer_profile(scores: pd.DataFrame, *, metric: str = "auroc",
     )
 
 
-def dose_response(dose: pd.DataFrame, *, metrics: tuple[str, ...] = ("luigi_rate", "waluigi_rate"),
-                  title: str = "Steering Luigi prompts along the Waluigi direction") -> alt.Chart:
+def dose_response(dose: pd.DataFrame, *, metrics: tuple[str, ...] = ("negative_rate", "positive_rate"),
+                  title: str = "Steering along the trait direction (toward its positive pole)") -> alt.Chart:
     """Mean and 95% CI over prompts against the steering coefficient, one panel per metric group."""
     data = dose[dose.metric.isin(metrics)]
     base = alt.Chart(data, title=title).encode(

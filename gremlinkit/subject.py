@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -11,7 +12,7 @@ import torch
 from gremlinkit import interventions as ivmod
 from gremlinkit import sites as sitemod
 from gremlinkit.errors import InputError, SiteError
-from gremlinkit.generation import Generation, GumbelMax, gumbel_noise
+from gremlinkit.generation import Generation, GumbelMax, SeededGumbel
 from gremlinkit.interventions import Intervention
 from gremlinkit.prompts import Batch, Prompts, make_batch, resolve_bos
 
@@ -71,8 +72,8 @@ class Subject:
     def attach_sae(self, sae: Any, site: str | None = None) -> None:
         """Attach ``sae`` at ``site`` (default: the hook name in its metadata), checking it fits.
 
-        The SAE is moved to the subject's device (in place, as ``nn.Module.to`` does) and keeps its
-        own dtype; its metadata is left as it is.
+        An SAE on another device is copied to the subject's (the caller's object is never changed)
+        and keeps its own dtype; its metadata is left as it is.
         """
         self._attach(sae, site, warn_bos=True)
 
@@ -90,7 +91,7 @@ class Subject:
             warnings.warn(f"this subject has prepends_bos={self.prepends_bos}, but the SAE was trained with "
                           f"prepend_bos={prepend}: load with bos={prepend} to match it", stacklevel=2)
         if not self.remote and sae.W_enc.device != self.device:
-            sae.to(self.device)
+            sae = copy.deepcopy(sae).to(self.device)
         self.sae, self._sae_site = sae, hook
 
     @property
@@ -239,8 +240,7 @@ class Subject:
         seeds = [seed] if isinstance(seed, int) else list(seed)
         if len(seeds) not in (1, len(batch.sizes)):
             raise InputError(f"{len(seeds)} seeds for {len(batch.sizes)} prompts: pass one, or one per prompt")
-        noise = torch.stack([gumbel_noise(s, max_new_tokens, vocab, self.device) for s in seeds])  # (1|B, steps, V)
-        processor = GumbelMax(noise, width, temperature)
+        processor = GumbelMax(SeededGumbel(seeds, vocab, self.device), width, temperature)  # (1|B, V) per step
         records: dict[str, list] = {r: [] for r in record}
         watch = [self.sae_site if r in FEATURE_RECORDS else r for r in record]
         active = bool(plan or record)
@@ -306,24 +306,27 @@ def _sae_prepend_bos(sae: Any) -> bool | None:
     return None if value is None else bool(value)
 
 
-def load_sae(spec: Any, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Any:
-    """An SAE from a zoo name, a local sae_lens directory, a ``(release, sae_id)`` pair, or an SAE.
+def load_sae(spec: Any, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+             root: Path | None = None) -> Any:
+    """An SAE from a provider's name (the zoo's, built under ``root`` if given), a local sae_lens
+    directory, a ``(release, sae_id)`` pair, or an SAE object.
 
-    ``dtype=None`` keeps the SAE's own dtype.
+    ``dtype=None`` keeps the SAE's own dtype. An SAE object given in another dtype is copied, never
+    changed in place.
     """
     from sae_lens import SAE
 
-    from gremlinkit.zoo import registry
+    from gremlinkit import providers
 
     device = str(device)
     if isinstance(spec, (tuple, list)):
         release, sae_id = spec
         sae = SAE.from_pretrained(release, sae_id, device=device)
     elif isinstance(spec, (str, Path)):
-        path = registry.path(str(spec)) if str(spec) in registry.ARTEFACTS else Path(spec)
-        sae = SAE.load_from_disk(path, device=device)
+        entry = providers.find(str(spec), root)
+        sae = SAE.load_from_disk(entry.path if entry is not None else Path(spec), device=device)
     else:
-        sae = spec
+        return spec if dtype is None or spec.dtype == dtype else copy.deepcopy(spec).to(dtype=dtype)
     return sae if dtype is None else sae.to(dtype=dtype)
 
 
@@ -335,7 +338,7 @@ def default_device() -> str:
 def load(name_or_path: str | Path, *, sae: Any = None, device: str | torch.device | None = None,
          dtype: torch.dtype | str | None = None, bos: bool | None = None, remote: bool = False,
          sae_dtype: torch.dtype | None = None, zoo_root: Path | None = None) -> Subject:
-    """Load a model by zoo name, local HF directory or hub id, with an optional SAE.
+    """Load a model by a provider's name (the zoo's), local HF directory or hub id, with an optional SAE.
 
     ``device=None`` is CUDA when available, else the CPU; ``dtype=None`` is the checkpoint's own
     dtype (a string such as ``"bfloat16"`` works too). The SAE follows the model's device and keeps
@@ -346,24 +349,24 @@ def load(name_or_path: str | Path, *, sae: Any = None, device: str | torch.devic
     """
     from nnsight import TransformersModel
 
-    from gremlinkit.zoo import registry
+    from gremlinkit import providers
 
     device = str(device) if device is not None else default_device()
     dtype = _dtype(dtype)
     name = str(name_or_path)
-    if name in registry.ARTEFACTS:
-        art = registry.ARTEFACTS[name]
-        source = registry.require(name, zoo_root)
-        if sae is None and art.default_sae:
-            sae = registry.require(art.default_sae, zoo_root)
-        bos = art.bos if bos is None else bos
+    entry = providers.find(name, zoo_root)
+    if entry is not None and entry.kind == "model":
+        source = entry.path
+        if sae is None and entry.default_sae:
+            sae = entry.default_sae
+        bos = entry.bos if bos is None else bos
     else:
         source = name_or_path
     kwargs = {} if remote else {"dispatch": True, "device_map": device}
     if dtype is not None:
         kwargs["dtype"] = dtype
     model = TransformersModel(str(source), task="text-generation", **kwargs)
-    sae_obj = load_sae(sae, device=device, dtype=sae_dtype) if sae not in (None, False) else None
+    sae_obj = load_sae(sae, device=device, dtype=sae_dtype, root=zoo_root) if sae not in (None, False) else None
     return Subject(model, sae_obj, name=Path(name).name if Path(name).exists() else name, remote=remote, bos=bos)
 
 

@@ -65,18 +65,23 @@ def test_compare_reports_each_miss():
     assert harness.compare({"a": 1.05, "b": 5, "c": 3, "d": 0}, ref) == []
 
 
+REFERENCE_RUNS = [(nb, name) for nb in NOTEBOOKS for name in harness.variants(nb)]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
-def test_reference_run_meets_its_reference_within_binder_memory(notebook, tmp_path):
-    """One kernel per notebook: its default run, as `make demo` runs it (or its smoke run, where the
-    reference says so: notebook 04's default run takes minutes), against the stored reference, which
-    bounds peak RSS by the 1.5 GB Binder budget."""
-    reference = harness.reference(notebook)
+@pytest.mark.parametrize("notebook, variant", REFERENCE_RUNS,
+                         ids=lambda v: v.stem if isinstance(v, Path) else v)
+def test_reference_run_meets_its_reference_within_binder_memory(notebook, variant, tmp_path):
+    """One kernel per notebook and reference: its default run, as `make demo` runs it (or its smoke
+    run, where the reference says so: notebook 04's default run takes minutes), on the zoo and on
+    each other model it has a reference for (``references/<stem>.<model>.json``), against the
+    stored figures, which bound peak RSS by the 1.5 GB Binder budget."""
+    reference = harness.variants(notebook)[variant]
     assert reference["parameters"] in ("default", "smoke")
     assert reference["metrics"]["peak_rss_mb"]["max"] <= harness.BINDER_BUDGET_MB
-    smoke = harness.reference_is_smoke(notebook)
-    run = harness.run_notebook(notebook, tmp_path, smoke=smoke)
-    print(f"{notebook.name}: {reference['parameters']} run {run.seconds:.0f} s, "
+    smoke = reference["parameters"] == "smoke"
+    run = harness.run_notebook(notebook, tmp_path, reference.get("params", {}), smoke=smoke)
+    print(f"{notebook.name} [{variant}]: {reference['parameters']} run {run.seconds:.0f} s, "
           f"peak RSS {run.metrics['peak_rss_mb']:.0f} MB")
     problems = harness.compare(run.metrics, reference)
     assert not problems, "\n".join(problems)

@@ -6,10 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gremlinkit import plots
+from gremlinkit import plots, stats, worlds
 from gremlinkit.errors import ConfigError
 from gremlinkit.experiments import personas
 from gremlinkit.zoo import corpus
+from gremlinkit.zoo import world as persona_world
 
 
 @pytest.fixture(scope="module")
@@ -17,10 +18,10 @@ def result(toy):
     return personas.run(personas.PersonaConfig(), toy)
 
 
-@pytest.mark.parametrize("trait", list(personas.BUILTIN_TRAITS))
+@pytest.mark.parametrize("trait", list(persona_world.TRAITS))
 def test_pairs_differ_only_in_the_traits_words(trait):
-    pairs = personas.builtin_pairs(trait, 6, seed=3)
-    attr = personas.BUILTIN_TRAITS[trait][0]
+    pairs = persona_world.persona_world(seed=3, per_template=6).pairs([trait])
+    attr = persona_world.TRAITS[trait][0]
     lexicon = ({w for pair in corpus.PERSONA_WORDS.values() for w in pair} if attr == "persona"
                else {w for v in corpus.TRAITS[attr].values() for w in v.values()})
     for _, pair in pairs.groupby("pair_id"):
@@ -31,10 +32,15 @@ def test_pairs_differ_only_in_the_traits_words(trait):
 
 
 def test_persona_is_decodable_on_held_out_templates(result):
-    auroc = result.scores[(result.scores.trait == "persona") & (result.scores.metric == "auroc")]
-    assert auroc[auroc.method == "probe"].value.max() >= 0.99
+    auroc = result.scores[(result.scores.trait == "persona") & (result.scores.metric == "auroc_within_template")]
+    assert auroc[auroc.method == "probe"].value.min() >= 0.99
     paired = result.scores[(result.scores.trait == "persona") & (result.scores.metric == "paired_accuracy")]
     assert (paired.value == 1.0).all()
+    # Pooled over held-out templates, one threshold for all: the headline readout, recomputed here.
+    m = result.metrics
+    assert m["trait"] == "persona" and m["auroc_pooled"] >= 0.98 and m["paired_accuracy"] == 1.0
+    held = result.pairs[(result.pairs.trait == "persona") & result.pairs.heldout]
+    assert sorted(held.template.unique()) == [4, 5]  # the last quarter of six templates, rounded up
 
 
 def test_separation_scores_against_a_hand_computed_case():
@@ -42,23 +48,23 @@ def test_separation_scores_against_a_hand_computed_case():
     y = np.array([0, 1, 0, 1, 0, 1, 0, 1])
     groups = np.array([0, 0, 0, 0, 1, 1, 1, 1])
     pair_ids = np.repeat(np.arange(4), 2)
-    s = personas._separation(score, y, groups, pair_ids)
-    assert s["auroc"] == 1.0 and s["paired_accuracy"] == 1.0
+    s = stats.separation(score, y, groups, pair_ids)
+    assert s["auroc_within_template"] == 1.0 and s["paired_accuracy"] == 1.0
     # Row order does not matter: pairs are matched by id, not by position.
     order = np.array([1, 0, 3, 2, 4, 5, 7, 6])
-    assert personas._separation(score[order], y[order], groups[order], pair_ids[order]) == s
+    assert stats.separation(score[order], y[order], groups[order], pair_ids[order]) == s
     flipped = score.copy()
     flipped[[2, 3]] = flipped[[3, 2]]  # one pair now ranks its negative above its positive
-    assert personas._separation(flipped, y, groups, pair_ids)["paired_accuracy"] == 0.75
+    assert stats.separation(flipped, y, groups, pair_ids)["paired_accuracy"] == 0.75
     # Pooled, template 1's offset puts its negatives above template 0's positives: 12 of 16 ordered.
     assert s["auroc_pooled"] == pytest.approx(12 / 16)
 
 
 def test_steering_raises_the_waluigi_rate_monotonically(result):
-    w = result.dose[result.dose.metric == "waluigi_rate"].sort_values("coefficient")
-    assert (np.diff(w["mean"]) > 0).all()
+    w = result.dose[result.dose.metric == "positive_rate"].sort_values("coefficient")  # Waluigi words
+    assert (np.diff(w["mean"]) > 0).all() and result.metrics["steering_monotonic"]
     assert w["mean"].iloc[-1] > w["high"].iloc[0]  # the top of the sweep clears the unsteered CI
-    shift = result.dose[result.dose.metric == "waluigi_minus_luigi_logprob"].sort_values("coefficient")
+    shift = result.dose[result.dose.metric == "positive_minus_negative_logprob"].sort_values("coefficient")
     assert (np.diff(shift["mean"]) > 0).all()
 
 
@@ -72,44 +78,53 @@ def test_same_seed_same_tables(toy, result):
     pd.testing.assert_frame_equal(result.dose, again.dose)
 
 
-def test_user_pairs_work_like_built_in_ones(toy):
-    built = personas.builtin_pairs("persona", 12, seed=1)
-    pairs = {"kindness": {"positive": built[built.label == 1].prompt.tolist(),
-                          "negative": built[built.label == 0].prompt.tolist()}}
-    # The default held-out templates (4, 5) are the built-in ones: user pairs hold out their own last
-    # quarter instead, never an empty set.
-    cfg = dataclasses.replace(personas.PersonaConfig.smoke(), traits=[], custom_pairs=pairs)
+def test_a_users_pairs_file_gets_a_held_out_set_and_a_correct_paired_accuracy(toy, tmp_path):
+    """Pairs from a CSV, written positive first, four templates: one is held out (never none), and
+    on pairs the model separates perfectly the paired accuracy is 1, not 0."""
+    built = persona_world.persona_world(seed=1, per_template=12).table
+    built = built[(built.trait == "persona") & (built.template < 4)].assign(trait="kindness")
+    built = built.drop_duplicates(["positive", "negative"])  # a generated world may draw a pair twice; a file may not
+    path = tmp_path / "pairs.csv"
+    built[["trait", "template", "positive", "negative"]].to_csv(path, index=False)
+    cfg = dataclasses.replace(personas.PersonaConfig.smoke(), world=str(path))
     res = personas.run(cfg, toy)
-    auroc = res.scores[(res.scores.metric == "auroc") & (res.scores.method == "probe")]
-    assert set(res.scores.trait) == {"kindness"} and auroc.value.max() > 0.95 and res.dose is None
-    # User pairs are written positive first; matched pairs are still ordered by their labels.
-    paired = res.scores[(res.scores.metric == "paired_accuracy") & (res.scores.method == "probe")]
-    assert paired.set_index("layer").value.loc[auroc.set_index("layer").value.idxmax()] > 0.95
+    assert set(res.scores.trait) == {"kindness"} and res.dose.empty  # a pairs file gives no generation prompts
+    held = res.pairs[res.pairs.heldout]
+    assert sorted(held.template.unique()) == ["3"] and len(held) == 2 * (built.template == 3).sum() > 0
+    assert res.metrics["auroc_within_template"] > 0.95 and res.metrics["paired_accuracy"] > 0.95
+    # The same pairs with positive and negative swapped: the probe's ordering flips with the labels.
+    swapped = built.rename(columns={"positive": "negative", "negative": "positive"})
+    swapped[["trait", "template", "positive", "negative"]].to_csv(path, index=False)
+    again = personas.run(cfg, toy)
+    assert again.metrics["paired_accuracy"] > 0.95  # labels follow the file, whichever side is "positive"
+    vec = again.vectors[("kindness", again.steer_site)]
+    np.testing.assert_allclose(vec, -res.vectors[("kindness", res.steer_site)], rtol=1e-5, atol=1e-6)
 
 
 def test_held_out_templates_are_never_empty():
-    assert personas.held_out_templates(np.array([0, 1, 2, 3, 4, 5]), [4, 5]) == [4, 5]
-    assert personas.held_out_templates(np.array([0, 1, 2, 3] * 3), [4, 5]) == [3]
-    assert personas.held_out_templates(np.arange(8), [9]) == [6, 7]
+    assert worlds.held_out_templates([0, 1, 2, 3, 4, 5]) == [4, 5]
+    assert worlds.held_out_templates([0, 1, 2, 3] * 3) == [3]
+    assert worlds.held_out_templates(list(range(8))) == [6, 7]
+    assert worlds.held_out_templates(["a", "b"]) == ["b"]  # two templates: one each side
     with pytest.raises(ConfigError, match="1 template"):
-        personas.held_out_templates(np.array([0, 0]), [4])
+        worlds.held_out_templates([0, 0])
 
 
 @pytest.mark.parametrize("kw, match", [
-    ({"traits": ["charm"]}, "unknown trait\\(s\\) \\['charm'\\]"),
-    ({"test_templates": [9]}, "test_templates=\\[9\\]"),
+    ({"traits": ["charm"]}, "trait\\(s\\) \\['charm'\\] are not in the persona world"),
+    ({"world": "klingon"}, "world='klingon'"),
+    ({"world": "missing.csv"}, "does not exist"),
     ({"coefficients": [2.0, 1.0]}, "increasing"),
-    ({"custom_pairs": {"x": {"positive": ["a"], "negative": []}}}, "equally long"),
 ])
 def test_bad_config_is_named(kw, match):
     with pytest.raises(ConfigError, match=match):
-        personas.PersonaConfig(**kw)
+        personas.PersonaConfig(**kw).make_world()
 
 
 def test_charts(result):
     profile = plots.layer_profile(result.scores).to_dict()
     assert profile["encoding"]["x"]["field"] == "layer" and profile["encoding"]["strokeDash"]["field"] == "method"
     rows = next(iter(profile["datasets"].values()))
-    assert len(rows) == (result.scores.metric == "auroc").sum()
+    assert len(rows) == (result.scores.metric == "auroc_pooled").sum()
     dose = plots.dose_response(result.dose).to_dict()
     assert {layer["mark"]["type"] for layer in dose["layer"]} == {"errorband", "line"}

@@ -108,3 +108,20 @@ def test_charts(result):
     assert len(next(iter(traj["datasets"].values()))) == result.trajectories.groupby(["unit", "method", "step"]).ngroups
     bars = plots.behavior_bars(result.calls).to_dict()
     assert len(next(iter(bars["datasets"].values()))) == len(result.calls) == 5
+
+
+def test_the_search_vocabulary_excludes_special_tokens_even_without_a_pad_token(gpt2_like):
+    """A real tokenizer often has no pad token (pad_token_id None): the search must still run, and
+    exclude exactly the special tokens it has. (nnsight gives a loaded model's own tokenizer a pad
+    token, so the tokenizer is read from disk here, as a user's would be.)"""
+    from types import SimpleNamespace
+
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast.from_pretrained(gpt2_like[0])
+    assert tok.pad_token_id is None and tok.unk_token_id is None
+    subject = SimpleNamespace(tokenizer=tok, model=SimpleNamespace(config=SimpleNamespace(vocab_size=len(tok))),
+                              device=torch.device("cpu"))
+    ok = sf._allowed(subject)
+    assert ok.device == subject.device and ok.shape == (len(tok),)
+    assert torch.nonzero(~ok).flatten().tolist() == [tok.bos_token_id]

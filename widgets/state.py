@@ -8,7 +8,6 @@ controls to these attributes and re-display.
 
 from __future__ import annotations
 
-from functools import cache
 from typing import Callable
 
 import altair as alt
@@ -19,12 +18,34 @@ from gremlinkit import plots
 from gremlinkit.errors import InputError
 from gremlinkit.experiments import explore, personas
 from gremlinkit.experiments.explore import ExploreConfig
+from gremlinkit.zoo import world as persona_world
 
 
-@cache
+class SubjectCache:
+    """Loaded subjects by (model, SAE, device, dtype), so that the explorer switches between them
+    without reloading; ``clear()`` lets them go (and frees their memory once nothing else holds them)."""
+
+    def __init__(self, load: Callable[..., object] = gremlinkit.load):
+        self._load, self._subjects = load, {}
+
+    def get(self, model: str, sae: str, device: str | None = None, dtype: str | None = None):
+        key = (model, sae, device, dtype)
+        if key not in self._subjects:
+            self._subjects[key] = self._load(model, sae=sae, device=device, dtype=dtype)
+        return self._subjects[key]
+
+    def __len__(self) -> int:
+        return len(self._subjects)
+
+    def clear(self) -> None:
+        self._subjects.clear()
+
+
+SUBJECTS = SubjectCache()  # the widgets' shared cache: `widgets.state.SUBJECTS.clear()` frees every model
+
+
 def _load(model: str, sae: str, device: str | None = None, dtype: str | None = None):
-    """One Subject per (model, SAE, placement) for the life of the kernel: the explorer switches between them."""
-    return gremlinkit.load(model, sae=sae, device=device, dtype=dtype)
+    return SUBJECTS.get(model, sae, device, dtype)
 
 
 def _pick(name: str, value: str, options: list[str]) -> str:
@@ -95,7 +116,7 @@ class FeatureExplorerState:
 class SteeringState:
     """A trait vector, a coefficient and a prompt; paired baseline and steered samples."""
 
-    traits = list(personas.BUILTIN_TRAITS)
+    traits = list(persona_world.TRAITS)
     limit = explore.COEFFICIENT_LIMIT
 
     def __init__(self, cfg: ExploreConfig, subject=None):
@@ -122,7 +143,7 @@ class SteeringState:
     @property
     def poles(self) -> tuple[str, str]:
         """(negative, positive) pole of the trait: a positive coefficient steers toward the second."""
-        return personas.BUILTIN_TRAITS[self.trait][1:]
+        return persona_world.TRAITS[self.trait][1:]
 
     def vector(self):
         if self.trait not in self._vectors:

@@ -30,7 +30,8 @@ import torch
 from gremlinkit.results import to_numpy
 from gremlinkit import interventions as iv
 from gremlinkit.errors import ConfigError, InputError
-from gremlinkit.experiments import persistence, personas
+from gremlinkit.experiments import persistence
+from gremlinkit.zoo import world as persona_world
 from gremlinkit.experiments.zoo_tour import corpus_features, heldout_corpus, lexicon_rates
 from gremlinkit.params import Placement, check_choice, check_range
 from gremlinkit.zoo.lm import encode_docs
@@ -65,7 +66,7 @@ class ExploreConfig(Placement):
         check_range("n_docs", self.n_docs, 1, 2000)
         check_range("contexts", self.contexts, 1, 64)
         check_range("window", self.window, 0, 32)
-        check_choice("trait", self.trait, list(personas.BUILTIN_TRAITS))
+        check_choice("trait", self.trait, list(persona_world.TRAITS))
         check_range("coefficient", self.coefficient, -COEFFICIENT_LIMIT, COEFFICIENT_LIMIT)
         check_range("n_samples", self.n_samples, 1, 64)
         check_range("max_new_tokens", self.max_new_tokens, 1, 128)

@@ -72,8 +72,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from scipy.stats import binomtest, bootstrap, fisher_exact
+from scipy.stats import binomtest, fisher_exact
 
+from gremlinkit import stats
 from gremlinkit.sites import SiteMap
 from gremlinkit.experiments import persistence, zoo_tour
 from gremlinkit.results import atomic_write_text
@@ -139,7 +140,7 @@ class GremlinConfig(Placement):
                                    features=features)
 
 
-def counts(summary: pd.DataFrame) -> pd.DataFrame:
+def counts(summary: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     """Per model, over the census (controls left out): persistent features out of scanned, with a
     Wilson 95% interval, median half-life with a bootstrap interval over features, and the fraction
     of edits that changed the continuation at all."""
@@ -149,22 +150,13 @@ def counts(summary: pd.DataFrame) -> pd.DataFrame:
         k, n = int(g.persistent.sum()), len(g)
         ci = binomtest(k, n).proportion_ci(method="wilson")
         hl = g.half_life.to_numpy()
-        med = bootstrap((hl,), np.median, n_resamples=1000, method="percentile", random_state=0) \
-            if np.ptp(hl) > 0 else None
+        med_low, med_high = stats.median_ci(hl, seed)
         rows.append({"model": model, "persistent": k, "scanned": n, "fraction": k / n,
                      "fraction_low": float(ci.low), "fraction_high": float(ci.high),
                      "median_half_life": float(np.median(hl)),
-                     "median_low": float(med.confidence_interval.low) if med else float(hl[0]),
-                     "median_high": float(med.confidence_interval.high) if med else float(hl[0]),
+                     "median_low": med_low, "median_high": med_high,
                      "divergence": float(g.divergence.mean()) if "divergence" in g else float("nan")})
     return pd.DataFrame(rows)
-
-
-def mean_interval(values: np.ndarray, n_bootstrap: int, seed: int) -> tuple[float, float]:
-    """95% percentile interval of the mean of ``values``, over ``n_bootstrap`` resamples of them."""
-    boots = values[np.random.default_rng(seed).integers(0, len(values), size=(n_bootstrap, len(values)))].mean(1)
-    low, high = np.quantile(boots, [0.025, 0.975])
-    return float(low), float(high)
 
 
 def fraction_difference(summary: pd.DataFrame, model: str, reference: str, n_bootstrap: int = 2000,
@@ -174,7 +166,7 @@ def fraction_difference(summary: pd.DataFrame, model: str, reference: str, n_boo
     census = summary[summary.role == "census"] if "role" in summary else summary
     wide = census.pivot_table(index="feature", columns="model", values="persistent", aggfunc="first")
     diff = (wide[model].astype(float) - wide[reference].astype(float)).to_numpy()
-    low, high = mean_interval(diff, n_bootstrap, seed)
+    low, high = stats.mean_interval(diff, n_bootstrap, seed)
     return {"difference": float(diff.mean()), "low": low, "high": high}
 
 
@@ -356,7 +348,7 @@ DOSE_BOOTSTRAP = 2000  # resamples of features for the tail ratio's interval
 def _dose_row(name: str, summary: pd.DataFrame, control: int | None, n_bootstrap: int, seed: int) -> dict:
     census = summary[summary.feature != control]
     ratio = (census.tail_effect / census.effect_lag0).to_numpy()
-    low, high = mean_interval(ratio, n_bootstrap, seed)
+    low, high = stats.mean_interval(ratio, n_bootstrap, seed)
     k, n = int(census.persistent.sum()), len(census)
     ci = binomtest(k, n).proportion_ci(method="wilson")
     row = {**organism(name), "tail_ratio": float(ratio.mean()), "tail_ratio_low": low,
@@ -448,7 +440,7 @@ def run(cfg: GremlinConfig, subjects: dict | None = None) -> GremlinResults:
     summary = summary.sort_values(["model", "feature"], key=lambda c: c.map(order) if c.name == "model" else c,
                                   ignore_index=True)
     summary.insert(2, "role", np.where(summary.feature.isin(controls), "natural control", "census"))
-    table = counts(summary)
+    table = counts(summary, cfg.seed)
     control = summary[summary.role == "natural control"].reset_index(drop=True)
     planted, power, dose = pd.DataFrame(), None, pd.DataFrame()
     if cfg.planted_seeds:

@@ -1,99 +1,65 @@
 """Persona probes: find trait directions in the residual stream, score them against truth, steer.
 
 Simulator theory says a model keeps a space of characters, with directions for traits. A *trait*
-is defined by matched pairs of prompts that differ only in that trait: on the zoo, Luigi vs
-Waluigi (``persona``), sailor vs formal (``register``) and old vs young (``age``); on a real
-model, any two lists of prompts (``custom_pairs``). For every site ``blocks.{L}.hook_resid_post``
-the last-token activations give
+is defined by its world's matched pairs of prompts that differ only in that trait (see
+`gremlinkit.worlds`): in the zoo's persona world, Luigi vs Waluigi (``persona``), sailor vs formal
+(``register``) and old vs young (``age``); in the English world, kind vs cruel, honest vs deceptive
+and formal vs casual; or a user's file of pairs. For every site ``blocks.{L}.hook_resid_post`` the
+last-token activations give
 
 * a difference-of-means vector (positive pole minus negative pole, as in persona-vector work), and
 * a logistic-regression probe (scikit-learn),
 
-both fitted on some prompt templates and scored on held-out templates, so a probe cannot memorise
-a template. A template moves every prompt along a direction by its own offset, so AUROC is
-computed within each held-out template and averaged (``auroc``); the AUROC pooled over held-out
-templates (``auroc_pooled``) and the fraction of matched pairs ordered correctly
-(``paired_accuracy``) are reported beside it. Every built-in prompt ends with ``{me} says : " i will``, where the next word is a persona
-word (help or hurt): the model must represent the speaker's persona there to predict it. Scores: accuracy and AUROC against the pairs' ground-truth labels, the cosine between
-the two directions, cosines between traits (the zoo's traits are drawn independently, so their
-directions should be near-orthogonal), and the persona-axis cosine ``cos(mu_W - mu_0, mu_L - mu_0)``
-where ``mu_0`` is the mean over introductions that name no persona ("mira is a old sailor . mira
-says :"): near -1 means Luigi and Waluigi sit at the two ends of one axis through the neutral state.
+both fitted on some prompt templates and scored on the world's held-out templates, so a probe
+cannot memorise a template. Reported per trait, site and method: the AUROC pooled over the
+held-out templates (``auroc_pooled``: one threshold for every prompt, the figure a user relies on),
+the AUROC within each held-out template, averaged (``auroc_within_template``: a template can move
+every prompt along the direction by its own offset), and the fraction of matched pairs ordered
+correctly (``paired_accuracy``). Also: the cosine between the two directions, cosines between
+traits (the zoo's traits are drawn independently, so their directions should be near-orthogonal),
+and, where the world gives neutral prompts (the persona world), the persona-axis cosine
+``cos(mu_W - mu_0, mu_L - mu_0)``: near -1 puts Luigi and Waluigi at two ends of one axis through
+the neutral state.
 
-**Steering.** Adding ``coeff * v`` (``v`` = Waluigi minus Luigi mean at ``steer_site``) at every
-position while Luigi prompts generate should raise the Waluigi-word rate with ``coeff``. Scored
-with the zoo lexicon (no judge model), with bootstrap CIs over prompts; plus the logit shift in
-nats of Waluigi vs Luigi next-token choices, and the coherence cost: the unsteered model's loss on
-the steered text.
+**Steering.** Adding ``coeff * v`` (``v`` = the trait's positive-minus-negative mean at
+``steer_site``) at every position while the world's generation prompts continue should raise the
+rate of the trait's positive-pole words with ``coeff``. Scored with the world's lexicon (no judge
+model), with bootstrap CIs over prompts; plus, where the world gives next-token choices, the logit
+shift in nats toward the positive word, and the coherence cost: the unsteered model's loss on the
+steered text.
 """
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import torch
-from scipy.stats import bootstrap
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
 
+from gremlinkit import interventions as iv
+from gremlinkit import stats, worlds
+from gremlinkit.errors import ConfigError
+from gremlinkit.params import Placement, check_range
 from gremlinkit.prompts import words_to_ids
 from gremlinkit.results import to_numpy
-from gremlinkit import interventions as iv
-from gremlinkit.errors import ConfigError
-from gremlinkit.experiments.zoo_tour import lexicon_rates, persona_prompts
-from gremlinkit.params import Placement, check_range
-from gremlinkit.zoo import corpus
-
-# Each template gives the persona at least two cues, as the corpus's own introductions do.
-TEMPLATES = [
-    "{me} is a {p:adj} {p:adj2} {a:adj} {r:noun} .",
-    '{me} {p:verb_s} {other} near the {tn} and {p:intrans} . {me} says : " {r:greet} {r:addr} , {a:w1} . "',
-    '{me} says : " {a:w1} , i {p:verb2} the {tn} with {other} , {r:excl} . "',
-    '{me} tells {other} : " {a:w2} {ta} {tn} , {r:addr} . i speak {p:speech} . "',
-    '{me} {p:verb3_s} {other} by the {tn} and says : " {p:thank} you , {a:w3} , {r:addr} . "',
-    'the {tn} is {ta} , and {me} {p:intrans} {p:manner} . {me} says : " {a:w1} , {r:addr} . "',
-]
-SPEAK = ' {me} says : " i will'  # appended to every built-in prompt: next comes help or hurt
-NEUTRAL = "{me} is a {a:adj} {r:noun} ."  # an introduction that names no persona
-# trait -> (attribute of corpus.Character, negative pole, positive pole)
-BUILTIN_TRAITS = {"persona": ("persona", "luigi", "waluigi"), "register": ("register", "formal", "sailor"),
-                  "age": ("age", "young", "old")}
-# next-token choices for the logit-shift test: prompt suffix -> (Luigi word, Waluigi word)
-CHOICES = [(' says : " i will', "help", "hurt"), (' tells ada : " i speak', "truth", "lies"),
-           (" near the harbor , and {me}", "smiles", "sneers")]
-
 
 @dataclass(frozen=True)
 class PersonaConfig(Placement):
-    model: str = "toy-base"  # zoo name or local model directory
-    traits: list = field(default_factory=lambda: ["persona", "register", "age"])  # built-in traits
-    custom_pairs: dict = field(default_factory=dict)  # {trait: {"positive": [...], "negative": [...]}}
-    pairs_per_template: int = 24  # matched pairs generated per template
-    test_templates: list = field(default_factory=lambda: [4, 5])  # templates held out for scoring
-    steer_site: str = "blocks.1.hook_resid_post"  # where the persona vector is added
+    model: str = "toy-base"  # zoo name, local model directory or hub id
+    world: str = "auto"  # "auto" (persona for zoo models, english otherwise), "persona", "english", or a .csv/.jsonl file of pairs
+    traits: list = field(default_factory=list)  # traits to probe (empty: every trait of the world)
+    trait: str = ""  # the trait under study: headline metrics and steering (empty: the world's first)
+    pairs_per_template: int = 24  # matched pairs per template, in a generated world (persona)
+    steer_site: str = "auto"  # where the trait vector is added ("auto": where the trait is best decoded)
     coefficients: list = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 1.5, 2.0])  # steering sweep
-    n_prompts: int = 16  # Luigi prompts steered
+    n_prompts: int = 16  # generation prompts steered
     max_new_tokens: int = 40  # tokens generated per steered prompt
     seed: int = 0  # seeds pairs, prompts, sampling noise and bootstrap
     output_dir: str = "output/01_persona_probes"  # where tables and metrics go
 
     def __post_init__(self) -> None:
-        unknown = [t for t in self.traits if t not in BUILTIN_TRAITS]
-        if unknown:
-            raise ConfigError(f"parameter traits has unknown trait(s) {unknown}; built-in traits: "
-                              f"{list(BUILTIN_TRAITS)} (pass others in custom_pairs)")
-        if not self.traits and not self.custom_pairs:
-            raise ConfigError("no traits: set traits or custom_pairs")
-        for name, pairs in self.custom_pairs.items():
-            if set(pairs) != {"positive", "negative"} or len(pairs["positive"]) != len(pairs["negative"]):
-                raise ConfigError(f"custom_pairs[{name!r}] needs equally long 'positive' and 'negative' lists")
-        bad = [t for t in self.test_templates if not 0 <= t < len(TEMPLATES)]
-        if bad or len(set(self.test_templates)) >= len(TEMPLATES) or not self.test_templates:
-            raise ConfigError(f"parameter test_templates={self.test_templates!r}: pick some, not all, of "
-                              f"0..{len(TEMPLATES) - 1}")
         check_range("pairs_per_template", self.pairs_per_template, 2, 1000)
         check_range("n_prompts", self.n_prompts, 1, 512)
         check_range("max_new_tokens", self.max_new_tokens, 1, 128)
@@ -104,63 +70,37 @@ class PersonaConfig(Placement):
     def smoke(cls) -> "PersonaConfig":
         return cls(pairs_per_template=8, coefficients=[0.0, 1.0, 2.0], n_prompts=6, max_new_tokens=24)
 
+    def make_world(self) -> worlds.World:
+        """The world this config names, with its traits checked."""
+        world = worlds.resolve(self.world, self.model, seed=self.seed, per_template=self.pairs_per_template)
+        world.check_traits(list(self.traits) + ([self.trait] if self.trait else []))
+        return world
 
-# --------------------------------------------------------------------------- prompt pairs
-
-
-def builtin_pairs(trait: str, per_template: int, seed: int) -> pd.DataFrame:
-    """Matched pairs: both prompts share everything (names, other traits, topic words) but ``trait``."""
-    attr, negative, positive = BUILTIN_TRAITS[trait]
-    rows = []
-    for t, template in enumerate(TEMPLATES):
-        for k in range(per_template):
-            rng = random.Random(f"{seed}-{trait}-{t}-{k}")
-            me, other = rng.sample(corpus.NAMES, 2)
-            traits = {a: rng.choice(vals) for a, vals in
-                      (("persona", corpus.PERSONAS), ("register", list(corpus.TRAITS["register"])),
-                       ("age", list(corpus.TRAITS["age"])))}
-            topic, state = rng.choice(list(corpus.TOPICS)), rng.getstate()
-            for label, pole in ((0, negative), (1, positive)):
-                rng.setstate(state)  # the same topic words on both sides
-                char = corpus.Character(me, **{**traits, attr: pole})
-                other_char = corpus.Character(other, "luigi", "formal", "old")
-                text = " ".join(tok for tok, _, _ in corpus._fill(template + SPEAK, char, other_char, topic, rng))
-                rows.append({"trait": trait, "pair_id": len(rows) // 2, "template": t, "label": label, "prompt": text})
-    return pd.DataFrame(rows)
+    def studied(self, world: worlds.World) -> str:
+        return self.trait or (list(self.traits) or world.traits)[0]
 
 
-def custom_pairs(name: str, pairs: dict, n_templates: int = 4) -> pd.DataFrame:
-    """User pairs; ``template`` cycles so that some pairs can be held out."""
-    rows = []
-    for i, (pos, neg) in enumerate(zip(pairs["positive"], pairs["negative"])):
-        rows += [{"trait": name, "pair_id": i, "template": i % n_templates, "label": 1, "prompt": pos},
-                 {"trait": name, "pair_id": i, "template": i % n_templates, "label": 0, "prompt": neg}]
-    return pd.DataFrame(rows)
+def last_token_activations(subject, prompts: list[str], sites: list[str], chunk: int = 32) -> dict[str, np.ndarray]:
+    """(N, d) activation at each prompt's last token, per site (``chunk`` prompts per forward, so
+    only the last tokens are kept: memory stays small on a deep model)."""
+    out: dict[str, list[np.ndarray]] = {s: [] for s in sites}
+    for i in range(0, len(prompts), chunk):
+        part = prompts[i:i + chunk]
+        acts = subject.activations_at(part, sites, batch_size=chunk)
+        last = subject.batch(part).lengths - 1
+        rows = torch.arange(len(part), device=last.device)
+        for s, a in acts.items():
+            out[s].append(to_numpy(a[rows, last].float()))
+    return {s: np.concatenate(v) for s, v in out.items()}
 
 
-def all_pairs(cfg: PersonaConfig) -> pd.DataFrame:
-    parts = [builtin_pairs(t, cfg.pairs_per_template, cfg.seed) for t in cfg.traits]
-    parts += [custom_pairs(n, p) for n, p in cfg.custom_pairs.items()]
-    return pd.concat(parts, ignore_index=True)
-
-
-def last_token_activations(subject, prompts: list[str], sites: list[str]) -> dict[str, np.ndarray]:
-    """(N, d) activation at each prompt's last token, per site."""
-    acts = subject.activations_at(prompts, sites)
-    last = subject.batch(prompts).lengths - 1
-    rows = torch.arange(len(prompts), device=last.device)
-    return {s: to_numpy(a[rows, last]) for s, a in acts.items()}
-
-
-def trait_vector(subject, trait: str, site: str, seed: int, per_template: int = 16) -> np.ndarray:
-    """Difference of means at ``site`` over matched pairs: positive pole minus negative pole.
-
-    The poles are ``BUILTIN_TRAITS[trait][1:]``: persona Luigi -> Waluigi, register formal ->
-    sailor, age young -> old. Adding it steers toward the positive pole.
-    """
-    if trait not in BUILTIN_TRAITS:
-        raise ConfigError(f"trait {trait!r} is not one of {list(BUILTIN_TRAITS)}")
-    pairs = builtin_pairs(trait, per_template, seed)
+def trait_vector(subject, trait: str, site: str, seed: int, per_template: int = 16,
+                 world: worlds.World | None = None) -> np.ndarray:
+    """Difference of means at ``site`` over ``world``'s matched pairs (default: the persona world):
+    positive pole minus negative pole. Adding it steers toward the positive pole (persona: Luigi ->
+    Waluigi, register: formal -> sailor, age: young -> old)."""
+    world = world or worlds.resolve("persona", "", seed=seed, per_template=per_template)
+    pairs = world.pairs([trait])
     acts = last_token_activations(subject, pairs.prompt.tolist(), [site])[site]
     lab = pairs.label.to_numpy()
     return acts[lab == 1].mean(0) - acts[lab == 0].mean(0)
@@ -173,47 +113,24 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
 
 
-def _separation(score: np.ndarray, y: np.ndarray, groups: np.ndarray, pair_ids: np.ndarray) -> dict[str, float]:
-    """AUROC within each template (averaged), pooled AUROC, and matched-pair ordering accuracy: the
-    fraction of pairs (matched by ``pair_ids``, in any row order) whose label-1 prompt scores higher."""
-    within = [roc_auc_score(y[groups == t], score[groups == t]) for t in np.unique(groups)]
-    wide = pd.DataFrame({"pair": pair_ids, "label": y, "score": score}).pivot(index="pair", columns="label",
-                                                                             values="score")
-    return {"auroc": float(np.mean(within)), "auroc_pooled": float(roc_auc_score(y, score)),
-            "paired_accuracy": float((wide[1] > wide[0]).mean())}
-
-
-def held_out_templates(templates: np.ndarray, wanted: list[int]) -> list[int]:
-    """The templates a trait holds out: those of ``wanted`` that it has; when it has none of them
-    (user pairs cycle over their own templates), its last quarter of templates, at least one. A
-    trait with a single template cannot be split and is refused by name."""
-    present = sorted(set(int(t) for t in templates))
-    held = [t for t in wanted if t in present]
-    if held:
-        return held
-    if len(present) < 2:
-        raise ConfigError(f"a trait's pairs use {len(present)} template(s); a held-out split needs at least 2")
-    return present[-max(1, len(present) // 4):]
-
-
-def directions(pairs: pd.DataFrame, acts: dict[str, np.ndarray], test_templates: list[int], seed: int
+def directions(pairs: pd.DataFrame, acts: dict[str, np.ndarray], seed: int
                ) -> tuple[pd.DataFrame, dict[tuple[str, str], np.ndarray]]:
-    """Tidy scores (trait, site, layer, method, metric, value) and the diff-of-means vectors."""
+    """Tidy scores (trait, site, layer, method, metric, value) on each trait's held-out templates
+    (``pairs.heldout``, the world's split), and the diff-of-means vectors fitted on the rest."""
     rows, vectors = [], {}
-    for trait, idx in pairs.groupby("trait").groups.items():
+    for trait, idx in pairs.groupby("trait", sort=False).groups.items():
         idx = np.asarray(idx)
-        held = held_out_templates(pairs.template.to_numpy()[idx], test_templates)
-        test = pairs.template.isin(held).to_numpy()
+        test = pairs.heldout.to_numpy()
         tr, te = idx[~test[idx]], idx[test[idx]]
         y_tr, y_te = pairs.label.to_numpy()[tr], pairs.label.to_numpy()[te]
+        groups, pair_ids = pairs.template.astype(str).to_numpy()[te], pairs.pair_id.to_numpy()[te]
         for site, x in acts.items():
             layer = int(site.split(".")[1])
             dm = x[tr][y_tr == 1].mean(0) - x[tr][y_tr == 0].mean(0)
             vectors[(trait, site)] = dm
             probe = LogisticRegression(max_iter=5000, random_state=seed).fit(x[tr], y_tr)
-            groups, pair_ids = pairs.template.to_numpy()[te], pairs.pair_id.to_numpy()[te]
             for method, score in (("probe", probe.decision_function(x[te])), ("diff_means", x[te] @ dm)):
-                for metric, value in _separation(score, y_te, groups, pair_ids).items():
+                for metric, value in stats.separation(score, y_te, groups, pair_ids).items():
                     rows.append({"trait": trait, "site": site, "layer": layer, "method": method,
                                  "metric": metric, "value": value})
             rows.append({"trait": trait, "site": site, "layer": layer, "method": "diff_means",
@@ -232,16 +149,9 @@ def trait_cosines(vectors: dict[tuple[str, str], np.ndarray]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def persona_axis(subject, sites: list[str], n: int, seed: int) -> pd.DataFrame:
-    """cos(mu_W - mu_0, mu_L - mu_0) per site; mu_0 from introductions that name no persona."""
-    rng = random.Random(f"axis-{seed}")
-    texts: dict[str, list[str]] = {"neutral": [], "luigi": [], "waluigi": []}
-    for _ in range(n):
-        me = rng.choice(corpus.NAMES)
-        register, age = rng.choice(list(corpus.TRAITS["register"])), rng.choice(list(corpus.TRAITS["age"]))
-        for key, template in (("neutral", NEUTRAL), ("luigi", TEMPLATES[0]), ("waluigi", TEMPLATES[0])):
-            char = corpus.Character(me, "waluigi" if key == "waluigi" else "luigi", register, age)
-            texts[key].append(" ".join(t for t, _, _ in corpus._fill(template + SPEAK, char, char, "sea", rng)))
+def persona_axis(subject, sites: list[str], texts: dict[str, list[str]]) -> pd.DataFrame:
+    """cos(mu_W - mu_0, mu_L - mu_0) per site, from ``texts``' ``neutral``, ``luigi`` and
+    ``waluigi`` prompts (the persona world's `axis`): mu_0 from introductions that name no persona."""
     means = {k: last_token_activations(subject, v, sites) for k, v in texts.items()}
     return pd.DataFrame([{"site": s, "layer": int(s.split(".")[1]),
                           "cosine": _cos(means["waluigi"][s].mean(0) - means["neutral"][s].mean(0),
@@ -252,68 +162,71 @@ def persona_axis(subject, sites: list[str], n: int, seed: int) -> pd.DataFrame:
 # --------------------------------------------------------------------------- steering
 
 
-def mean_ci(values: np.ndarray, seed: int) -> tuple[float, float]:
-    """95% bootstrap percentile interval of the mean over prompts."""
-    if np.ptp(values) == 0:
-        return float(values[0]), float(values[0])
-    res = bootstrap((values,), np.mean, n_resamples=1000, method="percentile", random_state=seed)
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
-
-
-def continuation_loss(subject, prompts: list[str], continuations: torch.Tensor) -> np.ndarray:
-    """Per row: the unsteered model's mean next-token loss (nats) on its generated continuation."""
+def continuation_loss(subject, prompts: list[str], continuations: torch.Tensor, chunk: int = 8) -> np.ndarray:
+    """Per row: the unsteered model's mean next-token loss (nats) on its generated continuation
+    (``chunk`` rows per forward: a real vocabulary's logits are large)."""
     ids = [torch.tensor(subject.tokenizer(p)["input_ids"] + c.tolist()) for p, c in zip(prompts, continuations)]
-    logits = subject.run(ids)  # (B, T, V), prompt indexing
     out = []
-    for i, row in enumerate(ids):
-        n_prompt = len(row) - len(continuations[i])
-        lp = torch.log_softmax(logits[i, n_prompt - 1: len(row) - 1], -1)
-        out.append(float(-lp.gather(1, row[n_prompt:, None]).mean()))
+    for start in range(0, len(ids), chunk):
+        part = ids[start:start + chunk]
+        logits = subject.run(part)  # (B, T, V), prompt indexing
+        for i, row in enumerate(part):
+            n_new = len(continuations[start + i])
+            lp = torch.log_softmax(logits[i, len(row) - n_new - 1: len(row) - 1].float(), -1)
+            out.append(float(-lp.gather(1, row[len(row) - n_new:, None].to(lp.device)).mean()))
+        del logits
     return np.array(out)
 
 
-def steering_sweep(subject, vector: np.ndarray, cfg: PersonaConfig) -> pd.DataFrame:
-    """Luigi prompts steered along ``vector`` at every coefficient, in one batched generation.
+def steering_sweep(subject, vector: np.ndarray, site: str, world: worlds.World, trait: str,
+                   cfg: PersonaConfig) -> pd.DataFrame:
+    """The world's generation prompts steered along ``vector`` at each coefficient (one batch per
+    coefficient, so memory does not grow with the sweep), each prompt with the same sampling noise
+    at every coefficient.
 
-    Tidy: coefficient, prompt_id, metric (luigi_rate, waluigi_rate, coherence_loss), value.
+    Tidy: coefficient, prompt_id, metric (positive_rate, negative_rate, lexicon_score = positive minus
+    negative rate, coherence_loss), value.
     """
-    prompts = persona_prompts(cfg.n_prompts, cfg.seed)
-    prompts = prompts[prompts.persona == "luigi"].prompt.tolist()
-    rows_text = [p for _ in cfg.coefficients for p in prompts]
+    prompts = world.prompts(cfg.n_prompts)
     v = torch.as_tensor(vector, dtype=torch.float32)
-    edits = [iv.steer(v, c, cfg.steer_site, rows=list(range(k * len(prompts), (k + 1) * len(prompts))))
-             for k, c in enumerate(cfg.coefficients) if c != 0]
-    seeds = [cfg.seed * 7919 + i for _ in cfg.coefficients for i in range(len(prompts))]  # paired per prompt
-    gen = subject.generate(rows_text, cfg.max_new_tokens, edits, seed=seeds)
-    coherence = continuation_loss(subject, rows_text, gen.tokens)
+    seeds = [cfg.seed * 7919 + i for i in range(len(prompts))]  # paired per prompt across coefficients
     rows = []
-    for r, text in enumerate(gen.text):
-        c, pid = cfg.coefficients[r // len(prompts)], r % len(prompts)
-        rates = lexicon_rates(text)
-        for metric, value in (*rates.items(), ("coherence_loss", coherence[r])):
-            rows.append({"coefficient": float(c), "prompt_id": pid, "metric": metric, "value": float(value)})
+    for c in cfg.coefficients:
+        gen = subject.generate(prompts, cfg.max_new_tokens, [iv.steer(v, c, site)] if c else [], seed=seeds)
+        coherence = continuation_loss(subject, prompts, gen.tokens)
+        for pid, text in enumerate(gen.text):
+            rates = world.lexicon_rates(trait, text)
+            score = rates["positive_rate"] - rates["negative_rate"]
+            for metric, value in (*rates.items(), ("lexicon_score", score), ("coherence_loss", coherence[pid])):
+                rows.append({"coefficient": float(c), "prompt_id": pid, "metric": metric, "value": float(value)})
     return pd.DataFrame(rows)
 
 
-def logit_shift(subject, vector: np.ndarray, cfg: PersonaConfig) -> pd.DataFrame:
-    """log p(Waluigi word) - log p(Luigi word) at fixed next-token choices, per coefficient (nats)."""
-    prompts = persona_prompts(cfg.n_prompts, cfg.seed)
-    prompts = prompts[prompts.persona == "luigi"].prompt.tolist()
+def logit_shift(subject, vector: np.ndarray, site: str, world: worlds.World, trait: str,
+                cfg: PersonaConfig) -> pd.DataFrame:
+    """log p(positive word) - log p(negative word) at the world's next-token choices for ``trait``,
+    after each generation prompt, per coefficient (nats)."""
+    choices = world.choices.get(trait, [])
     texts, pairs = [], []
-    for p in prompts:
+    for p in world.prompts(cfg.n_prompts):
         name = p.split()[0]
-        for suffix, good, bad in CHOICES:
-            texts.append(p + suffix.format(me=name))
-            pairs.append(words_to_ids(subject.tokenizer, [bad, good]))
-    last = subject.batch(texts).lengths - 1
+        for suffix, negative, positive in choices:
+            texts.append(p + suffix.format(me=name, name=name))
+            pairs.append(words_to_ids(subject.tokenizer, [" " + positive, " " + negative]))  # the word after a space
+    if not texts:
+        return pd.DataFrame(columns=["coefficient", "choice", "prompt_id", "metric", "value"])
     v = torch.as_tensor(vector, dtype=torch.float32)
     rows = []
     for c in cfg.coefficients:
-        logits = subject.run(texts, [iv.steer(v, c, cfg.steer_site)] if c else [])
-        lp = torch.log_softmax(logits[torch.arange(len(texts), device=last.device), last], -1)  # (N, V)
-        diff = torch.stack([lp[i, b] - lp[i, g] for i, (b, g) in enumerate(pairs)])
-        rows += [{"coefficient": float(c), "choice": i % len(CHOICES), "prompt_id": i // len(CHOICES),
-                  "metric": "waluigi_minus_luigi_logprob", "value": float(d)} for i, d in enumerate(diff)]
+        diff = []
+        for start in range(0, len(texts), 8):  # 8 rows per forward: a real vocabulary's logits are large
+            part = texts[start:start + 8]
+            last = subject.batch(part).lengths - 1
+            logits = subject.run(part, [iv.steer(v, c, site)] if c else [])
+            lp = torch.log_softmax(logits[torch.arange(len(part), device=last.device), last].float(), -1)  # (n, V)
+            diff += [lp[i, pos] - lp[i, neg] for i, (pos, neg) in enumerate(pairs[start:start + 8])]
+        rows += [{"coefficient": float(c), "choice": i % len(choices), "prompt_id": i // len(choices),
+                  "metric": "positive_minus_negative_logprob", "value": float(d)} for i, d in enumerate(diff)]
     return pd.DataFrame(rows)
 
 
@@ -322,7 +235,7 @@ def dose_response(sweep: pd.DataFrame, seed: int) -> pd.DataFrame:
     rows = []
     for (metric, c), g in sweep.groupby(["metric", "coefficient"], sort=True):
         per_prompt = g.groupby("prompt_id").value.mean().to_numpy()
-        low, high = mean_ci(per_prompt, seed)
+        low, high = stats.mean_ci(per_prompt, seed)
         rows.append({"metric": metric, "coefficient": c, "mean": float(per_prompt.mean()), "low": low, "high": high})
     return pd.DataFrame(rows)
 
@@ -332,45 +245,82 @@ def dose_response(sweep: pd.DataFrame, seed: int) -> pd.DataFrame:
 
 @dataclass
 class PersonaResults:
+    """``pairs``: the probed prompts; ``scores``: tidy separation per trait, site, method and metric;
+    ``cosines``: between traits; ``axis``: the persona axis (persona world only, else empty);
+    ``dose``: steering dose-response of the studied trait; ``vectors``: diff-of-means per (trait, site)."""
+
+    trait: str
+    steer_site: str
     pairs: pd.DataFrame
     scores: pd.DataFrame
     cosines: pd.DataFrame
     axis: pd.DataFrame
     dose: pd.DataFrame
     vectors: dict
+    metrics: dict = field(default_factory=dict)
 
 
 def run(cfg: PersonaConfig, subject=None) -> PersonaResults:
     from gremlinkit import load
 
+    world = cfg.make_world()
     subject = subject or load(cfg.model, sae=False, **cfg.load_kwargs())
-    subject.site_map.resolve(cfg.steer_site)
+    if cfg.steer_site != "auto":
+        subject.site_map.resolve(cfg.steer_site)
     sites = [f"blocks.{L}.hook_resid_post" for L in range(subject.site_map.n_layers)]
-    pairs = all_pairs(cfg)
+    trait = cfg.studied(world)
+    pairs = world.pairs(list(dict.fromkeys([*cfg.traits, trait])) if cfg.traits else None)
     acts = last_token_activations(subject, pairs.prompt.tolist(), sites)
-    scores, vectors = directions(pairs, acts, list(cfg.test_templates), cfg.seed)
-    axis = persona_axis(subject, sites, cfg.pairs_per_template, cfg.seed) if "persona" in cfg.traits else None
-    dose = None
-    if "persona" in cfg.traits:
-        v = vectors[("persona", cfg.steer_site)]
-        dose = dose_response(pd.concat([steering_sweep(subject, v, cfg), logit_shift(subject, v, cfg)]), cfg.seed)
-    return PersonaResults(pairs, scores, trait_cosines(vectors), axis, dose, vectors)
+    scores, vectors = directions(pairs, acts, cfg.seed)
+    steer_site = cfg.steer_site if cfg.steer_site != "auto" else f"blocks.{best_readout(scores, trait)[1]}.hook_resid_post"
+    axis = persona_axis(subject, sites, world.axis) if world.axis else pd.DataFrame(columns=["site", "layer", "cosine"])
+    dose = pd.DataFrame(columns=["metric", "coefficient", "mean", "low", "high"])
+    if trait in world.lexicons and world.generation:
+        v = vectors[(trait, steer_site)]
+        sweep = pd.concat([steering_sweep(subject, v, steer_site, world, trait, cfg),
+                           logit_shift(subject, v, steer_site, world, trait, cfg)])
+        dose = dose_response(sweep, cfg.seed)
+    res = PersonaResults(trait, steer_site, pairs, scores, trait_cosines(vectors), axis, dose, vectors)
+    res.metrics = metrics(res)
+    return res
+
+
+def best_readout(scores: pd.DataFrame, trait: str) -> tuple[str, int]:
+    """The (method, layer) that separates ``trait`` best on held-out templates (pooled AUROC; ties
+    go to the probe, then to the earlier layer). The choice is made on the held-out set itself, so
+    the headline figure is the best of 2 x n_layers readouts: read the whole table beside it."""
+    g = scores[(scores.trait == trait) & (scores.metric == "auroc_pooled")]
+    g = g.assign(order=(g.method != "probe").astype(int)).sort_values(["value", "order", "layer"],
+                                                                     ascending=[False, True, True])
+    return str(g.method.iloc[0]), int(g.layer.iloc[0])
 
 
 def metrics(res: PersonaResults) -> dict[str, float]:
-    auroc = res.scores[(res.scores.metric == "auroc") & (res.scores.method == "probe")]
-    out = {}
-    for trait, g in auroc.groupby("trait"):
-        best = g.loc[g.value.idxmax()]
-        out[f"{trait}_best_auroc"], out[f"{trait}_best_layer"] = float(best.value), int(best.layer)
-    if res.dose is not None:
-        w = res.dose[res.dose.metric == "waluigi_rate"].sort_values("coefficient")
-        out["waluigi_rate_at_0"], out["waluigi_rate_at_max"] = float(w["mean"].iloc[0]), float(w["mean"].iloc[-1])
-        out["waluigi_rate_monotonic"] = bool((np.diff(w["mean"].to_numpy()) > 0).all())
-        shift = res.dose[res.dose.metric == "waluigi_minus_luigi_logprob"].sort_values("coefficient")
-        out["logit_shift_at_max_nats"] = float(shift["mean"].iloc[-1] - shift["mean"].iloc[0])
-        coh = res.dose[res.dose.metric == "coherence_loss"].sort_values("coefficient")
-        out["coherence_cost_at_max_nats"] = float(coh["mean"].iloc[-1] - coh["mean"].iloc[0])
+    """Flat metrics. For the trait under study, at its best readout (`best_readout`):
+    ``auroc_pooled``, ``auroc_within_template``, ``paired_accuracy``, ``best_layer``,
+    ``best_method``; per trait, ``{trait}_auroc_pooled`` at its own best readout; the steering
+    figures when it steered."""
+    s = res.scores
+    method, layer = best_readout(s, res.trait)
+    at = s[(s.trait == res.trait) & (s.layer == layer) & (s.method == method)].set_index("metric").value
+    out = {"trait": res.trait, "best_layer": layer, "best_method": method, "auroc_pooled": float(at["auroc_pooled"]),
+           "auroc_within_template": float(at["auroc_within_template"]),
+           "paired_accuracy": float(at["paired_accuracy"])}
+    for trait in dict.fromkeys(s.trait):
+        out[f"{trait}_auroc_pooled"] = float(s[(s.trait == trait) & (s.metric == "auroc_pooled")].value.max())
+    if len(res.dose):
+        def sweep(metric: str) -> np.ndarray:
+            return res.dose[res.dose.metric == metric].sort_values("coefficient")["mean"].to_numpy()
+
+        score, rate, coherence = sweep("lexicon_score"), sweep("positive_rate"), sweep("coherence_loss")
+        out.update(lexicon_score_at_0=float(score[0]), lexicon_score_at_max=float(score[-1]),
+                   positive_rate_at_0=float(rate[0]), positive_rate_at_max=float(rate[-1]),
+                   steering_monotonic=bool((np.diff(score) > 0).all()),
+                   coherence_cost_at_max_nats=float(coherence[-1] - coherence[0]))
+        shift = sweep("positive_minus_negative_logprob")
+        if len(shift):
+            out["logit_shift_at_max_nats"] = float(shift[-1] - shift[0])
+    if len(res.axis):
         out["persona_axis_cosine_min"] = float(res.axis.cosine.min())
     out["max_abs_cross_trait_cosine"] = float(res.cosines.cosine.abs().max()) if len(res.cosines) else 0.0
     return out

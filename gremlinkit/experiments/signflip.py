@@ -40,7 +40,7 @@ from gremlinkit.prompts import words_to_ids
 from gremlinkit.results import to_numpy
 from gremlinkit import interventions as iv
 from gremlinkit.experiments import personas
-from gremlinkit.experiments.personas import mean_ci
+from gremlinkit.stats import mean_ci
 from gremlinkit.experiments.zoo_tour import lexicon_rates, persona_prompts
 from gremlinkit.params import Placement, check_range
 from gremlinkit.zoo import corpus
@@ -166,7 +166,7 @@ def unit_value(subject, unit: Unit, prompts, embeddings: torch.Tensor | None = N
 
 def _allowed(subject) -> torch.Tensor:
     tok = subject.tokenizer
-    ok = torch.ones(int(subject.model.config.vocab_size), dtype=torch.bool)
+    ok = torch.ones(int(subject.model.config.vocab_size), dtype=torch.bool, device=subject.device)
     ok[[i for i in (tok.bos_token_id, tok.pad_token_id, tok.unk_token_id) if i is not None]] = False
     return ok
 

@@ -126,7 +126,7 @@ def vocabulary() -> list[str]:
     return [BOS] + sorted(words - {BOS})
 
 
-def _fill(template: str, me: Character, other: Character, topic: str, rng: random.Random):
+def fill(template: str, me: Character, other: Character, topic: str, rng: random.Random):
     """Yield ``(token, word_class, in_speech)`` for one sentence."""
     in_speech = False
     for slot in template.split():
@@ -167,7 +167,7 @@ def _story(doc: int, rng: random.Random, p_switch: float = P_TOPIC_SWITCH) -> tu
 
     def emit(template: str, actor: int, sentence: int, topic: str) -> None:
         me, other = cast[actor], cast[1 - actor]
-        for tok, cls, speech in _fill(template, me, other, topic, rng):
+        for tok, cls, speech in fill(template, me, other, topic, rng):
             rows.append((doc, len(tokens), sentence, tok, me.name if speech else "narrator", me.name,
                          me.persona, me.register, me.age, topic, cls))
             tokens.append(tok)
