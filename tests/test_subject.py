@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from gremlinkit.errors import InputError, SiteError
+from gremlinkit.zoo import registry
 
 
 def test_activations_equal_hf_hidden_states(toy):
@@ -90,3 +91,29 @@ def test_prompt_mask_marks_each_prompts_own_tokens(toy):
     batch = toy.batch(["mira is a kind", "ada"])
     assert batch.prompt_mask().tolist() == [[True] * 5, [True, True, False, False, False]]
     assert batch.prompt_mask(skip_bos=True)[:, 0].tolist() == [False, False]
+
+
+def test_loading_an_sae_object_in_another_dtype_copies_it():
+    """`load_sae` never changes a caller's SAE: a dtype change gives a copy."""
+    from sae_lens import SAE
+
+    from gremlinkit.subject import load_sae
+
+    sae = SAE.load_from_disk(registry.path("toy-base-sae"))
+    before = sae.W_enc.detach().clone()
+    half = load_sae(sae, dtype=torch.bfloat16)
+    assert half is not sae and half.W_enc.dtype == torch.bfloat16
+    assert sae.W_enc.dtype == torch.float32 and torch.equal(sae.W_enc, before)
+    assert load_sae(sae) is sae and load_sae(sae, dtype=torch.float32) is sae  # nothing to change: the same object
+
+
+def test_zoo_names_resolve_through_the_provider_entry_point(tmp_path):
+    """The core finds the zoo only through the package's entry points; a name no provider knows is
+    left to nnsight (a local directory or a hub id)."""
+    from gremlinkit import providers
+
+    assert [type(p).__name__ for p in providers.providers()] == ["ZooProvider"]
+    entry = providers.find("toy-rl")
+    assert entry.path == registry.path("toy-rl") and entry.default_sae == "toy-base-sae" and entry.world == "persona"
+    assert providers.find("gpt2") is None and providers.find(str(tmp_path)) is None
+    assert set(providers.worlds()) == {"persona"}

@@ -218,3 +218,29 @@ def test_scan_view_lists_half_lives():
     view = views.ScanViewer(viewer)
     view.feature.value = 9
     assert viewer.feature == 9 and "10.00" in view.table.value
+
+
+def test_the_subject_cache_loads_once_and_clear_lets_models_go():
+    import gc
+    import weakref
+
+    from widgets.state import SubjectCache
+
+    class Model:  # a stand-in for a loaded Subject: only its identity and lifetime matter here
+        pass
+
+    loads = []
+
+    def load(model, **kwargs):
+        loads.append((model, kwargs))
+        return Model()
+
+    cache = SubjectCache(load)
+    first = cache.get("toy-base", "toy-base-sae")
+    assert cache.get("toy-base", "toy-base-sae") is first and len(loads) == 1
+    assert cache.get("toy-base", "toy-base-sae", "cpu") is not first and len(cache) == 2  # another placement
+    ref = weakref.ref(first)
+    del first
+    cache.clear()
+    gc.collect()
+    assert len(cache) == 0 and ref() is None  # nothing else held it: the model is gone

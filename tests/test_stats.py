@@ -1,0 +1,47 @@
+"""The shared statistics against independent computations: numpy resampling by hand, scikit-learn's
+AUROC, and pair orderings counted by hand."""
+
+import numpy as np
+import pytest
+from scipy.stats import bootstrap
+from sklearn.metrics import roc_auc_score
+
+from gremlinkit import stats
+
+
+def test_mean_and_median_intervals_are_scipys_percentile_bootstrap_with_the_callers_seed():
+    values = np.array([0.3, 1.2, -0.4, 2.2, 0.9, 1.7, 0.1, 0.8])
+    for fn, statistic in ((stats.mean_ci, np.mean), (stats.median_ci, np.median)):
+        for seed in (0, 7):
+            res = bootstrap((values,), statistic, n_resamples=1000, method="percentile", random_state=seed)
+            assert fn(values, seed) == (res.confidence_interval.low, res.confidence_interval.high)
+        wide = np.random.default_rng(5).normal(size=101)
+        assert fn(wide, 0) != fn(wide, 1)  # the seed is used, not ignored
+        low, high = fn(values, 0)
+        assert low < statistic(values) < high
+    assert stats.mean_ci(np.full(5, 2.5), 0) == (2.5, 2.5)  # a constant sample: its value, not an error
+
+
+def test_mean_interval_is_the_quantiles_of_resampled_means():
+    values = np.array([1.0, 4.0, 2.0, 8.0, 5.0])
+    idx = np.random.default_rng(3).integers(0, 5, size=(400, 5))
+    expected = np.quantile(values[idx].mean(1), [0.025, 0.975])
+    assert stats.mean_interval(values, 400, seed=3) == pytest.approx(tuple(expected), abs=0)
+    low, high = stats.mean_interval(values, 400, seed=3)
+    assert values.min() <= low < values.mean() < high <= values.max()
+
+
+def test_separation_against_sklearn_and_counted_pairs():
+    rng = np.random.default_rng(0)
+    y = np.tile([0, 1], 30)
+    groups = np.repeat(["a", "b", "c"], 20)
+    pair_ids = np.repeat(np.arange(30), 2)
+    score = y * 0.8 + rng.normal(size=60) * 0.6 + (groups == "c") * 2.0  # template c sits higher
+    s = stats.separation(score, y, groups, pair_ids)
+    assert s["auroc_pooled"] == pytest.approx(roc_auc_score(y, score))
+    assert s["auroc_within_template"] == pytest.approx(np.mean([roc_auc_score(y[groups == g], score[groups == g])
+                                                                for g in "abc"]))
+    ordered = sum(score[2 * i + 1] > score[2 * i] for i in range(30)) / 30
+    assert s["paired_accuracy"] == pytest.approx(ordered)
+    # A template offset lowers the pooled AUROC, never the within-template one.
+    assert s["auroc_pooled"] < s["auroc_within_template"]
