@@ -188,7 +188,7 @@ def steering_sweep(subject, vector: np.ndarray, site: str, world: worlds.World, 
     negative rate, coherence_loss), value.
     """
     prompts = world.prompts(cfg.n_prompts)
-    v = torch.as_tensor(vector, dtype=torch.float32)
+    v = torch.as_tensor(vector, dtype=torch.float32, device=subject.device)
     seeds = [cfg.seed * 7919 + i for i in range(len(prompts))]  # paired per prompt across coefficients
     rows = []
     for c in cfg.coefficients:
@@ -215,7 +215,7 @@ def logit_shift(subject, vector: np.ndarray, site: str, world: worlds.World, tra
             pairs.append(words_to_ids(subject.tokenizer, [" " + positive, " " + negative]))  # the word after a space
     if not texts:
         return pd.DataFrame(columns=["coefficient", "choice", "prompt_id", "metric", "value"])
-    v = torch.as_tensor(vector, dtype=torch.float32)
+    v = torch.as_tensor(vector, dtype=torch.float32, device=subject.device)
     rows = []
     for c in cfg.coefficients:
         diff = []

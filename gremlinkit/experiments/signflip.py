@@ -178,7 +178,7 @@ def search(subject, unit: Unit, sign: int, method: str, cfg: SignFlipConfig, res
     The prompt is ``[BOS] + prefix + free + suffix``; only the free tokens change.
     """
     gen = torch.Generator().manual_seed(cfg.seed * 10_007 + restart * 101 + unit.index)
-    allowed = torch.nonzero(_allowed(subject)).flatten()
+    allowed = torch.nonzero(_allowed(subject)).flatten().cpu()  # candidate ids are host-side inputs, as prompts are
     prefix, suffix = prefix or [subject.tokenizer.bos_token_id], suffix or []
     free = allowed[torch.randint(len(allowed), (cfg.prompt_length,), generator=gen)]
     lo, hi = len(prefix), len(prefix) + cfg.prompt_length
@@ -195,7 +195,7 @@ def search(subject, unit: Unit, sign: int, method: str, cfg: SignFlipConfig, res
             grad = oh.grad[0].masked_fill(~_allowed(subject), float("inf"))  # (T, V)
             top = (-grad).topk(cfg.top_k, dim=-1).indices  # (T, k): steepest descent substitutions
             pick = torch.randint(cfg.top_k, (cfg.batch_candidates,), generator=gen)
-            cands[torch.arange(cfg.batch_candidates), where] = top[where, pick]
+            cands[torch.arange(cfg.batch_candidates), where] = top[where.to(top.device), pick.to(top.device)].cpu()
         else:
             cands[torch.arange(cfg.batch_candidates), where] = allowed[
                 torch.randint(len(allowed), (cfg.batch_candidates,), generator=gen)]
