@@ -171,3 +171,66 @@ def test_validate_names_the_exact_valid_ranges():
     iv.validate(iv.ablate(0, pos=[[3], [1], [4]]), **kw)  # per-row lists up to each row's last token
     with pytest.raises(iv.InterventionError, match=r"positions \[2\] are beyond row 1, whose sequence has 2 tokens"):
         iv.validate(iv.ablate(0, pos=[[0], [2], [0]]), **kw)
+
+
+def test_seeded_gumbel_draws_each_rows_noise_step_by_step():
+    """Row r at step k is gumbel_noise(seeds[r], steps, vocab)[k]; rows sharing a seed share it;
+    the default device is the CPU; steps must come in order."""
+    from gremlinkit.generation import SeededGumbel
+
+    noise = SeededGumbel([3, 5, 3], vocab=7)
+    full = {s: gumbel_noise(s, 3, 7) for s in (3, 5)}
+    for k in range(3):
+        step = noise.at(k)
+        assert step.device.type == "cpu" and step.shape == (3, 7)
+        torch.testing.assert_close(step, torch.stack([full[3][k], full[5][k], full[3][k]]), atol=0, rtol=0)
+        assert noise.at(k) is step  # asked again: the same draw
+    with pytest.raises(RuntimeError, match="step 5 was asked for after step 2"):
+        noise.at(5)
+
+
+def test_pre_activations_equal_the_activation_where_a_rescaling_topk_sae_fires():
+    """A top-k SAE that rescales its codes by its decoder norms applies the scale after its
+    pre-activation hook; `encode_with_pre` applies it too, so where a feature is on the two agree,
+    and elsewhere the pre-activation still carries the (scaled) value."""
+    from sae_lens import SAE
+    from sae_lens.saes.topk_sae import TopKSAEConfig
+
+    from gremlinkit.interventions import encode_with_pre
+
+    torch.manual_seed(0)
+    sae = SAE.from_dict(TopKSAEConfig(d_in=8, d_sae=16, k=3, rescale_acts_by_decoder_norm=True).to_dict())
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.copy_(torch.randn_like(p))
+        sae.W_dec.mul_(torch.linspace(0.5, 3.0, 16)[:, None])  # decoder norms far from 1
+    x = torch.randn(5, 8)
+    post, pre = encode_with_pre(sae, x)
+    on = post > 0
+    assert on.sum(-1).tolist() == [3] * 5
+    torch.testing.assert_close(pre[on], post[on], atol=1e-5, rtol=1e-5)
+    norms = sae.W_dec.norm(dim=-1)
+    raw = (x - sae.b_dec * getattr(sae.cfg, "apply_b_dec_to_input", True)) @ sae.W_enc + sae.b_enc
+    torch.testing.assert_close(pre, raw * norms, atol=1e-4, rtol=1e-4)
+
+
+def test_clamp_defaults_to_every_position():
+    import gremlinkit.interventions as iv
+
+    assert iv.clamp(3, 2.0) == iv.clamp(3, 2.0, pos="all")
+
+
+def test_a_split_batch_keeps_its_bos_flag_and_row_sizes(toy):
+    b = make_batch([[5, 6, 7], [8], [9, 10]], toy.tokenizer, bos=False)
+    parts = b.split(2)
+    assert [p.bos for p in parts] == [False, False] and [p.sizes for p in parts] == [(3, 1), (2,)]
+    with_bos = make_batch([[0, 5, 6], [0]], toy.tokenizer, bos=True)
+    assert [p.bos for p in with_bos.split(1)] == [True, True]
+    assert with_bos.prompt_mask().tolist() == [[True, True, True], [True, False, False]]  # BOS kept by default
+
+
+def test_gumbel_max_adds_a_whole_rows_noise_to_a_single_row():
+    noise = torch.arange(12, dtype=torch.float32).reshape(1, 3, 4)  # one row: (1, steps, vocab)
+    scores = torch.tensor([[1.0, 0.0, -1.0, 2.0]])
+    out = GumbelMax(noise, prompt_width=2, temperature=2.0)(torch.zeros(1, 3, dtype=torch.long), scores)  # step 1
+    torch.testing.assert_close(out, scores / 2.0 + noise[:, 1], atol=0, rtol=0)

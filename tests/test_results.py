@@ -3,6 +3,8 @@
 import json
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -66,3 +68,30 @@ def test_to_numpy_detaches_and_widens_half_precision():
     a = results.to_numpy(t * 2)
     assert a.dtype == np.float32 and a.tolist() == [3.0, 4.5]
     assert results.to_numpy(torch.tensor([3, 4])).dtype == np.int64
+
+
+def test_a_table_is_written_without_its_index():
+    """Tables are tidy: a filtered frame's row labels are not data, so they are not written."""
+    df = pd.DataFrame({"a": [1, 2, 3], "b": ["x", "y", "z"]}).iloc[[2, 0]]
+    with tempfile.TemporaryDirectory() as d:
+        results.write_table(df, Path(d) / "t.parquet")
+        back = pd.read_parquet(Path(d) / "t.parquet")
+    assert list(back.columns) == ["a", "b"] and back.index.tolist() == [0, 1] and back.a.tolist() == [3, 1]
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="needs a second filesystem (/dev/shm)")
+def test_atomic_text_writes_stay_on_the_targets_filesystem(tmp_path, monkeypatch):
+    """The temporary file is made beside its target, so the final rename never crosses
+    filesystems, wherever the system's temporary directory is."""
+    monkeypatch.setattr(tempfile, "tempdir", "/dev/shm")  # another filesystem than tmp_path's
+    results.atomic_write_text(tmp_path / "m.json", "{}\n")
+    assert (tmp_path / "m.json").read_text() == "{}\n" and not list(tmp_path.glob(".m.json-*"))
+
+
+def test_peak_rss_is_linuxs_high_water_mark_in_mb():
+    status = Path("/proc/self/status")
+    if not status.exists():
+        pytest.skip("no /proc here")
+    before = results.peak_rss_mb()
+    kb = int(next(line for line in status.read_text().splitlines() if line.startswith("VmHWM:")).split()[1])
+    assert before == kb / 1024 or results.peak_rss_mb() == kb / 1024  # the same reading, in MiB (1024 kB)

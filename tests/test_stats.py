@@ -45,3 +45,22 @@ def test_separation_against_sklearn_and_counted_pairs():
     assert s["paired_accuracy"] == pytest.approx(ordered)
     # A template offset lowers the pooled AUROC, never the within-template one.
     assert s["auroc_pooled"] < s["auroc_within_template"]
+
+
+def test_interval_edge_cases_by_hand():
+    assert stats.mean_ci(np.array([3.0]), 0) == (3.0, 3.0)  # one value: its own interval
+    # A sample whose range is exactly 1 is not constant: it gets a real interval.
+    low, high = stats.mean_ci(np.array([0.0, 1.0, 0.0, 1.0, 1.0]), 0)
+    assert 0.0 <= low < 0.6 < high <= 1.0 and low < high
+    # Booleans (a fraction of features, say) are read as 0/1.
+    flags = np.array([True, False, True, True, False, True])
+    assert stats.mean_ci(flags, 4) == stats.mean_ci(flags.astype(float), 4)
+    wide = np.random.default_rng(5).normal(size=101)
+    res = bootstrap((wide,), np.median, n_resamples=1000, method="percentile", random_state=2)
+    assert stats.median_ci(wide, 2) == (res.confidence_interval.low, res.confidence_interval.high)
+
+
+def test_a_tied_pair_is_not_ordered():
+    score = np.array([0.5, 0.5, 0.1, 0.9])  # pair 0 tied, pair 1 ordered
+    s = stats.separation(score, np.array([0, 1, 0, 1]), np.array([0, 0, 0, 0]), np.array([0, 0, 1, 1]))
+    assert s["paired_accuracy"] == 0.5
