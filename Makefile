@@ -31,8 +31,9 @@ organisms: $(STAMP)
 demo: real-model organisms
 	$(PY) -m gremlinkit demo --notebooks notebooks --runs runs
 
-# Tests run on TEST_WORKERS pytest-xdist workers (one per core here), one torch thread each.
-TEST_WORKERS ?= 2
+# Tests run on TEST_WORKERS pytest-xdist workers, one torch thread each: three on two cores, since
+# many tests spend part of their time waiting (on a kernel, a browser, a subprocess).
+TEST_WORKERS ?= 3
 
 test: real-model
 	$(PY) -m pytest -n $(TEST_WORKERS)
