@@ -78,5 +78,5 @@ def test_bos_true_needs_a_bos_token(gpt2_like, tmp_path):
     tok.bos_token = None
     from gremlinkit.prompts import resolve_bos
 
-    with pytest.raises(InputError, match="bos=True, but this tokenizer has no BOS token"):
+    with pytest.raises(InputError, match=r"^bos=True, but this tokenizer has no BOS token \(bos_token_id is None\): use bos=False$"):
         resolve_bos(tok, True)

@@ -234,3 +234,35 @@ def test_gumbel_max_adds_a_whole_rows_noise_to_a_single_row():
     scores = torch.tensor([[1.0, 0.0, -1.0, 2.0]])
     out = GumbelMax(noise, prompt_width=2, temperature=2.0)(torch.zeros(1, 3, dtype=torch.long), scores)  # step 1
     torch.testing.assert_close(out, scores / 2.0 + noise[:, 1], atol=0, rtol=0)
+
+
+def test_masks_are_boolean_and_negative_positions_count_from_each_rows_end(toy):
+    import gremlinkit.interventions as iv
+
+    b = make_batch([[0, 5, 6, 7], [0, 8]], toy.tokenizer, bos=True)
+    positions, lengths = b.positions(), b.lengths
+    last = iv.mask(iv.ablate(3, pos=-1), positions, lengths, step=None)
+    assert last.dtype == torch.bool
+    assert last.tolist() == [[False, False, False, True], [False, False, False, True]]  # left-padded: both end last
+    second_last = iv.mask(iv.ablate(3, pos=-2), positions, lengths, step=None)
+    assert second_last.tolist() == [[False, False, True, False], [False, False, True, False]]
+    other_step = iv.mask(iv.ablate(3, step=2), positions, lengths, step=0)
+    assert other_step.dtype == torch.bool and not other_step.any()
+
+
+def test_a_site_map_has_resid_mid_unless_the_residual_is_parallel():
+    from types import SimpleNamespace
+
+    from gremlinkit.sites import SiteMap
+
+    assert SiteMap("llama", 2).parallel_residual is False  # the default: a sequential residual stream
+    llama = SiteMap.for_config(SimpleNamespace(model_type="llama", num_hidden_layers=2))  # no such attribute
+    assert llama.parallel_residual is False and "blocks.1.hook_resid_mid" in llama.names
+
+
+def test_seeded_gumbel_stays_finite_at_the_ends_of_the_unit_interval(monkeypatch):
+    from gremlinkit.generation import SeededGumbel
+
+    monkeypatch.setattr(torch, "rand", lambda *shape, generator=None: torch.tensor([0.0, 1.0]))
+    noise = SeededGumbel([0], vocab=2).at(0)
+    assert torch.isfinite(noise).all() and noise[0, 0] < -3 and noise[0, 1] > 15
