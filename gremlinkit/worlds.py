@@ -38,10 +38,16 @@ from gremlinkit.errors import ConfigError
 PAIR_COLUMNS = ["trait", "template", "positive", "negative"]
 
 
+def _template_order(template) -> tuple:
+    """Templates sort as numbers where they are numbers ("10" after "9"), else as text."""
+    text = str(template)
+    return (0, int(text), "") if text.lstrip("-").isdigit() else (1, 0, text)
+
+
 def held_out_templates(templates: list) -> list:
     """The held-out templates of one trait: the last quarter (rounded up) of its sorted templates,
     at least one and never all. A trait with one template cannot be split and is refused."""
-    present = sorted(set(templates), key=str)
+    present = sorted(set(templates), key=_template_order)
     if len(present) < 2:
         raise ConfigError(f"a trait's pairs use {len(present)} template(s) {present}; a held-out split by "
                           "template needs at least 2")

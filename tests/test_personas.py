@@ -106,6 +106,8 @@ def test_held_out_templates_are_never_empty():
     assert worlds.held_out_templates([0, 1, 2, 3] * 3) == [3]
     assert worlds.held_out_templates(list(range(8))) == [6, 7]
     assert worlds.held_out_templates(["a", "b"]) == ["b"]  # two templates: one each side
+    assert worlds.held_out_templates(list(range(12))) == [9, 10, 11]  # numbers sort as numbers
+    assert worlds.held_out_templates([str(t) for t in range(12)]) == ["9", "10", "11"]  # also from a CSV
     with pytest.raises(ConfigError, match="1 template"):
         worlds.held_out_templates([0, 0])
 
