@@ -50,7 +50,7 @@ def _config(out: str, mode: str, n_features: int = 8, n_prompts: int = 32, horiz
 
 
 def _setup(subject, cfg):
-    prompts, positions = ps.scan_prompts(cfg, subject.tokenizer)
+    prompts, positions = ps.scan_prompts(cfg, subject)
     features = ps.choose_features(subject, prompts, cfg.features, cfg.seed)
     return prompts, ps._units(features, positions)
 

@@ -194,6 +194,18 @@ def mask(iv: Intervention, positions: torch.Tensor, lengths: torch.Tensor, step:
     return m
 
 
+def _edited(where: torch.Tensor) -> tuple:
+    """Index of the positions a (B, T) mask selects. An SAE codes each token by itself, so only
+    those are coded: a (B, T, d_sae) code of a whole batch costs GBs on a real model. A mask whose
+    values cannot be read (a fake or meta tensor) selects every position, with the same result."""
+    try:
+        return where.nonzero(as_tuple=True)
+    except (NotImplementedError, DataDependentOutputException, RuntimeError) as err:
+        if not (where.is_meta or "nonzero" in str(err)):
+            raise
+        return (slice(None), slice(None))
+
+
 def _touches(m: torch.Tensor) -> bool:
     """Whether a mask selects anything; a mask whose values cannot be read (a fake or symbolic
     tensor) is assumed to, so the edit is applied and stays correct."""
@@ -253,15 +265,18 @@ def apply(x: torch.Tensor, ivs: Sequence[Intervention], sae: Any, positions: tor
     w = x.float() if x.dtype in (torch.bfloat16, torch.float16) else x  # the working copy
     features = [(iv, m) for iv, m in live if isinstance(iv, FeatureEdit)]
     if features:
-        f = encode(sae, x)  # (B, T, d_sae), in the SAE's dtype
+        f_at = _edited(torch.stack([m for _, m in features]).any(0))
+        f = encode(sae, x[f_at])  # (N, d_sae) at the edited positions, in the SAE's dtype
         f_new = f.clone()
         for iv, m in features:
             current = f_new[..., iv.feature]
             edited = {"ablate": torch.zeros_like(current), "add": current + iv.value,
                       "clamp": torch.full_like(current, iv.value)}[iv.kind]
-            f_new[..., iv.feature] = torch.where(m, edited, current)
-        # The difference is taken in the SAE's dtype: where no edit applies it is exactly zero.
-        w = w + (sae.decode(f_new) - sae.decode(f)).to(w.dtype)
+            f_new[..., iv.feature] = torch.where(m[f_at], edited, current)
+        # The difference is taken in the SAE's dtype, and is exactly zero where no edit applies.
+        delta = torch.zeros_like(w)
+        delta[f_at] = (sae.decode(f_new) - sae.decode(f)).to(w.dtype)
+        w = w + delta
     for iv, m in live:
         if isinstance(iv, VectorEdit):
             m = m[..., None].to(w.dtype)  # (B, T, 1)

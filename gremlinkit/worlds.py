@@ -7,7 +7,10 @@ An experiment asks its world for
 * the held-out split, by template (`World.held_out`): at least a quarter of each trait's templates,
   never fewer than one, and never all of them, so no split is ever empty;
 * trait lexicons (`World.lexicon_rates`): words of each pole, for scoring generated text;
-* prompts for generation and scans (`World.prompts`).
+* prompts for generation (`World.prompts`), and prompts that put a character at either pole of a
+  trait (`World.pole_prompts`);
+* running text for scans and sign statistics (`World.documents`): a world's own corpus where it has
+  one (the persona world's stories), else stories of its pairs' sentences, each side drawn at random.
 
 Three worlds ship:
 
@@ -27,9 +30,11 @@ from __future__ import annotations
 import csv
 import json
 import math
+import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 
@@ -68,6 +73,12 @@ class World:
     choices: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)
     lowercase: bool = True  # lexicon matching ignores case
     axis: dict[str, list[str]] = field(default_factory=dict)  # neutral / luigi / waluigi prompts (persona world)
+    # The world's own running text: (n, seed) -> n documents. None: stories of the pairs' sentences.
+    corpus: Callable[[int, int], list[str]] | None = None
+    # (trait, n, seed) -> {"positive": [...], "negative": [...]}. None: the pairs of held-out templates.
+    poles: Callable[[str, int, int], dict[str, list[str]]] | None = None
+    # trait -> the pole ("positive" or "negative") that the sign-flip search calls Luigi (+Y); default positive
+    luigi: dict[str, str] = field(default_factory=dict)
 
     @property
     def traits(self) -> list[str]:
@@ -115,6 +126,33 @@ class World:
         if not self.generation:
             raise ConfigError(f"the {self.name} world has no generation prompts")
         return [self.generation[i % len(self.generation)] for i in range(n)]
+
+    def documents(self, n: int, seed: int, sentences: int = 8) -> list[str]:
+        """``n`` documents of running text: the world's corpus, or else stories of ``sentences``
+        sentences, each one side of a random pair (any trait), drawn with ``seed``."""
+        if n < 1:
+            raise ConfigError(f"n={n} documents: ask for at least 1")
+        if self.corpus is not None:
+            return self.corpus(n, seed)
+        rng = random.Random(f"documents-{self.name}-{seed}")
+        sides = list(self.table.positive) + list(self.table.negative)
+        return [" ".join(rng.choice(sides) for _ in range(sentences)) for _ in range(n)]
+
+    def pole_prompts(self, trait: str, n: int, seed: int) -> dict[str, list[str]]:
+        """``n`` prompts per pole of ``trait`` (``"positive"``, ``"negative"``) to generate from:
+        the world's own, or the two sides of pairs from the held-out templates (cycled when fewer)."""
+        self.check_traits([trait])
+        if self.poles is not None:
+            return self.poles(trait, n, seed)
+        part = self.table[(self.table.trait == trait) & self.table.template.isin(self.held_out(trait))]
+        order = random.Random(f"poles-{trait}-{seed}").sample(range(len(part)), len(part))
+        rows = [part.iloc[order[i % len(order)]] for i in range(n)]
+        return {"positive": [r.positive for r in rows], "negative": [r.negative for r in rows]}
+
+    def luigi_pole(self, trait: str) -> str:
+        """The pole of ``trait`` that plays Luigi (good behaviour, +Y) in the sign-flip search."""
+        self.check_traits([trait])
+        return self.luigi.get(trait, "positive")
 
 
 # --------------------------------------------------------------------------- a user's file

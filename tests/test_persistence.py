@@ -97,7 +97,7 @@ def test_the_pre_activation_readout_sees_what_the_top_k_cut_hides(toy):
     from gremlinkit import interventions as iv
 
     cfg = ps.PersistenceConfig(features=[0], horizon=24, n_prompts=16, mode="teacher_forced")
-    prompts, positions = ps.scan_prompts(cfg, toy.tokenizer)
+    prompts, positions = ps.scan_prompts(cfg, toy)
     feature, start = 100, 10
     rows = []
     for p, prompt in enumerate(prompts):
@@ -141,7 +141,7 @@ def test_divergence_says_whether_the_edited_continuation_changed(toy, tmp_path):
     from gremlinkit import interventions as iv
 
     f, p, pos = (int(v) for v in df[["feature", "prompt_id", "position"]].iloc[0])
-    prompts, _ = ps.scan_prompts(cfg, toy.tokenizer)
+    prompts, _ = ps.scan_prompts(cfg, toy)
     seed = ps._row_seed(cfg, p, pos)
     plain = toy.generate([prompts[p][: pos + 1]], cfg.horizon + 1, seed=seed).tokens
     edited = toy.generate([prompts[p][: pos + 1]], cfg.horizon + 1, [iv.add(f, 64.0, pos=pos)], seed=seed).tokens
@@ -158,7 +158,7 @@ def test_token_columns_are_the_tokens_each_run_chose(toy, tmp_path):
     df = ps.run(cfg, {"toy-base": toy})
     assert (df[df["mode"] == "teacher_forced"][["token", "intervened_token"]] == -1).all().all()
     on = df[df["mode"] == "on_policy"]
-    prompts, positions = ps.scan_prompts(cfg, toy.tokenizer)
+    prompts, positions = ps.scan_prompts(cfg, toy)
     for p, (pos,) in enumerate(positions):
         rows = on[on.prompt_id == p].sort_values("lag")
         seed = ps._row_seed(cfg, p, pos)
@@ -195,7 +195,7 @@ def test_active_positions_edit_each_feature_at_its_first_firing(toy, tmp_path):
     cfg = _cfg(tmp_path, positions=["active:8"], features=features, intervention="ablate", n_prompts=12,
                mode="teacher_forced")
     df = ps.run(cfg, {"toy-base": toy})
-    prompts, _ = ps.scan_prompts(cfg, toy.tokenizer)
+    prompts, _ = ps.scan_prompts(cfg, toy)
     units = set(map(tuple, df[["feature", "prompt_id", "position"]].drop_duplicates().to_numpy().tolist()))
     expected = set()
     for p, ids in enumerate(prompts):
@@ -235,7 +235,7 @@ def test_one_off_token_feature_dies_within_two_tokens(toy, heldout, tmp_path):
                        else 0.0 for f in range(on.shape[1])])
     cfg = ps.PersistenceConfig(features=[0], intervention="ablate", positions=["sentence_end:24"], horizon=32,
                                n_prompts=128, mode="on_policy", n_bootstrap=100, output_dir=str(tmp_path))
-    prompts, positions = ps.scan_prompts(cfg, toy.tokenizer)
+    prompts, positions = ps.scan_prompts(cfg, toy)
     at_edit = torch.stack([toy.features([p])[0, pos[0]] for p, pos in zip(prompts, positions)]).mean(0)
     one_off = [f for f in at_edit.argsort(descending=True).tolist() if purity[f] >= 0.95][0]
     assert at_edit[one_off] > 0.5  # the premise: it is really active where it is ablated
@@ -296,7 +296,7 @@ def test_comparison_across_models_uses_the_same_features(toy, tmp_path):
     import gremlinkit
 
     other = gremlinkit.load("toy-base")  # a second copy stands in for a fine-tuned model
-    cfg = _cfg(tmp_path, models=["toy-base", "copy"], mode="teacher_forced")
+    cfg = _cfg(tmp_path, models=["copy"], mode="teacher_forced")
     df = ps.run(cfg, {"toy-base": toy, "copy": other})
     by_model = df.groupby("model").feature.unique()
     assert sorted(by_model["toy-base"]) == sorted(by_model["copy"])
@@ -310,7 +310,8 @@ def test_comparison_across_models_uses_the_same_features(toy, tmp_path):
     ({"features": "best-3"}, "features='best-3'"),
     ({"positions": [0]}, "positions=\\[0\\]"),
     ({"horizon": 0}, "horizon=0 is out of range"),
-    ({"models": []}, "models=\\[\\] is empty"),
+    ({"model": ""}, "model='': name a model"),
+    ({"models": ["toy-base"]}, "models=\\['toy-base'\\] repeats a model"),
     ({"positions": ["active:8", 30]}, "'active:N' .* give it alone"),
     ({"positions": ["active:x"]}, "'active:N' alone"),
 ])

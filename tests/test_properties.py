@@ -93,9 +93,13 @@ def test_ablate_then_adding_the_activation_back_restores_the_run(toy, prompts, d
     feature = data.draw(st.sampled_from(active))
     value = float(feats[feature])
     restored = toy.run(prompts, [iv.ablate(feature, pos=pos, rows=row), iv.add(feature, value, pos=pos, rows=row)])
-    assert torch.equal(restored, toy.run(prompts))
+    original = toy.run(prompts)
+    # An edit codes only the positions it touches, and `features` codes the whole batch: the SAE's
+    # matmul over a different number of rows may round the value in its last bits.
+    torch.testing.assert_close(restored, original, rtol=1e-5, atol=1e-5)
+    assert torch.equal(restored[:, :pos], original[:, :pos])  # nothing before the edit moves at all
     ablated = toy.run(prompts, [iv.ablate(feature, pos=pos, rows=row)])
-    assert (ablated[row, pos] - restored[row, pos]).abs().max() > 0  # the ablation alone did something
+    assert (ablated[row, pos] - restored[row, pos]).abs().max() > 1e-3  # the ablation alone did something
 
 
 @settings(max_examples=200, deadline=None, derandomize=True)

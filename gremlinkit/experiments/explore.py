@@ -82,7 +82,7 @@ class ExploreConfig(Placement):
     def scan_config(self) -> persistence.PersistenceConfig:
         """The persistence scan the scan viewer shows: on-policy and teacher-forced ablations."""
         return persistence.PersistenceConfig(
-            models=list(self.scan_models), sae=self.sae, features=self.scan_features, intervention="ablate",
+            model=self.scan_models[0], models=list(self.scan_models[1:]), sae=self.sae, features=self.scan_features, intervention="ablate",
             positions=["sentence_end:16"], horizon=self.scan_horizon, n_prompts=self.scan_n_prompts,
             n_bootstrap=50, seed=self.seed, output_dir=str(Path(self.output_dir) / "scan"), device=self.device,
             dtype=self.dtype)

@@ -126,7 +126,7 @@ class GremlinConfig(Placement):
 
     def scan_config(self) -> persistence.PersistenceConfig:
         return persistence.PersistenceConfig(
-            models=list(self.models), sae=self.sae, features="live" if self.full else self.features,
+            model=self.models[0], models=list(self.models[1:]), sae=self.sae, features="live" if self.full else self.features,
             intervention=self.intervention,
             scale=self.scale, positions=list(self.positions), horizon=self.horizon, n_prompts=self.n_prompts,
             mode="on_policy", n_bootstrap=self.n_bootstrap, seed=self.seed, output_dir=self.output_dir,
@@ -294,7 +294,7 @@ def planted_controls(cfg: GremlinConfig, base, control: int, census_size: int, l
         subject = base if name == base_name else load(name)
         features = sorted(topics) if name == PLANTED[0] else [control]
         for seed in range(cfg.planted_seeds):
-            scan_cfg = dataclasses.replace(cfg.scan_config(), models=[name], features=features, seed=seed)
+            scan_cfg = dataclasses.replace(cfg.scan_config(), model=name, models=[], features=features, seed=seed)
             summary = persistence.summarize(persistence.run(scan_cfg, {name: subject}), cfg.n_bootstrap, seed)
             for r in summary.itertuples():
                 rows.append({"model": name, "eigenvalue": eigen, "truth_half_life": truth, "feature": r.feature,
@@ -376,7 +376,7 @@ def rl_dose_series(cfg: GremlinConfig, scan: pd.DataFrame, features: list[int], 
     for model, g in head.groupby("model", sort=False, observed=True):
         rows.append(_dose_row(str(model), g, control, DOSE_BOOTSTRAP, cfg.seed))
     for name in cfg.dose_models:
-        one = persistence.run(dataclasses.replace(scan_cfg, models=[name]), {name: load(name)})
+        one = persistence.run(dataclasses.replace(scan_cfg, model=name, models=[]), {name: load(name)})
         rows.append(_dose_row(Path(name).name, persistence.summarize(one, cfg.n_bootstrap, cfg.seed), control,
                               DOSE_BOOTSTRAP, cfg.seed))
     return pd.DataFrame(rows)
@@ -430,7 +430,7 @@ def run(cfg: GremlinConfig, subjects: dict | None = None) -> GremlinResults:
     subjects = subjects or {m: load(m, sae=cfg.sae, **cfg.load_kwargs()) for m in cfg.models}
     base = subjects[cfg.models[0]]
     scan_cfg = cfg.scan_config()
-    prompts, _ = persistence.scan_prompts(scan_cfg, base.tokenizer)
+    prompts, _ = persistence.scan_prompts(scan_cfg, base)
     census = persistence.choose_features(base, prompts, scan_cfg.features, cfg.seed)
     controls = [persistence.topic_feature(base, cfg.control_topic, seed=cfg.seed)] if cfg.control_topic else []
     census = [f for f in census if f not in controls]  # a control is scanned once, and not counted

@@ -69,6 +69,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,7 +81,7 @@ from scipy.optimize import minimize_scalar
 from scipy.stats import false_discovery_control, ttest_1samp
 from tqdm.auto import tqdm
 
-from gremlinkit.prompts import words_to_ids
+from gremlinkit.prompts import encode
 from gremlinkit import interventions as iv
 from gremlinkit.errors import ConfigError
 from gremlinkit.params import Placement, check_choice, check_range
@@ -102,8 +103,10 @@ ACTIVE_WINDOW = 32  # "active:N" edits each feature at its first firing among to
 
 @dataclass(frozen=True)
 class PersistenceConfig(Placement):
-    models: list = field(default_factory=lambda: ["toy-base"])  # zoo names or model directories
-    sae: str = "toy-base-sae"  # one SAE shared by every model
+    model: str = "toy-base"  # zoo name, local model directory or hub id
+    models: list = field(default_factory=list)  # more models scanned beside it, with its SAE and prompts
+    sae: str = "auto"  # one SAE shared by every model; "auto": the model's own
+    world: str = "auto"  # where the stories come from: "auto" (the model's), "persona", "english" or a pairs file
     features: Any = "top-8"  # "top-N" by firing frequency, "random-N", "live" (every live one) or a list of ids
     intervention: str = "add"  # "ablate" or "add"
     scale: float = 32.0  # added to the feature when intervention is "add"
@@ -119,8 +122,11 @@ class PersistenceConfig(Placement):
     output_dir: str = "output/03_persistence_scan"  # where chunks, tables and metrics go
 
     def __post_init__(self) -> None:
-        if not self.models:
-            raise ConfigError("parameter models=[] is empty: name at least one model")
+        if not self.model or not isinstance(self.model, str):
+            raise ConfigError(f"parameter model={self.model!r}: name a model")
+        if self.model in self.models or len(set(self.models)) < len(self.models):
+            raise ConfigError(f"parameter models={self.models!r} repeats a model (model={self.model!r} is scanned "
+                              "already)")
         check_choice("intervention", self.intervention, ("ablate", "add"))
         check_choice("mode", self.mode, (*MODES, "both"))
         check_range("horizon", self.horizon, 1, 200)
@@ -157,6 +163,23 @@ class PersistenceConfig(Placement):
         return int(p.split(":")[1]) if isinstance(p, str) and p.startswith("active:") else None
 
     @property
+    def scanned(self) -> list[str]:
+        """Every model of the scan, ``model`` first."""
+        return [self.model, *self.models]
+
+    def sae_name(self) -> str:
+        """The SAE every model shares: ``sae``, or the first model's own when ``sae="auto"``."""
+        if self.sae != "auto":
+            return self.sae
+        from gremlinkit import providers
+
+        entry = providers.find(self.model)
+        if entry is None or not entry.default_sae:
+            raise ConfigError(f"parameter sae='auto': model {self.model!r} has no SAE of its own; name one "
+                              "(a zoo SAE, a local SAE directory or a sae_lens release)")
+        return entry.default_sae
+
+    @property
     def modes(self) -> tuple[str, ...]:
         return MODES if self.mode == "both" else (self.mode,)
 
@@ -176,15 +199,20 @@ def _position_ok(p: Any) -> bool:
     return isinstance(p, int) and not isinstance(p, bool) and p >= 1
 
 
+_SENTENCE_END = re.compile(r"[\sĠ▁]*[.!?][\"')]*")  # a full stop as a token: ".", "Ġ.", '."', ...
+
+
 def resolve_position(spec: Any, tokens: list[str]) -> int | None:
     """The edit position ``spec`` names in one story (None if the story has no such position); for
-    ``"active:N"``, the last position the feature may be edited at, which the story must reach."""
+    ``"active:N"``, the last position the feature may be edited at, which the story must reach.
+    ``tokens`` are the story's tokens as the tokenizer spells them; a sentence ends at a token that
+    is a full stop (or ! or ?) with nothing but a space marker before it and quotes after it."""
     if isinstance(spec, int):
         return spec
     start = int(spec.split(":")[1])
     if spec.startswith("active:"):
         return start + ACTIVE_WINDOW - 1 if start + ACTIVE_WINDOW <= len(tokens) else None
-    return next((i for i in range(start, len(tokens)) if tokens[i] == "."), None)
+    return next((i for i in range(start, len(tokens)) if _SENTENCE_END.fullmatch(tokens[i])), None)
 
 
 # --------------------------------------------------------------------------- truth
@@ -227,23 +255,29 @@ def topic_feature(subject, topic: str, n_docs: int = 120, seed: int = 0) -> int:
     return topic_features(subject, [topic], n_docs, seed)[topic]
 
 
-def scan_prompts(cfg: PersistenceConfig, tokenizer) -> tuple[list[torch.Tensor], list[list[int]]]:
-    """Held-out stories with every edit position resolved, long enough for the horizon.
+def scan_prompts(cfg: PersistenceConfig, subject, world=None) -> tuple[list[torch.Tensor], list[list[int]]]:
+    """Documents of the world (``cfg.world`` unless given) with every edit position resolved, long
+    enough for the horizon, tokenised as ``subject`` reads them (its BOS policy included).
 
-    Returns the token ids and, per story, its edit positions (one per entry of ``positions``).
+    Returns the token ids and, per document, its edit positions (one per entry of ``positions``).
     """
-    pool = corpus.generate(max(4 * cfg.n_prompts, 64), seed=20_000 + cfg.seed)
+    from gremlinkit import worlds
+
+    world = world or worlds.resolve(cfg.world, cfg.model, cfg.seed)
+    pool = world.documents(max(4 * cfg.n_prompts, 64), seed=20_000 + cfg.seed)
+    tok = subject.tokenizer
     prompts, positions = [], []
-    for doc in pool.docs:
-        pos = [resolve_position(p, doc) for p in cfg.positions]
-        if any(p is None or p + cfg.horizon + 1 > len(doc) for p in pos):
+    for text in pool:
+        ids = encode(text, tok, subject.prepends_bos)
+        pos = [resolve_position(p, tok.convert_ids_to_tokens(ids)) for p in cfg.positions]
+        if any(p is None or p + cfg.horizon + 1 > len(ids) for p in pos):
             continue
-        prompts.append(torch.tensor(words_to_ids(tokenizer, doc[: max(pos) + cfg.horizon + 1])))
+        prompts.append(torch.tensor(ids[: max(pos) + cfg.horizon + 1]))
         positions.append(pos)
         if len(prompts) == cfg.n_prompts:
             return prompts, positions
-    raise ConfigError(f"only {len(prompts)} held-out stories have every position in {cfg.positions} plus "
-                      f"horizon={cfg.horizon} tokens; lower positions, horizon or n_prompts")
+    raise ConfigError(f"only {len(prompts)} of {len(pool)} documents of the {world.name} world have every position "
+                      f"in {cfg.positions} plus horizon={cfg.horizon} tokens; lower positions, horizon or n_prompts")
 
 
 def choose_features(subject, prompts: list[torch.Tensor], spec: Any, seed: int) -> list[int]:
@@ -371,14 +405,15 @@ def run(cfg: PersistenceConfig, subjects: dict | None = None) -> pd.DataFrame:
     """Run (or resume) the scan; returns the tidy table with columns ``COLUMNS`` (+ ``measured``)."""
     from gremlinkit import load
 
-    subjects = subjects or {m: load(m, sae=cfg.sae, **cfg.load_kwargs()) for m in cfg.models}
-    first = subjects[cfg.models[0]]
-    prompts, positions = scan_prompts(cfg, first.tokenizer)
+    sae = cfg.sae_name() if subjects is None else None
+    subjects = subjects or {m: load(m, sae=sae, **cfg.load_kwargs()) for m in cfg.scanned}
+    first = subjects[cfg.model]
+    prompts, positions = scan_prompts(cfg, first)
     features = choose_features(first, prompts, cfg.features, cfg.seed)
     units = _units(features, positions) if cfg.active_start is None else \
         _active_units(first, prompts, features, cfg.active_start)
     scan_dir = Path(cfg.output_dir) / f"scan-{cfg.scan_key()}"
-    jobs = [(m, mode, start) for m in cfg.models for mode in cfg.modes
+    jobs = [(m, mode, start) for m in cfg.scanned for mode in cfg.modes
             for start in range(0, len(units), cfg.chunk_size)]
     tables = []
     for model, mode, start in tqdm(jobs, desc="persistence scan", unit="chunk"):

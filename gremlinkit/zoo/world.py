@@ -92,8 +92,31 @@ def axis_prompts(n: int, seed: int) -> dict[str, list[str]]:
     return texts
 
 
+def stories(n: int, seed: int) -> list[str]:
+    """``n`` held-out stories of the corpus, as text without the BOS (a subject adds its own)."""
+    return [" ".join(doc[1:]) for doc in corpus.generate(n, seed).docs]
+
+
+def pole_prompts(trait: str, n: int, seed: int) -> dict[str, list[str]]:
+    """``n`` introductions per pole of ``trait``, each ending as the character starts to speak."""
+    attr, negative, positive = TRAITS[trait]
+    rng = np.random.default_rng(seed)
+    out: dict[str, list[str]] = {"negative": [], "positive": []}
+    for side, pole in (("negative", negative), ("positive", positive)):
+        for _ in range(n):
+            name, _other = rng.choice(corpus.NAMES, 2, replace=False)
+            traits = {"persona": "luigi", "register": rng.choice(list(corpus.TRAITS["register"])),
+                      "age": rng.choice(list(corpus.TRAITS["age"])), attr: pole}
+            i = corpus.PERSONAS.index(traits["persona"])
+            adj, adj2 = corpus.PERSONA_WORDS["adj"][i], corpus.PERSONA_WORDS["adj2"][i]
+            out[side].append(f"{name} is a {adj} {adj2} {corpus.TRAITS['age'][traits['age']]['adj']} "
+                             f"{corpus.TRAITS['register'][traits['register']]['noun']} . {name} says :")
+    return out
+
+
 def persona_world(seed: int = 0, per_template: int = 24, n_prompts: int = 64) -> World:
     """The persona world: ``per_template`` pairs per template and trait, drawn with ``seed``."""
     table = pd.concat([pairs_table(t, per_template, seed) for t in TRAITS], ignore_index=True)
     return World("persona", table, dict(LEXICONS), luigi_prompts(n_prompts, seed), {"persona": CHOICES},
-                 lowercase=False, axis=axis_prompts(per_template, seed))
+                 lowercase=False, axis=axis_prompts(per_template, seed), corpus=stories, poles=pole_prompts,
+                 luigi={"persona": "negative"})
