@@ -107,7 +107,7 @@ def floor(subject, cfg) -> float:
 def batched(subject, cfg) -> float:
     with tempfile.TemporaryDirectory() as out:
         # A fresh directory per repeat: a finished scan would otherwise be read back, not recomputed.
-        return _timed(lambda: ps.run(dataclasses.replace(cfg, output_dir=tempfile.mkdtemp(dir=out)),
+        return _timed(lambda: ps.scan(dataclasses.replace(cfg, output_dir=tempfile.mkdtemp(dir=out)),
                                      {"toy-base": subject}), repeats=3)
 
 

@@ -24,7 +24,8 @@ def _lexicon_rates(samples: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return long.assign(lexicon=long.lexicon.str.replace("_rate", "", regex=False))
 
 
-PERSONA_COLORS = alt.Scale(domain=["luigi", "waluigi"], range=["#2a9d8f", "#7b2cbf"])
+POLE_COLORS = ["#2a9d8f", "#7b2cbf"]  # negative pole (persona world: Luigi), positive pole
+PERSONA_COLORS = alt.Scale(domain=["luigi", "waluigi"], range=POLE_COLORS)
 
 
 def persona_rates(samples: pd.DataFrame, *, title: str = "Persona lexicon in generated text") -> alt.Chart:
@@ -296,14 +297,19 @@ def logit_effect_bars(effects: pd.DataFrame, *,
     )
 
 
-def steering_rates(samples: pd.DataFrame, *, title: str = "Persona lexicon: baseline and steered") -> alt.Chart:
-    """Mean Luigi- and Waluigi-word rates of paired samples per condition (``explore.steer_samples``)."""
+def steering_rates(samples: pd.DataFrame, *, poles: tuple[str, str] = ("negative", "positive"),
+                   title: str = "Trait lexicon: baseline and steered") -> alt.Chart:
+    """Mean rate of each pole's lexicon words in paired samples per condition
+    (``explore.steer_samples``); ``poles`` names the (negative, positive) lexicons in the legend."""
+    long = samples.melt(id_vars=["sample", "condition"], value_vars=["negative_rate", "positive_rate"],
+                        var_name="lexicon", value_name="rate")
+    long = long.assign(lexicon=long.lexicon.map({"negative_rate": poles[0], "positive_rate": poles[1]}))
     return (
-        alt.Chart(_lexicon_rates(samples, ["sample", "condition"]), title=title)
+        alt.Chart(long, title=title)
         .mark_bar()
         .encode(x=alt.X("condition:N", sort=["baseline", "steered"], title=None),
                 y=alt.Y("mean(rate):Q", title="fraction of words"),
-                color=alt.Color("lexicon:N", scale=PERSONA_COLORS),
+                color=alt.Color("lexicon:N", scale=alt.Scale(domain=list(poles), range=POLE_COLORS)),
                 xOffset="lexicon:N",
                 tooltip=["condition", "lexicon", alt.Tooltip("mean(rate):Q", format=".3f")])
         .properties(width=200, height=160)

@@ -31,6 +31,7 @@ class Entry:
     default_sae: str | None = None  # the name of the SAE a model loads with unless told otherwise
     bos: bool | None = None  # the BOS policy a model loads with by default (None: its tokenizer's)
     world: str | None = None  # the world a model was trained on
+    family: tuple[str, ...] = ()  # a base model and its fine-tunes, which share its SAE (base first)
 
 
 @lru_cache(maxsize=1)

@@ -1,7 +1,12 @@
-"""Writing results so that nothing is lost: atomic files, and the metrics a notebook records."""
+"""Writing results so that nothing is lost: atomic files, and the metrics a notebook records.
+
+`Result` is the contract every experiment's ``run(cfg, ...)`` keeps: a dataclass whose DataFrame
+fields are its tidy tables and whose ``metrics`` field is one flat dict.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import resource
@@ -75,3 +80,21 @@ def write_metrics(output_dir: str | Path, metrics: dict[str, Any]) -> dict[str, 
     out["peak_rss_mb"] = peak_rss_mb()
     atomic_write_text(Path(output_dir) / METRICS_FILE, json.dumps(out, indent=2, sort_keys=True) + "\n")
     return out
+
+
+class Result:
+    """Base of every experiment's result dataclass: its DataFrame fields are tidy tables, and its
+    ``metrics`` field holds the flat figures a notebook records (filled by the experiment's ``run``)."""
+
+    metrics: dict[str, Any]
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """Every tidy table by field name."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if isinstance(getattr(self, f.name), pd.DataFrame)}
+
+    def write(self, output_dir: str | Path) -> dict[str, Any]:
+        """Each table as ``output_dir/<name>.parquet`` and the metrics as ``metrics.json``, atomically."""
+        for name, table in self.tables().items():
+            write_table(table, Path(output_dir) / f"{name}.parquet")
+        return write_metrics(output_dir, self.metrics)

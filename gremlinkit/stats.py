@@ -1,4 +1,5 @@
-"""The statistics every experiment shares: seeded bootstrap intervals and class separation.
+"""The statistics every experiment shares: seeded bootstrap intervals, class separation, and
+half-life fits with the tail test of persistence scans.
 
 Every interval here is a 95% percentile bootstrap, and every one takes its seed from the caller,
 so the same seed gives the same table.
@@ -8,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy.stats import bootstrap
+from scipy.optimize import minimize_scalar
+from scipy.stats import bootstrap, ttest_1samp
 from sklearn.metrics import roc_auc_score
 
 
@@ -54,3 +56,44 @@ def separation(score: np.ndarray, y: np.ndarray, groups: np.ndarray, pair_ids: n
                                                                              values="score")
     return {"auroc_pooled": float(roc_auc_score(y, score)), "auroc_within_template": float(np.mean(within)),
             "paired_accuracy": float((wide[1] > wide[0]).mean())}
+
+
+# --------------------------------------------------------------------------- half-lives
+
+ATOL = 1e-5  # float noise between differently shaped batches; smaller effects count as zero
+
+
+def fit_half_life(curve: np.ndarray, start: int) -> float:
+    """Least-squares half-life (tokens) of ``A * 2**(-(lag - start) / h)`` over lags start..H.
+
+    Variable projection: for a given ``h`` the best ``A`` is linear least squares, which leaves a
+    bounded one-dimensional search over ``log h`` (``scipy.optimize.minimize_scalar``).
+    """
+    horizon = len(curve) - 1
+    lags = np.arange(len(curve) - start, dtype=float)
+    y = curve[start:]
+    if not np.any(np.abs(y) > ATOL):
+        return 0.0
+
+    def sse(log_h: float) -> float:
+        e = np.exp2(-lags / np.exp(log_h))
+        a = (y @ e) / (e @ e)
+        return float(((y - a * e) ** 2).sum())
+
+    res = minimize_scalar(sse, bounds=(np.log(0.05), np.log(10.0 * horizon)), method="bounded",
+                          options={"xatol": 1e-5})
+    return float(np.exp(res.x))
+
+
+def tail_start(horizon: int) -> int:
+    return max(1, horizon // 4)
+
+
+def tail_test(tails: np.ndarray, sign: float) -> float:
+    """One-sided p-value that the mean of per-prompt ``tails`` has the edit's ``sign`` (1 when the
+    edit had no direct effect, or the tails do not vary)."""
+    if sign == 0:
+        return 1.0
+    if len(tails) < 2 or np.ptp(tails) <= ATOL:  # no spread to test against: all or nothing
+        return 0.0 if np.mean(tails) * sign > ATOL else 1.0
+    return float(ttest_1samp(sign * tails, 0.0, alternative="greater").pvalue)

@@ -79,6 +79,8 @@ class World:
     poles: Callable[[str, int, int], dict[str, list[str]]] | None = None
     # trait -> the pole ("positive" or "negative") that the sign-flip search calls Luigi (+Y); default positive
     luigi: dict[str, str] = field(default_factory=dict)
+    # trait -> (negative pole's name, positive pole's name), for labels; default ("not <trait>", "<trait>")
+    pole_names: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     @property
     def traits(self) -> list[str]:
@@ -148,6 +150,11 @@ class World:
         order = random.Random(f"poles-{trait}-{seed}").sample(range(len(part)), len(part))
         rows = [part.iloc[order[i % len(order)]] for i in range(n)]
         return {"positive": [r.positive for r in rows], "negative": [r.negative for r in rows]}
+
+    def pole_labels(self, trait: str) -> tuple[str, str]:
+        """(negative, positive) pole names of ``trait``: a positive steer moves toward the second."""
+        self.check_traits([trait])
+        return self.pole_names.get(trait, (f"not {trait}", trait))
 
     def luigi_pole(self, trait: str) -> str:
         """The pole of ``trait`` that plays Luigi (good behaviour, +Y) in the sign-flip search."""
@@ -359,7 +366,8 @@ def english() -> World:
     table = _check_rows(rows, "the English world")
     table["template"] = table.template.astype(int)
     return World("english", table, {t: s["lexicon"] for t, s in ENGLISH.items()}, list(ENGLISH_PROMPTS),
-                 {t: s["choices"] for t, s in ENGLISH.items() if s["choices"]})
+                 {t: s["choices"] for t, s in ENGLISH.items() if s["choices"]},
+                 pole_names={"kind": ("cruel", "kind"), "honest": ("deceptive", "honest"), "formal": ("casual", "formal")})
 
 
 def resolve(spec: str, model: str, seed: int = 0, per_template: int = 24) -> World:

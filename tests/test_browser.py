@@ -1,8 +1,11 @@
 """Notebook 05 in a real browser: JupyterLab on loopback, driven by Playwright in Debian's chromium.
 
-The test opens the notebook as a person would, runs all cells from the Run menu, checks that the
-three widgets render and that an altair chart is drawn, drags the steering slider and checks that
-the steered text changes. Screenshots go to ``test-output/browser/`` (or ``$GREMLINKIT_TEST_OUTPUT``).
+The notebook is opened on the real model, smollm2-135m in bf16 with the English world, at the
+parameters of its smoke reference (``references/05_explore.smollm2-135m.json``), injected by
+papermill as a user's parameters would be; the zoo's widgets are driven in ``test_widgets.py`` and
+run headless in ``test_notebooks.py``. The test opens the notebook as a person would, runs all cells
+from the Run menu, checks that the three widgets render and that an altair chart is drawn, drags the
+steering slider and checks that the steered text changes. Screenshots go to ``test-output/browser/`` (or ``$GREMLINKIT_TEST_OUTPUT``).
 
 It installs Debian's ``chromium`` if it is missing (Playwright's own browser download cannot work
 offline) and is skipped, with the reason, only when that install fails.
@@ -25,6 +28,7 @@ from conftest import install_debian_package
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = "05_explore.ipynb"
+VARIANT = "smollm2-135m"  # the stored reference whose parameters the page runs with
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 # Where JupyterLab shows a cell's exception (progress bars also write to stderr, so match "Traceback").
@@ -56,8 +60,18 @@ def _free_port() -> int:
 @pytest.fixture
 def lab(tmp_path):
     """JupyterLab serving a copy of notebook 05 on loopback; yields (url, token)."""
+    import nbformat
+    from papermill.iorw import load_notebook_node
+    from papermill.parameterize import parameterize_notebook
+
+    from gremlinkit import harness
+
     (tmp_path / "notebooks").mkdir()
-    shutil.copy(ROOT / "notebooks" / NOTEBOOK, tmp_path / "notebooks" / NOTEBOOK)
+    source = ROOT / "notebooks" / NOTEBOOK
+    ref = harness.variants(source)[VARIANT]
+    params = harness.parameters_for(source, ref["params"], ref["parameters"] == "smoke", tmp_path / "output")
+    nb = parameterize_notebook(load_notebook_node(str(source)), params)
+    nbformat.write(nb, tmp_path / "notebooks" / NOTEBOOK)
     settings = tmp_path / "lab-settings"
     for name, text in LAB_SETTINGS.items():
         path = settings / name

@@ -133,9 +133,9 @@ def test_encode_pre_equals_the_activation_wherever_the_feature_is_on(toy):
 
 def test_divergence_says_whether_the_edited_continuation_changed(toy, tmp_path):
     cfg = _cfg(tmp_path, mode="on_policy", intervention="add", scale=0.0, n_prompts=4)
-    assert not ps.run(cfg, {"toy-base": toy}).diverged.any()  # an edit of zero changes nothing
+    assert not ps.scan(cfg, {"toy-base": toy}).diverged.any()  # an edit of zero changes nothing
     cfg = dataclasses.replace(cfg, scale=64.0, output_dir=str(tmp_path / "big"))
-    df = ps.run(cfg, {"toy-base": toy})
+    df = ps.scan(cfg, {"toy-base": toy})
     assert df.diverged.any()
     # Independently, for one (feature, prompt): generate both continuations and compare the tokens.
     from gremlinkit import interventions as iv
@@ -155,7 +155,7 @@ def test_token_columns_are_the_tokens_each_run_chose(toy, tmp_path):
     from gremlinkit import interventions as iv
 
     cfg = _cfg(tmp_path, intervention="add", scale=64.0, n_prompts=3, features=[5])
-    df = ps.run(cfg, {"toy-base": toy})
+    df = ps.scan(cfg, {"toy-base": toy})
     assert (df[df["mode"] == "teacher_forced"][["token", "intervened_token"]] == -1).all().all()
     on = df[df["mode"] == "on_policy"]
     prompts, positions = ps.scan_prompts(cfg, toy)
@@ -194,7 +194,7 @@ def test_active_positions_edit_each_feature_at_its_first_firing(toy, tmp_path):
     features = [5, 9, 40]
     cfg = _cfg(tmp_path, positions=["active:8"], features=features, intervention="ablate", n_prompts=12,
                mode="teacher_forced")
-    df = ps.run(cfg, {"toy-base": toy})
+    df = ps.scan(cfg, {"toy-base": toy})
     prompts, _ = ps.scan_prompts(cfg, toy)
     units = set(map(tuple, df[["feature", "prompt_id", "position"]].drop_duplicates().to_numpy().tolist()))
     expected = set()
@@ -221,7 +221,7 @@ def test_topic_feature_recovers_the_corpus_persistence(toy, heldout, tmp_path):
     assert precision[feature] > 2 * sea.mean()
     cfg = ps.PersistenceConfig(features=[feature], intervention="add", scale=32.0, positions=["sentence_end:24"],
                                horizon=96, n_prompts=128, mode="on_policy", n_bootstrap=100, output_dir=str(tmp_path))
-    summary = ps.summarize(ps.run(cfg, {"toy-base": toy}), n_bootstrap=100)
+    summary = ps.summarize(ps.scan(cfg, {"toy-base": toy}), n_bootstrap=100)
     truth = ps.expected_topic_half_life()
     row = summary.iloc[0]
     assert row.persistent and row.p_value < 1e-3 and row.divergence >= 0.9
@@ -240,18 +240,18 @@ def test_one_off_token_feature_dies_within_two_tokens(toy, heldout, tmp_path):
     one_off = [f for f in at_edit.argsort(descending=True).tolist() if purity[f] >= 0.95][0]
     assert at_edit[one_off] > 0.5  # the premise: it is really active where it is ablated
     cfg = dataclasses.replace(cfg, features=[one_off])
-    summary = ps.summarize(ps.run(cfg, {"toy-base": toy}), n_bootstrap=100)
+    summary = ps.summarize(ps.scan(cfg, {"toy-base": toy}), n_bootstrap=100)
     assert summary.half_life.iloc[0] <= 2.0
 
 
 def test_teacher_forced_edits_cannot_reach_later_positions_of_their_own_site(toy, tmp_path):
-    df = ps.run(_cfg(tmp_path, mode="teacher_forced", intervention="add", scale=8.0), {"toy-base": toy})
+    df = ps.scan(_cfg(tmp_path, mode="teacher_forced", intervention="add", scale=8.0), {"toy-base": toy})
     assert (df[df.lag == 0].delta.abs() > 1).all()  # the edit itself
     assert (df[df.lag > 0].delta == 0).all()  # causality: exactly zero afterwards
 
 
 def test_table_columns_and_record_all(toy, tmp_path):
-    df = ps.run(_cfg(tmp_path, record_all=True, features=[5, 9]), {"toy-base": toy})
+    df = ps.scan(_cfg(tmp_path, record_all=True, features=[5, 9]), {"toy-base": toy})
     assert list(df.columns) == ps.COLUMNS + ["measured"]
     n_units = 2 * 6 * 1
     assert len(df) == n_units * (12 + 1) * toy.d_sae * 2  # units x lags x measured features x modes
@@ -260,17 +260,26 @@ def test_table_columns_and_record_all(toy, tmp_path):
 
 
 def test_same_seed_same_dataframe(toy, tmp_path):
-    a = ps.run(_cfg(tmp_path / "a"), {"toy-base": toy})
-    b = ps.run(_cfg(tmp_path / "b"), {"toy-base": toy})
+    a = ps.scan(_cfg(tmp_path / "a"), {"toy-base": toy})
+    b = ps.scan(_cfg(tmp_path / "b"), {"toy-base": toy})
     pd.testing.assert_frame_equal(a, b)
-    c = ps.run(_cfg(tmp_path / "c", seed=1), {"toy-base": toy})
+    c = ps.scan(_cfg(tmp_path / "c", seed=1), {"toy-base": toy})
     assert not a.delta.equals(c.delta)
+
+
+def test_run_is_the_scan_with_its_summary_and_metrics(toy, tmp_path):
+    res = ps.run(_cfg(tmp_path, mode="on_policy"), {"toy-base": toy})
+    pd.testing.assert_frame_equal(res.scan, ps.scan(_cfg(tmp_path, mode="on_policy"), {"toy-base": toy}))
+    summary = ps.summarize(res.scan, n_bootstrap=ps.PersistenceConfig.smoke().n_bootstrap, seed=0)
+    pd.testing.assert_frame_equal(res.summary, summary)
+    assert res.metrics == ps.metrics(summary) and res.metrics["toy-base_on_policy_divergence"] > 0
+    assert set(res.tables()) == {"scan", "summary"}
 
 
 def test_an_interrupted_scan_resumes_without_losing_or_repeating_rows(toy, tmp_path):
     cfg = _cfg(tmp_path / "killed", chunk_size=2, n_prompts=8, mode="on_policy")
     code = ("import dataclasses, json, sys; from gremlinkit.experiments import persistence as ps; "
-            "ps.run(ps.PersistenceConfig(**json.loads(sys.argv[1])))")
+            "ps.scan(ps.PersistenceConfig(**json.loads(sys.argv[1])))")
     import json
 
     proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(dataclasses.asdict(cfg))],
@@ -285,10 +294,10 @@ def test_an_interrupted_scan_resumes_without_losing_or_repeating_rows(toy, tmp_p
     n_chunks = 3 * 8 // 2  # features x prompts / chunk_size
     assert 1 <= done_before < n_chunks, "the scan was not interrupted mid-way"
     assert not [p for p in os.listdir(scan_dir) if not p.endswith(".parquet")]  # no half-written chunk
-    resumed = ps.run(cfg, {"toy-base": toy})
+    resumed = ps.scan(cfg, {"toy-base": toy})
     keys = ["model", "mode", "feature", "prompt_id", "position", "lag"]
     assert not resumed.duplicated(keys).any()
-    fresh = ps.run(dataclasses.replace(cfg, output_dir=str(tmp_path / "fresh")), {"toy-base": toy})
+    fresh = ps.scan(dataclasses.replace(cfg, output_dir=str(tmp_path / "fresh")), {"toy-base": toy})
     pd.testing.assert_frame_equal(resumed, fresh)
 
 
@@ -297,7 +306,7 @@ def test_comparison_across_models_uses_the_same_features(toy, tmp_path):
 
     other = gremlinkit.load("toy-base")  # a second copy stands in for a fine-tuned model
     cfg = _cfg(tmp_path, models=["copy"], mode="teacher_forced")
-    df = ps.run(cfg, {"toy-base": toy, "copy": other})
+    df = ps.scan(cfg, {"toy-base": toy, "copy": other})
     by_model = df.groupby("model").feature.unique()
     assert sorted(by_model["toy-base"]) == sorted(by_model["copy"])
     pd.testing.assert_frame_equal(df[df.model == "toy-base"].drop(columns="model").reset_index(drop=True),
@@ -321,7 +330,7 @@ def test_bad_config_names_the_parameter(kw, match):
 
 
 def test_charts_encode_the_scan(toy, tmp_path):
-    df = ps.run(_cfg(tmp_path, mode="on_policy"), {"toy-base": toy})
+    df = ps.scan(_cfg(tmp_path, mode="on_policy"), {"toy-base": toy})
     summary = ps.summarize(df, n_bootstrap=20)
     curves = plots.decay_curves(df).to_dict()
     assert curves["encoding"]["x"]["field"] == "lag" and curves["encoding"]["column"]["field"] == "mode"

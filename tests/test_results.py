@@ -95,3 +95,23 @@ def test_peak_rss_is_linuxs_high_water_mark_in_mb():
     before = results.peak_rss_mb()
     kb = int(next(line for line in status.read_text().splitlines() if line.startswith("VmHWM:")).split()[1])
     assert before == kb / 1024 or results.peak_rss_mb() == kb / 1024  # the same reading, in MiB (1024 kB)
+
+
+def test_a_result_writes_each_table_and_its_metrics(tmp_path):
+    from dataclasses import dataclass, field
+
+    @dataclass
+    class Example(results.Result):
+        rows: pd.DataFrame
+        summary: pd.DataFrame
+        note: str = ""
+        metrics: dict = field(default_factory=dict)
+
+    res = Example(pd.DataFrame({"lag": [0, 1], "delta": [1.0, 0.5]}), pd.DataFrame({"half_life": [1.0]}), "x",
+                  {"half_life": 1.0, "persistent": 0})
+    assert list(res.tables()) == ["rows", "summary"]  # the DataFrame fields, nothing else
+    res.write(tmp_path)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "rows.parquet"), res.rows)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "summary.parquet"), res.summary)
+    written = json.loads((tmp_path / results.METRICS_FILE).read_text())
+    assert written["half_life"] == 1.0 and written["persistent"] == 0 and written["peak_rss_mb"] > 0

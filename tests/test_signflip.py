@@ -53,7 +53,7 @@ def test_searches_flip_units_and_found_prompts_really_flip(toy, result):
                         == row.unit].iloc[0]
     direction = None
     if urow.kind == "direction":
-        _, dirs = sf.reference_values(toy, CFG.n_docs, CFG.seed)
+        _, _, dirs = sf.reference_values(toy, sf.reference_docs(toy, CFG.make_world(), CFG.n_docs, CFG.seed))
         direction = dirs[urow.site]
     unit = sf.Unit(urow.kind, urow.site, int(urow["index"]), direction)
     ids = [toy.tokenizer.bos_token_id] + toy.tokenizer.convert_tokens_to_ids(row.prompt.split())

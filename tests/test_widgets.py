@@ -142,21 +142,22 @@ def test_moving_the_coefficient_changes_only_the_steered_side(steering):
     assert steering.texts("baseline") == baseline, "the baseline does not depend on the coefficient"
     assert steering.texts("steered") != baseline
     s = steering.samples()
-    rates = s.groupby("condition").waluigi_rate.mean()
-    assert rates["steered"] > rates["baseline"] + 0.05, "steering toward Waluigi raises Waluigi words"
+    rates = s.groupby("condition").positive_rate.mean()
+    assert rates["steered"] > rates["baseline"] + 0.05, "steering toward Waluigi (the positive pole) raises Waluigi words"
     chart = steering.chart().to_dict()
     assert "x 6" in chart["title"]
 
 
 def test_steering_rejects_bad_input_and_keeps_its_state(steering):
     steering.select(trait="persona", coefficient=1.0)
+    prompt = steering.prompt
     with pytest.raises(InputError, match=r"valid range is \[-8.0, 8.0\]"):
         steering.select(coefficient=9.5)
     with pytest.raises(InputError, match="zzyzx"):
         steering.select(prompt="mira says zzyzx :")
     with pytest.raises(InputError, match="accent"):
         steering.select(trait="accent")
-    assert (steering.trait, steering.coefficient, steering.prompt) == ("persona", 1.0, CFG.prompt)
+    assert (steering.trait, steering.coefficient, steering.prompt) == ("persona", 1.0, prompt)
 
 
 def _planted_scan() -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -195,7 +196,8 @@ def test_scan_viewer_recovers_planted_curves():
 
 
 def test_views_redraw_when_their_controls_move(explorer, steering):
-    steering.select(trait="persona", coefficient=0.0, prompt=CFG.prompt)
+    prompt = steering.prompt
+    steering.select(trait="persona", coefficient=0.0)
     play = views.SteeringPlayground(steering)
     before = play.steered.value
     assert before.split("<ol>")[1] == play.baseline.value.split("<ol>")[1], "coefficient 0: the same samples"
@@ -203,7 +205,7 @@ def test_views_redraw_when_their_controls_move(explorer, steering):
     assert steering.coefficient == 6.0 and play.steered.value != before
     assert play.plot.outputs and "image/svg+xml" in play.plot.outputs[0]["data"]
     play.prompt.value = "mira says zzyzx :"
-    assert "zzyzx" in play.status.value and steering.prompt == CFG.prompt
+    assert "zzyzx" in play.status.value and steering.prompt == prompt
 
     fx = views.FeatureExplorer(explorer)
     second = explorer.live_features()[1]

@@ -14,11 +14,10 @@ import altair as alt
 import pandas as pd
 
 import gremlinkit
-from gremlinkit import plots
+from gremlinkit import plots, worlds
 from gremlinkit.errors import InputError
 from gremlinkit.experiments import explore, personas
 from gremlinkit.experiments.explore import ExploreConfig
-from gremlinkit.zoo import world as persona_world
 
 
 class SubjectCache:
@@ -48,6 +47,12 @@ def _load(model: str, sae: str, device: str | None = None, dtype: str | None = N
     return SUBJECTS.get(model, sae, device, dtype)
 
 
+def scan_subjects(cfg) -> dict:
+    """The subjects of a persistence scan (``cfg``: a `PersistenceConfig`) from the widgets' cache,
+    so the scan viewer reuses the models the explorer already holds instead of loading them twice."""
+    return {m: _load(m, cfg.sae_name(), **cfg.load_kwargs()) for m in cfg.scanned}
+
+
 def _pick(name: str, value: str, options: list[str]) -> str:
     if value not in options:
         raise InputError(f"{name} {value!r} is not one of {options}")
@@ -62,7 +67,7 @@ class FeatureExplorerState:
         self.cfg, self.models, self.saes = cfg, list(models), list(saes)
         self._loader = loader or (lambda model, sae: _load(model, sae, **cfg.load_kwargs()))
         self.model = _pick("model", cfg.model, self.models)
-        self.sae = _pick("sae", cfg.sae, self.saes)
+        self.sae = _pick("sae", cfg.sae_name(), self.saes)
         self._indexes: dict[tuple[str, str], explore.FeatureIndex] = {}
         self.feature = cfg.feature if cfg.feature >= 0 else self.live_features()[0]
         self.index.check_feature(self.feature)
@@ -75,7 +80,8 @@ class FeatureExplorerState:
     def index(self) -> explore.FeatureIndex:
         key = (self.model, self.sae)
         if key not in self._indexes:
-            self._indexes[key] = explore.index_features(self.subject, self.cfg.n_docs, self.cfg.seed)
+            world = worlds.resolve(self.cfg.world, self.model, seed=self.cfg.seed)
+            self._indexes[key] = explore.index_features(self.subject, world, self.cfg.n_docs, self.cfg.seed)
         return self._indexes[key]
 
     def live_features(self) -> list[int]:
@@ -116,14 +122,16 @@ class FeatureExplorerState:
 class SteeringState:
     """A trait vector, a coefficient and a prompt; paired baseline and steered samples."""
 
-    traits = list(persona_world.TRAITS)
     limit = explore.COEFFICIENT_LIMIT
 
     def __init__(self, cfg: ExploreConfig, subject=None):
         self.cfg = cfg
-        self.subject = subject if subject is not None else _load(cfg.model, cfg.sae, **cfg.load_kwargs())
-        self.trait, self.coefficient = cfg.trait, float(cfg.coefficient)
-        self.prompt = explore.check_prompt(self.subject, cfg.prompt)
+        self.subject = subject if subject is not None else _load(cfg.model, cfg.sae_name(), **cfg.load_kwargs())
+        self.world = cfg.make_world()
+        self.traits = self.world.traits
+        self.site = cfg.site(self.subject)
+        self.trait, self.coefficient = cfg.studied(self.world), float(cfg.coefficient)
+        self.prompt = explore.check_prompt(self.subject, cfg.prompt or self.world.prompts(1)[0])
         self._vectors: dict[str, object] = {}
         self._samples: dict[tuple, pd.DataFrame] = {}
 
@@ -143,12 +151,12 @@ class SteeringState:
     @property
     def poles(self) -> tuple[str, str]:
         """(negative, positive) pole of the trait: a positive coefficient steers toward the second."""
-        return persona_world.TRAITS[self.trait][1:]
+        return self.world.pole_labels(self.trait)
 
     def vector(self):
         if self.trait not in self._vectors:
-            self._vectors[self.trait] = personas.trait_vector(self.subject, self.trait, self.cfg.steer_site,
-                                                              self.cfg.seed)
+            self._vectors[self.trait] = personas.trait_vector(self.subject, self.trait, self.site, self.cfg.seed,
+                                                              world=self.world)
         return self._vectors[self.trait]
 
     def samples(self) -> pd.DataFrame:
@@ -156,8 +164,9 @@ class SteeringState:
         key = (self.trait, self.coefficient, self.prompt)
         if key not in self._samples:
             cfg = self.cfg
-            self._samples[key] = explore.steer_samples(self.subject, self.prompt, self.vector(), self.coefficient,
-                                                       cfg.steer_site, cfg.n_samples, cfg.max_new_tokens, cfg.seed)
+            self._samples[key] = explore.steer_samples(self.subject, self.world, self.trait, self.prompt, self.vector(),
+                                                       self.coefficient, self.site, cfg.n_samples, cfg.max_new_tokens,
+                                                       cfg.seed)
         return self._samples[key]
 
     def texts(self, condition: str) -> list[str]:
@@ -166,7 +175,8 @@ class SteeringState:
 
     def chart(self) -> alt.Chart:
         low, high = self.poles
-        return plots.steering_rates(self.samples(), title=f"{self.trait} ({low} -> {high}) x {self.coefficient:g}")
+        return plots.steering_rates(self.samples(), poles=(low, high),
+                                    title=f"{self.trait} ({low} -> {high}) x {self.coefficient:g}")
 
 
 class ScanViewerState:

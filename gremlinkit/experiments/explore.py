@@ -27,14 +27,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from gremlinkit.results import to_numpy
 from gremlinkit import interventions as iv
-from gremlinkit.errors import ConfigError, InputError
+from gremlinkit import worlds
+from gremlinkit.errors import InputError
 from gremlinkit.experiments import persistence
-from gremlinkit.zoo import world as persona_world
-from gremlinkit.experiments.zoo_tour import corpus_features, heldout_corpus, lexicon_rates
-from gremlinkit.params import Placement, check_choice, check_range
-from gremlinkit.zoo.lm import encode_docs
+from gremlinkit.params import Placement, check_range
+from gremlinkit.prompts import encode
+from gremlinkit.results import to_numpy
 
 
 COEFFICIENT_LIMIT = 8.0  # steering further than this only produces noise on the zoo models
@@ -43,22 +42,23 @@ COEFFICIENT_LIMIT = 8.0  # steering further than this only produces noise on the
 @dataclass(frozen=True)
 class ExploreConfig(Placement):
     model: str = "toy-base"  # model the feature explorer and the steering playground open on
-    sae: str = "toy-base-sae"  # SAE whose features are explored
+    sae: str = "auto"  # SAE whose features are explored: "auto" (the model's own) or a name
+    world: str = "auto"  # "auto" (the model's), "persona", "english" or a pairs file
     feature: int = -1  # feature shown first; -1 picks the most frequently firing one
-    n_docs: int = 60  # held-out stories the feature explorer searches
-    contexts: int = 8  # top-activating contexts shown, at most one per story
+    n_docs: int = 60  # held-out documents the feature explorer searches
+    contexts: int = 8  # top-activating contexts shown, at most one per document
     window: int = 6  # tokens shown each side of a context's peak
-    trait: str = "persona"  # trait vector steered along: "persona", "register" or "age"
-    steer_site: str = "blocks.1.hook_resid_post"  # where the trait vector is added
+    trait: str = ""  # trait vector steered along ("": the world's first; the zoo's: persona, register, age)
+    steer_site: str = "auto"  # where the trait vector is added ("auto": a third of the way up)
     coefficient: float = 3.0  # steering coefficient the playground opens at
-    prompt: str = "mira is a kind honest old sailor . mira says :"  # steered prompt (zoo vocabulary)
+    prompt: str = ""  # steered prompt ("": the world's first generation prompt)
     n_samples: int = 4  # paired samples per steering setting
     max_new_tokens: int = 32  # tokens generated per sample
-    scan_models: list = field(default_factory=lambda: ["toy-base", "toy-sft", "toy-rl"])  # scan viewer models
+    scan_models: list = field(default_factory=list)  # scan viewer models ([]: the model and its fine-tunes)
     scan_features: Any = "top-4"  # features scanned: "top-N", "random-N" or a list of ids
-    scan_n_prompts: int = 8  # held-out stories per scanned feature
+    scan_n_prompts: int = 8  # held-out documents per scanned feature
     scan_horizon: int = 16  # tokens followed after each edit
-    seed: int = 0  # seeds the held-out corpus, trait pairs, sampling noise and the scan
+    seed: int = 0  # seeds the held-out documents, trait pairs, sampling noise and the scan
     output_dir: str = "output/05_explore"  # where the scan's chunks and the metrics go
 
     def __post_init__(self) -> None:
@@ -66,26 +66,51 @@ class ExploreConfig(Placement):
         check_range("n_docs", self.n_docs, 1, 2000)
         check_range("contexts", self.contexts, 1, 64)
         check_range("window", self.window, 0, 32)
-        check_choice("trait", self.trait, list(persona_world.TRAITS))
         check_range("coefficient", self.coefficient, -COEFFICIENT_LIMIT, COEFFICIENT_LIMIT)
         check_range("n_samples", self.n_samples, 1, 64)
         check_range("max_new_tokens", self.max_new_tokens, 1, 128)
-        if not self.scan_models:
-            raise ConfigError("parameter scan_models=[] is empty: name at least one model")
-        self.scan_config()  # checks the scan's own parameters
+        self.scan_config(self.scan_models or [self.model])  # checks the scan's own parameters
 
     @classmethod
     def smoke(cls) -> "ExploreConfig":
         return cls(n_docs=20, contexts=4, n_samples=2, max_new_tokens=16, scan_models=["toy-base", "toy-rl"],
                    scan_features="top-2", scan_n_prompts=4, scan_horizon=8)
 
-    def scan_config(self) -> persistence.PersistenceConfig:
-        """The persistence scan the scan viewer shows: on-policy and teacher-forced ablations."""
+    def make_world(self) -> worlds.World:
+        world = worlds.resolve(self.world, self.model, seed=self.seed)
+        if self.trait:
+            world.check_traits([self.trait])
+        return world
+
+    def studied(self, world: worlds.World) -> str:
+        return self.trait or world.traits[0]
+
+    def site(self, subject) -> str:
+        """``steer_site``, or a third of the way up the residual stream ("auto")."""
+        return self.steer_site if self.steer_site != "auto" else f"blocks.{subject.site_map.n_layers // 3}.hook_resid_post"
+
+    def sae_name(self) -> str:
+        """``sae``, or the model's own SAE when ``sae="auto"``."""
+        return self.scan_config([self.model]).sae_name()
+
+    def scanned(self) -> list[str]:
+        """The scan viewer's models: ``scan_models``, else the model and its provider's fine-tunes of it."""
+        if self.scan_models:
+            return list(self.scan_models)
+        from gremlinkit import providers
+
+        entry = providers.find(self.model)
+        return list(entry.family) if entry is not None and entry.family else [self.model]
+
+    def scan_config(self, models: list[str] | None = None) -> persistence.PersistenceConfig:
+        """The persistence scan the scan viewer shows (on `scanned` unless ``models`` are given):
+        on-policy and teacher-forced ablations."""
+        models = models or self.scanned()
         return persistence.PersistenceConfig(
-            model=self.scan_models[0], models=list(self.scan_models[1:]), sae=self.sae, features=self.scan_features, intervention="ablate",
-            positions=["sentence_end:16"], horizon=self.scan_horizon, n_prompts=self.scan_n_prompts,
-            n_bootstrap=50, seed=self.seed, output_dir=str(Path(self.output_dir) / "scan"), device=self.device,
-            dtype=self.dtype)
+            model=models[0], models=list(models[1:]), sae=self.sae, world=self.world, features=self.scan_features,
+            intervention="ablate", positions=["sentence_end:16"], horizon=self.scan_horizon,
+            n_prompts=self.scan_n_prompts, n_bootstrap=50, seed=self.seed,
+            output_dir=str(Path(self.output_dir) / "scan"), device=self.device, dtype=self.dtype)
 
 
 # --------------------------------------------------------------------------- feature explorer
@@ -93,10 +118,10 @@ class ExploreConfig(Placement):
 
 @dataclass
 class FeatureIndex:
-    """Held-out stories with the SAE's features at every real token: what the explorer searches."""
+    """Held-out documents with the SAE's features at every real token: what the explorer searches."""
 
-    docs: list[np.ndarray]  # token ids per story, BOS first
-    labels: pd.DataFrame  # one row per token (BOS dropped): doc, pos, token and the corpus labels
+    docs: list[np.ndarray]  # token ids per document (BOS first where the subject reads one)
+    labels: pd.DataFrame  # one row per real token (no BOS): doc, pos, token (as text)
     feats: torch.Tensor  # (N, d_sae), row-aligned with labels
 
     @property
@@ -117,10 +142,17 @@ class FeatureIndex:
         return pd.DataFrame({"feature": order, "frequency": freq[order]})
 
 
-def index_features(subject, n_docs: int, seed: int) -> FeatureIndex:
-    held = heldout_corpus(n_docs, seed)
-    labels, feats = corpus_features(subject, held)
-    return FeatureIndex(encode_docs(held, subject.tokenizer), labels, feats)
+def index_features(subject, world: worlds.World, n_docs: int, seed: int) -> FeatureIndex:
+    """The world's held-out documents (seeds from 10,000: the zoo trains on 0, 1 and 100, fine-tunes
+    from 50,000) with their SAE features at every real token."""
+    docs = [encode(t, subject.tokenizer, subject.prepends_bos) for t in world.documents(n_docs, 10_000 + seed)]
+    keep = subject.batch(docs).prompt_mask(skip_bos=True)  # row-major: doc by doc, as the labels are
+    start = int(subject.prepends_bos)
+    labels = pd.DataFrame([{"doc": d, "pos": p, "token": subject.tokenizer.decode([t])}
+                           for d, ids in enumerate(docs) for p, t in enumerate(ids) if p >= start])
+    feats = torch.cat([subject.features(docs[i:i + 16])[keep[i:i + 16, : max(map(len, docs[i:i + 16]))]]
+                       for i in range(0, len(docs), 16)])  # 16 documents at a time: (N, d_sae)
+    return FeatureIndex([np.asarray(d) for d in docs], labels, feats)
 
 
 def feature_contexts(index: FeatureIndex, feature: int, k: int, window: int) -> pd.DataFrame:
@@ -178,9 +210,10 @@ def logit_effects(subject, index: FeatureIndex, contexts: pd.DataFrame, feature:
 
 
 def check_prompt(subject, prompt: str) -> str:
-    """The prompt, if every word is in the model's vocabulary (the zoo's tokenizer is word-level)."""
+    """The prompt, if it is not empty and the tokenizer knows every word (a word-level vocabulary,
+    such as the zoo's, maps unknown words to its unknown token)."""
     if not prompt.strip():
-        raise InputError("the prompt is empty: write a few words from the zoo's vocabulary")
+        raise InputError("the prompt is empty: write a few words")
     ids = subject.tokenizer(prompt).input_ids
     unk = subject.tokenizer.unk_token_id
     if unk is not None and unk in ids:
@@ -197,11 +230,12 @@ def check_coefficient(coefficient: float) -> float:
     return float(coefficient)
 
 
-def steer_samples(subject, prompt: str, vector: np.ndarray, coefficient: float, site: str, n_samples: int,
-                  max_new_tokens: int, seed: int) -> pd.DataFrame:
+def steer_samples(subject, world: worlds.World, trait: str, prompt: str, vector: np.ndarray, coefficient: float,
+                  site: str, n_samples: int, max_new_tokens: int, seed: int) -> pd.DataFrame:
     """``n_samples`` paired samples, baseline and steered, in one batched generation.
 
-    Tidy: sample, condition ("baseline" or "steered"), coefficient, text, luigi_rate, waluigi_rate.
+    Tidy: sample, condition ("baseline" or "steered"), coefficient, text, negative_rate and
+    positive_rate (the share of words from each pole's lexicon of ``trait`` in ``world``).
     Sample ``i`` uses the same noise in both conditions, so at coefficient 0 the texts are equal.
     """
     check_coefficient(coefficient)
@@ -212,8 +246,10 @@ def steer_samples(subject, prompt: str, vector: np.ndarray, coefficient: float, 
     gen = subject.generate([prompt] * (2 * n_samples), max_new_tokens, steer, seed=seeds)
     rows = []
     for r, text in enumerate(gen.text):
+        rates = world.lexicon_rates(trait, text)
         rows.append({"sample": r % n_samples, "condition": "steered" if r >= n_samples else "baseline",
-                     "coefficient": float(coefficient), "text": text, **lexicon_rates(text)})
+                     "coefficient": float(coefficient), "text": text, "negative_rate": rates["negative_rate"],
+                     "positive_rate": rates["positive_rate"]})
     return pd.DataFrame(rows)
 
 
@@ -245,8 +281,8 @@ def metrics(contexts: pd.DataFrame, values: pd.DataFrame, effects: pd.DataFrame,
         "fraction_active": len(values) / n_tokens,
         "contexts_shown": float(contexts.context.nunique()),
         "top_promoted_effect": float(effects[effects.direction == "promotes"].effect.max()),
-        "baseline_waluigi_rate": float(base.waluigi_rate.mean()),
-        "steered_waluigi_rate": float(steered.waluigi_rate.mean()),
+        "baseline_positive_rate": float(base.positive_rate.mean()),
+        "steered_positive_rate": float(steered.positive_rate.mean()),
         "steered_samples_changed": float((steered.text != base.text).mean()),
         "scan_curves": float(curves.groupby(["model", "mode"]).ngroups),
         "scan_teacher_forced_max_abs_delta": float(after[after["mode"] == "teacher_forced"].delta.abs().max()),

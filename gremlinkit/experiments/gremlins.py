@@ -77,9 +77,9 @@ from scipy.stats import binomtest, fisher_exact
 from gremlinkit import stats
 from gremlinkit.sites import SiteMap
 from gremlinkit.experiments import persistence, zoo_tour
-from gremlinkit.results import atomic_write_text
+from gremlinkit.results import Result, atomic_write_text
 from gremlinkit.errors import ConfigError
-from gremlinkit.params import Placement, check_choice, check_range
+from gremlinkit.params import check_choice, check_range
 from gremlinkit.zoo import corpus
 from gremlinkit.zoo.lm import encode_docs
 
@@ -89,26 +89,27 @@ DOSE_MODELS = ("toy-rl-20", "toy-rl-80", "toy-rl-320", "toy-rl-h128-80", "toy-rs
 
 
 @dataclass(frozen=True)
-class GremlinConfig(Placement):
-    models: list = field(default_factory=lambda: ["toy-base", "toy-sft", "toy-rl"])  # base first
-    sae: str = "toy-base-sae"  # one SAE shared by every model
+class GremlinConfig(persistence.PersistenceConfig):
+    """The census is a persistence scan: every field of `PersistenceConfig`, with the defaults
+    below, plus the controls and series that make it a test."""
+
+    models: list = field(default_factory=lambda: ["toy-sft", "toy-rl"])  # fine-tunes compared with the base `model`
     features: Any = "random-32"  # the census: "random-N", "top-N" or a list of ids (ignored when full)
-    full: bool = False  # census of every live feature of the SAE (~20 min per model on 2 CPU cores)
-    intervention: str = "add"  # "ablate" or "add"
     scale: float = 48.0  # added to the feature when intervention is "add"
-    positions: list = field(default_factory=lambda: ["sentence_end:24"])  # edit positions
     horizon: int = 96  # tokens followed after the edit
     n_prompts: int = 128  # held-out stories per feature
-    n_bootstrap: int = 200  # bootstrap resamples for half-life intervals
+    mode: str = "on_policy"  # the census is on-policy (teacher-forced edits cannot persist at their site)
+    output_dir: str = "output/04_gremlin_comparison"  # where chunks, tables and metrics go
+    full: bool = False  # census of every live feature of the SAE (~20 min per model on 2 CPU cores)
     control_topic: str = "sea"  # natural positive control: this topic's feature, in the same scan ("" for none)
     planted_seeds: int = 5  # scan seeds for the planted controls and their null (0: skip them)
     dose_models: list = field(default_factory=lambda: list(DOSE_MODELS))  # RL dose series and toy-rs ([]: skip)
     dose_prompts: int = 64  # prompts per feature in the dose series (the census's first ones)
     ablate_prompts: int = 64  # stories per feature for the ablation where each feature fires (0: skip)
-    seed: int = 0  # seeds prompts, features, sampling noise and the bootstrap
-    output_dir: str = "output/04_gremlin_comparison"  # where chunks, tables and metrics go
 
     def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("mode", self.mode, ["on_policy"])
         check_range("n_prompts", self.n_prompts, 2, 4096)
         check_range("dose_prompts", self.dose_prompts, 2, self.n_prompts)
         check_range("ablate_prompts", self.ablate_prompts, 0, 4096)
@@ -117,7 +118,6 @@ class GremlinConfig(Placement):
         check_range("planted_seeds", self.planted_seeds, 0, 100)
         if self.planted_seeds and not self.control_topic:
             raise ConfigError("parameter planted_seeds needs a control_topic: the planted controls scan its feature")
-        self.scan_config()  # validates the shared fields
 
     @classmethod
     def smoke(cls) -> "GremlinConfig":
@@ -125,12 +125,11 @@ class GremlinConfig(Placement):
                    dose_prompts=32, ablate_prompts=8)
 
     def scan_config(self) -> persistence.PersistenceConfig:
-        return persistence.PersistenceConfig(
-            model=self.models[0], models=list(self.models[1:]), sae=self.sae, features="live" if self.full else self.features,
-            intervention=self.intervention,
-            scale=self.scale, positions=list(self.positions), horizon=self.horizon, n_prompts=self.n_prompts,
-            mode="on_policy", n_bootstrap=self.n_bootstrap, seed=self.seed, output_dir=self.output_dir,
-            device=self.device, dtype=self.dtype)
+        """The census scan itself: this config's `PersistenceConfig` fields, every live feature when
+        ``full``, and the base model's SAE named outright, so every organism scanned later shares it."""
+        shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(persistence.PersistenceConfig)}
+        return persistence.PersistenceConfig(**{**shared, "features": "live" if self.full else self.features,
+                                                "sae": self.sae_name()})
 
     def ablation_config(self, features: list[int]) -> persistence.PersistenceConfig:
         """The behavioural ablation: ``features`` zeroed where each first fires after token 8, for
@@ -254,7 +253,7 @@ def activation_changes(base_subject, tuned_subject, n_docs: int = 40, seed: int 
 
 
 @dataclass
-class GremlinResults:
+class GremlinResults(Result):
     scan: pd.DataFrame
     summary: pd.DataFrame  # one row per (model, feature); ``role`` is "census" or "natural control"
     census: pd.DataFrame  # the tidy census table written to census.csv
@@ -267,6 +266,7 @@ class GremlinResults:
     planted: pd.DataFrame  # the planted controls' scans, one row per (model, feature, seed); empty if skipped
     power: dict | None  # `planted_power` of them (its "dose" is the dose table), None if skipped
     rl_dose: pd.DataFrame  # `rl_dose_series`: one row per organism; empty if skipped
+    metrics: dict = field(default_factory=dict)
 
 
 MIN_SENSITIVITY = 0.8  # the planted control must be detected in this share of seeds
@@ -280,8 +280,8 @@ def planted_controls(cfg: GremlinConfig, base, control: int, census_size: int, l
     from gremlinkit import load as load_subject
     from gremlinkit.zoo import cards
 
-    load = load or (lambda name: load_subject(name, sae=cfg.sae, **cfg.load_kwargs()))
-    base_name = Path(cfg.models[0]).name
+    load = load or (lambda name: load_subject(name, sae=cfg.sae_name(), **cfg.load_kwargs()))
+    base_name = Path(cfg.model).name
     topics = {f: t for t, f in persistence.topic_features(base, list(corpus.TOPICS), seed=cfg.seed).items()}
     bar = persistence.FDR_Q / (census_size + 1)
     rows = []
@@ -295,7 +295,7 @@ def planted_controls(cfg: GremlinConfig, base, control: int, census_size: int, l
         features = sorted(topics) if name == PLANTED[0] else [control]
         for seed in range(cfg.planted_seeds):
             scan_cfg = dataclasses.replace(cfg.scan_config(), model=name, models=[], features=features, seed=seed)
-            summary = persistence.summarize(persistence.run(scan_cfg, {name: subject}), cfg.n_bootstrap, seed)
+            summary = persistence.summarize(persistence.scan(scan_cfg, {name: subject}), cfg.n_bootstrap, seed)
             for r in summary.itertuples():
                 rows.append({"model": name, "eigenvalue": eigen, "truth_half_life": truth, "feature": r.feature,
                              "topic": topics.get(r.feature, ""), "seed": seed, "p_value": r.p_value,
@@ -368,7 +368,7 @@ def rl_dose_series(cfg: GremlinConfig, scan: pd.DataFrame, features: list[int], 
     and every dose organism (scanned alike), one row per organism with its training (`organism`)."""
     from gremlinkit import load as load_subject
 
-    load = load or (lambda name: load_subject(name, sae=cfg.sae, **cfg.load_kwargs()))
+    load = load or (lambda name: load_subject(name, sae=cfg.sae_name(), **cfg.load_kwargs()))
     scan_cfg = dataclasses.replace(cfg.scan_config(), n_prompts=cfg.dose_prompts,
                                    features=features + ([control] if control is not None else []))
     rows = []
@@ -376,7 +376,7 @@ def rl_dose_series(cfg: GremlinConfig, scan: pd.DataFrame, features: list[int], 
     for model, g in head.groupby("model", sort=False, observed=True):
         rows.append(_dose_row(str(model), g, control, DOSE_BOOTSTRAP, cfg.seed))
     for name in cfg.dose_models:
-        one = persistence.run(dataclasses.replace(scan_cfg, model=name, models=[]), {name: load(name)})
+        one = persistence.scan(dataclasses.replace(scan_cfg, model=name, models=[]), {name: load(name)})
         rows.append(_dose_row(Path(name).name, persistence.summarize(one, cfg.n_bootstrap, cfg.seed), control,
                               DOSE_BOOTSTRAP, cfg.seed))
     return pd.DataFrame(rows)
@@ -427,16 +427,16 @@ def run(cfg: GremlinConfig, subjects: dict | None = None) -> GremlinResults:
         if name in registry.ARTEFACTS:
             registry.require(name)
 
-    subjects = subjects or {m: load(m, sae=cfg.sae, **cfg.load_kwargs()) for m in cfg.models}
-    base = subjects[cfg.models[0]]
+    subjects = subjects or {m: load(m, sae=cfg.sae_name(), **cfg.load_kwargs()) for m in cfg.scanned}
+    base = subjects[cfg.model]
     scan_cfg = cfg.scan_config()
     prompts, _ = persistence.scan_prompts(scan_cfg, base)
     census = persistence.choose_features(base, prompts, scan_cfg.features, cfg.seed)
     controls = [persistence.topic_feature(base, cfg.control_topic, seed=cfg.seed)] if cfg.control_topic else []
     census = [f for f in census if f not in controls]  # a control is scanned once, and not counted
-    scan = persistence.run(dataclasses.replace(scan_cfg, features=census + controls), subjects)
+    scan = persistence.scan(dataclasses.replace(scan_cfg, features=census + controls), subjects)
     summary = persistence.summarize(scan, cfg.n_bootstrap, cfg.seed)
-    order = {Path(m).name: i for i, m in enumerate(cfg.models)}  # base first, as the models were given
+    order = {Path(m).name: i for i, m in enumerate(cfg.scanned)}  # base first, as the models were given
     summary = summary.sort_values(["model", "feature"], key=lambda c: c.map(order) if c.name == "model" else c,
                                   ignore_index=True)
     summary.insert(2, "role", np.where(summary.feature.isin(controls), "natural control", "census"))
@@ -451,18 +451,20 @@ def run(cfg: GremlinConfig, subjects: dict | None = None) -> GremlinResults:
     words = reward_word_ids(base.tokenizer)
     added, ablated = persistence.behaviour(scan, words), None
     if cfg.ablate_prompts:
-        ablated = persistence.behaviour(persistence.run(cfg.ablation_config(census + controls), subjects), words)
-    sentence, tests = verdict(table, control=control, base=Path(cfg.models[0]).name, power=power)
+        ablated = persistence.behaviour(persistence.scan(cfg.ablation_config(census + controls), subjects), words)
+    sentence, tests = verdict(table, control=control, base=Path(cfg.model).name, power=power)
     labels = zoo_tour.feature_summary(*zoo_tour.corpus_features(base, zoo_tour.heldout_corpus(200, cfg.seed)))
     loc = []
-    for m in cfg.models[1:]:
+    for m in cfg.models:
         w = weight_changes(base.model._module, subjects[m].model._module, base.site_map.n_layers)
         a = activation_changes(base, subjects[m], seed=cfg.seed)
         loc += [dict(model=m, measure="weights", **r) for r in w.to_dict("records")]
         loc += [dict(model=m, measure="resid_post", part=f"block {r['layer']}", relative_change=r["relative_change"])
                 for r in a.to_dict("records")]
-    return GremlinResults(scan, summary, census_table(summary, labels, added, ablated), table, sentence, tests,
-                          pd.DataFrame(loc), control, persistence.expected_topic_half_life(), planted, power, dose)
+    res = GremlinResults(scan, summary, census_table(summary, labels, added, ablated), table, sentence, tests,
+                         pd.DataFrame(loc), control, persistence.expected_topic_half_life(), planted, power, dose)
+    res.metrics.update(metrics(res))
+    return res
 
 
 def write_census(res: GremlinResults, output_dir: str) -> Path:

@@ -77,21 +77,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from scipy.optimize import minimize_scalar
 from scipy.stats import false_discovery_control, ttest_1samp
 from tqdm.auto import tqdm
 
 from gremlinkit.prompts import encode
 from gremlinkit import interventions as iv
 from gremlinkit.errors import ConfigError
+from gremlinkit.stats import ATOL, fit_half_life, tail_start, tail_test
 from gremlinkit.params import Placement, check_choice, check_range
-from gremlinkit.results import own_feature_rows, to_numpy, write_table
+from gremlinkit.results import Result, own_feature_rows, to_numpy, write_table
 from gremlinkit.zoo import corpus
 
 MODES = ("teacher_forced", "on_policy")
 FDR_Q = 0.05  # Benjamini-Hochberg level over the features of one scan
 TAIL_ALPHA = 0.05  # uncorrected level at which a tail is fitted instead of the whole curve
-ATOL = 1e-5  # float noise between differently shaped batches; smaller effects count as zero
 SCAN_VERSION = 3  # bumped when a chunk's columns change, so old chunks are not resumed into new scans
 # delta: encoder pre-activation (the readout); *_post: the feature's activation after the SAE's cut;
 # token, intervened_token: the token each run chose after reading the lag's position (-1 when teacher-forced)
@@ -401,7 +400,7 @@ def _long_table(model, mode, units, base, inter, record_all) -> pd.DataFrame:
     return df[COLUMNS + (["measured"] if record_all else [])]
 
 
-def run(cfg: PersistenceConfig, subjects: dict | None = None) -> pd.DataFrame:
+def scan(cfg: PersistenceConfig, subjects: dict | None = None) -> pd.DataFrame:
     """Run (or resume) the scan; returns the tidy table with columns ``COLUMNS`` (+ ``measured``)."""
     from gremlinkit import load
 
@@ -423,47 +422,25 @@ def run(cfg: PersistenceConfig, subjects: dict | None = None) -> pd.DataFrame:
             base, inter = _scan_chunk(subjects[model], cfg, mode, prompts, chunk)
             write_table(_long_table(Path(model).name, mode, chunk, base, inter, cfg.record_all), path)
         tables.append(pd.read_parquet(path))
-    scan = pd.concat(tables, ignore_index=True)
-    return scan.astype({"model": "category", "mode": "category"})  # two labels over millions of rows
+    table = pd.concat(tables, ignore_index=True)
+    return table.astype({"model": "category", "mode": "category"})  # two labels over millions of rows
+
+
+@dataclass
+class PersistenceResult(Result):
+    scan: pd.DataFrame  # one row per (model, feature, prompt, position, mode, lag): `COLUMNS`
+    summary: pd.DataFrame  # one row per (model, mode, feature): `summarize`
+    metrics: dict = field(default_factory=dict)
+
+
+def run(cfg: PersistenceConfig, subjects: dict | None = None) -> PersistenceResult:
+    """The experiment: the scan (run or resumed, `scan`), its summary and metrics."""
+    table = scan(cfg, subjects)
+    summary = summarize(table, n_bootstrap=cfg.n_bootstrap, seed=cfg.seed)
+    return PersistenceResult(table, summary, metrics(summary))
 
 
 # --------------------------------------------------------------------------- summary
-
-
-def fit_half_life(curve: np.ndarray, start: int) -> float:
-    """Least-squares half-life (tokens) of ``A * 2**(-(lag - start) / h)`` over lags start..H.
-
-    Variable projection: for a given ``h`` the best ``A`` is linear least squares, which leaves a
-    bounded one-dimensional search over ``log h`` (``scipy.optimize.minimize_scalar``).
-    """
-    horizon = len(curve) - 1
-    lags = np.arange(len(curve) - start, dtype=float)
-    y = curve[start:]
-    if not np.any(np.abs(y) > ATOL):
-        return 0.0
-
-    def sse(log_h: float) -> float:
-        e = np.exp2(-lags / np.exp(log_h))
-        a = (y @ e) / (e @ e)
-        return float(((y - a * e) ** 2).sum())
-
-    res = minimize_scalar(sse, bounds=(np.log(0.05), np.log(10.0 * horizon)), method="bounded",
-                          options={"xatol": 1e-5})
-    return float(np.exp(res.x))
-
-
-def tail_start(horizon: int) -> int:
-    return max(1, horizon // 4)
-
-
-def tail_test(tails: np.ndarray, sign: float) -> float:
-    """One-sided p-value that the mean of per-prompt ``tails`` has the edit's ``sign`` (1 when the
-    edit had no direct effect, or the tails do not vary)."""
-    if sign == 0:
-        return 1.0
-    if len(tails) < 2 or np.ptp(tails) <= ATOL:  # no spread to test against: all or nothing
-        return 0.0 if np.mean(tails) * sign > ATOL else 1.0
-    return float(ttest_1samp(sign * tails, 0.0, alternative="greater").pvalue)
 
 
 def _half_life(mat: np.ndarray, fit_tail: bool) -> float:

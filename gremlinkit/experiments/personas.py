@@ -43,7 +43,7 @@ from gremlinkit import stats, worlds
 from gremlinkit.errors import ConfigError
 from gremlinkit.params import Placement, check_range
 from gremlinkit.prompts import words_to_ids
-from gremlinkit.results import to_numpy
+from gremlinkit.results import Result, to_numpy
 
 @dataclass(frozen=True)
 class PersonaConfig(Placement):
@@ -244,7 +244,7 @@ def dose_response(sweep: pd.DataFrame, seed: int) -> pd.DataFrame:
 
 
 @dataclass
-class PersonaResults:
+class PersonaResults(Result):
     """``pairs``: the probed prompts; ``scores``: tidy separation per trait, site, method and metric;
     ``cosines``: between traits; ``axis``: the persona axis (persona world only, else empty);
     ``dose``: steering dose-response of the studied trait; ``vectors``: diff-of-means per (trait, site)."""

@@ -4,12 +4,13 @@ Picture a circuit keyed on a value X that was always positive in training and ma
 behaviour +Y. If some prompt drives X negative, the same circuit may produce -Y, the Waluigi,
 which is not the same as 0 (no persona at all). This module
 
-1. **finds one-sign units** over a reference distribution (held-out stories): MLP pre-activations
+1. **finds one-sign units** over a reference distribution (the world's documents): MLP pre-activations
    (``blocks.L.mlp.hook_pre``), SAE pre-activations (after the ReLU a feature cannot change sign)
    and residual directions (the mean direction of each residual-stream state, ``blocks.L.hook_resid_mid``
    and ``blocks.L.hook_resid_post``: the archetype of a value that is positive throughout training),
    ranked by sign consistency (the fraction of positions with the majority sign), then by mean
-   magnitude;
+   magnitude. The statistics are counted chunk by chunk, so a deep model's tens of thousands of
+   MLP units fit in memory; a sample of values (the first `SAMPLE_TOKENS` tokens) is kept for plots;
 2. **searches for prompts that flip a unit's sign** at the prompt's last token with a GCG-style
    discrete search (the top-k single-token substitutions by the gradient of the unit's value with
    respect to one-hot tokens, ``batch_candidates`` of them evaluated per step in one batch), against
@@ -18,46 +19,55 @@ which is not the same as 0 (no persona at all). This module
    that is negative. GCG also spends one backward pass per step, which random search does not.
    Each search records the step of its first flip, so :func:`success_by_budget` compares the two
    methods at every budget from 1 to ``n_steps`` steps, not only at the end;
-3. **measures behaviour under the flip** for the persona direction X (Luigi minus Waluigi mean at
-   ``behavior_site``, so +X drives Luigi behaviour): Luigi prompts as they are (+X), with X
-   projected out (0), with X reflected to -X, and with a searched suffix that flips X naturally;
-   Waluigi prompts are the -Y reference. Y per continuation is the Luigi-word rate minus the
-   Waluigi-word rate (zoo lexicon); a condition is called -Y, 0 or +Y by whether its 95% bootstrap
+3. **measures behaviour under the flip** for a trait's direction X (the world's Luigi pole minus
+   its Waluigi pole, mean over matched pairs at ``behavior_site``, so +X drives Luigi behaviour; on
+   the persona world Luigi is the persona trait's negative pole, elsewhere a trait's positive pole):
+   Luigi prompts as they are (+X), with X projected out (0), with X reflected to -X, and with
+   searched tokens, inserted before the prompt's last three tokens, that flip X naturally; Waluigi
+   prompts are the -Y reference. Y per continuation is the Luigi-word rate minus the Waluigi-word
+   rate (the world's trait lexicon); a condition is called -Y, 0 or +Y by whether its 95% bootstrap
    interval over prompts lies below, across or above zero.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from functools import partial
 
 import numpy as np
 import pandas as pd
 import torch
 
-from gremlinkit.prompts import words_to_ids
-from gremlinkit.results import to_numpy
+from gremlinkit import worlds
+from gremlinkit.errors import ConfigError
+from gremlinkit.prompts import encode
+from gremlinkit.results import Result, to_numpy
 from gremlinkit import interventions as iv
 from gremlinkit.experiments import personas
 from gremlinkit.stats import mean_ci
-from gremlinkit.experiments.zoo_tour import lexicon_rates, persona_prompts
 from gremlinkit.params import Placement, check_range
-from gremlinkit.zoo import corpus
-from gremlinkit.zoo.lm import encode_docs
+
+SAMPLE_TOKENS = 256  # reference tokens whose values are kept per candidate family, for the histograms
+CHUNK_VALUES = 2**22  # activation values read per forward pass of the reference documents
+UNIT_KINDS = ("mlp", "sae", "direction")
+PAIRS_PER_TEMPLATE = 16  # matched pairs per template for the trait direction (generated worlds)
 
 
 @dataclass(frozen=True)
 class SignFlipConfig(Placement):
-    model: str = "toy-base"  # zoo name or local model directory
-    n_docs: int = 60  # reference stories for sign statistics
+    model: str = "toy-base"  # zoo name, local model directory or hub id
+    sae: str = "auto"  # SAE whose pre-activations are candidates too: "auto" (the model's own), a name, or "none"
+    world: str = "auto"  # "auto" (the model's), "persona", "english" or a pairs file
+    trait: str = ""  # the trait whose direction is X ("": the world's first)
+    n_docs: int = 60  # reference documents for sign statistics
     n_units: int = 5  # one-sign units searched, most consistent first
-    prompt_length: int = 8  # searchable tokens after BOS
+    unit_kinds: list = field(default_factory=lambda: list(UNIT_KINDS))  # families searched: MLP pre-activations, SAE pre-activations, residual mean directions
+    prompt_length: int = 8  # searchable tokens (after the BOS, where the model reads one)
     n_steps: int = 20  # search steps per restart
     batch_candidates: int = 64  # candidate prompts evaluated per step (both methods)
     top_k: int = 32  # GCG: substitutions kept per position, by gradient (of 118 allowed tokens on the zoo)
     n_restarts: int = 2  # random initial prompts per unit and method
-    behavior_site: str = "blocks.1.hook_resid_post"  # where the persona direction X is read and edited
+    behavior_site: str = "auto"  # where the direction X is read and edited ("auto": a third of the way up)
     n_behavior_prompts: int = 12  # Luigi prompts per behaviour condition
     max_new_tokens: int = 32  # tokens generated per behaviour prompt
     seed: int = 0  # seeds search starts, candidates, sampling and bootstrap
@@ -66,6 +76,8 @@ class SignFlipConfig(Placement):
     def __post_init__(self) -> None:
         check_range("n_docs", self.n_docs, 4, 5000)
         check_range("n_units", self.n_units, 1, 100)
+        if not self.unit_kinds or any(k not in UNIT_KINDS for k in self.unit_kinds):
+            raise ConfigError(f"parameter unit_kinds={self.unit_kinds!r}: name one or more of {list(UNIT_KINDS)}")
         check_range("prompt_length", self.prompt_length, 1, 64)
         check_range("n_steps", self.n_steps, 1, 2000)
         check_range("batch_candidates", self.batch_candidates, 2, 4096)
@@ -73,6 +85,31 @@ class SignFlipConfig(Placement):
         check_range("n_restarts", self.n_restarts, 1, 100)
         check_range("n_behavior_prompts", self.n_behavior_prompts, 2, 512)
         check_range("max_new_tokens", self.max_new_tokens, 1, 128)
+
+    def make_world(self) -> worlds.World:
+        world = worlds.resolve(self.world, self.model, seed=self.seed, per_template=PAIRS_PER_TEMPLATE)
+        if self.trait:
+            world.check_traits([self.trait])
+        return world
+
+    def studied(self, world: worlds.World) -> str:
+        """The trait under study: ``trait``, else the world's first with a Luigi pole or a lexicon."""
+        if self.trait:
+            return self.trait
+        ranked = [t for t in world.traits if t in world.luigi] + [t for t in world.traits if t in world.lexicons]
+        if not ranked:
+            raise ConfigError(f"the {world.name} world has no trait lexicon to score behaviour with; "
+                              f"its traits: {world.traits}")
+        return ranked[0]
+
+    def site(self, subject) -> str:
+        """``behavior_site``, or a third of the way up the residual stream ("auto")."""
+        if self.behavior_site != "auto":
+            return self.behavior_site
+        return f"blocks.{subject.site_map.n_layers // 3}.hook_resid_post"
+
+    def load_sae(self):
+        return {"auto": None, "none": False}.get(self.sae, self.sae)
 
     @classmethod
     def smoke(cls) -> "SignFlipConfig":
@@ -100,55 +137,92 @@ class Unit:
 def _sae_pre(subject, x: torch.Tensor) -> torch.Tensor:
     """SAE pre-activations (before the ReLU/TopK), which can take either sign."""
     sae = subject.sae
-    return sae.process_sae_in(x) @ sae.W_enc + sae.b_enc
+    return sae.process_sae_in(x.to(sae.W_enc.dtype)) @ sae.W_enc + sae.b_enc  # in the SAE's dtype
 
 
-def reference_values(subject, n_docs: int, seed: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Candidate values over the non-BOS tokens of held-out stories, and the residual mean directions.
+def reference_docs(subject, world: worlds.World, n_docs: int, seed: int) -> list[list[int]]:
+    """The world's reference documents as ``subject`` reads them (its BOS policy included)."""
+    return [encode(t, subject.tokenizer, subject.prepends_bos) for t in world.documents(n_docs, 40_000 + seed)]
 
-    Keys: MLP sites (N, d_mlp), ``"sae"`` (N, d_sae) and ``"direction"`` (N, 2 * n_layers), one
-    column per residual-stream state's mean direction, in the order of the second return value
-    (site -> unit vector): ``resid_mid`` then ``resid_post`` of each block.
+
+def _chunks(subject, docs: list[list[int]], sites: list[str]):
+    """(site -> (N, d) activations at the real tokens, BOS left out) per chunk of documents, each
+    chunk holding at most `CHUNK_VALUES` values over every site (at least one document)."""
+    width = sum(a.shape[-1] for a in subject.activations_at([docs[0][:1]], sites).values())
+    per_chunk = max(1, CHUNK_VALUES // (width * max(len(d) for d in docs)))
+    for i in range(0, len(docs), per_chunk):
+        part = docs[i:i + per_chunk]
+        keep = subject.batch(part).prompt_mask(skip_bos=True)
+        acts = subject.activations_at(part, sites, batch_size=per_chunk)
+        yield {site: a[keep] for site, a in acts.items()}
+
+
+def _counts(v: torch.Tensor) -> torch.Tensor:
+    """(4, d): positive count, negative count, sum of |v| and rows of an (N, d) block."""
+    return torch.stack([(v > 0).sum(0).double(), (v < 0).sum(0).double(), v.abs().double().sum(0),
+                        torch.full((v.shape[1],), float(v.shape[0]), dtype=torch.double, device=v.device)])
+
+
+@torch.no_grad()
+def reference_values(subject, docs: list[list[int]]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor],
+                                                             dict[str, torch.Tensor]]:
+    """Sign statistics of every candidate over the real tokens of ``docs``, in two passes.
+
+    Returns ``(counts, sample, directions)``: per family -- MLP sites, ``"sae"`` and ``"direction"``
+    (one column per residual-stream state's mean direction, ``resid_mid`` then ``resid_post`` of
+    each block, in the order of ``directions``) -- the `_counts` over every token and the values at
+    the first `SAMPLE_TOKENS` tokens; and site -> unit mean direction. Pass one finds the mean
+    directions, pass two counts. Only one chunk of documents is in memory at a time.
     """
-    ids = encode_docs(corpus.generate(n_docs, seed=40_000 + seed), subject.tokenizer)
     n_layers = subject.site_map.n_layers
     mlp_sites = [f"blocks.{L}.mlp.hook_pre" for L in range(n_layers)]
     resid_sites = [f"blocks.{L}.hook_resid_{k}" for L in range(n_layers) for k in ("mid", "post")]
-    keep = subject.batch(ids).prompt_mask(skip_bos=True)
-    out, directions, projections = {}, {}, []
-    with torch.no_grad():
-        # One site at a time: a padded (B, T, d) read of every site at once would not fit a 2 GB Binder.
-        for site in mlp_sites:
-            out[site] = subject.activations(ids, site)[keep]
-        for site in resid_sites:
-            x = subject.activations(ids, site)[keep]
-            directions[site] = x.mean(0) / x.mean(0).norm()
-            projections.append(x @ directions[site])
-        out["direction"] = torch.stack(projections, 1)
-        if subject.sae is not None:
-            out["sae"] = _sae_pre(subject, subject.activations(ids, subject.sae_site)[keep])
-    return out, directions
+    sums: dict[str, torch.Tensor] = {}
+    for acts in _chunks(subject, docs, resid_sites):
+        for site, x in acts.items():
+            sums[site] = sums.get(site, 0) + x.double().sum(0)
+    directions = {site: (v / v.norm()).to(torch.float32) for site, v in sums.items()}
+    sae_site = subject.sae_site if subject.sae is not None else None
+    counts: dict[str, torch.Tensor] = {}
+    sample: dict[str, list[torch.Tensor]] = {}
+    for acts in _chunks(subject, docs, mlp_sites + resid_sites + ([sae_site] if sae_site else [])):
+        values = {site: acts[site].float() for site in mlp_sites}
+        values["direction"] = torch.stack([acts[s].float() @ directions[s].to(acts[s].device) for s in resid_sites], 1)
+        if sae_site:
+            values["sae"] = _sae_pre(subject, acts[sae_site]).float()
+        for key, v in values.items():
+            counts[key] = counts[key] + _counts(v) if key in counts else _counts(v)
+            kept = sum(len(x) for x in sample.get(key, []))
+            if kept < SAMPLE_TOKENS:
+                sample.setdefault(key, []).append(v[: SAMPLE_TOKENS - kept].cpu())
+    return counts, {k: torch.cat(v) for k, v in sample.items()}, directions
 
 
-def one_sign_units(values: dict[str, torch.Tensor], sae_site: str | None, direction_sites: list[str]
-                   ) -> pd.DataFrame:
-    """Every candidate with its sign fractions, ranked by consistency then magnitude.
+def units_table(counts: dict[str, torch.Tensor], sae_site: str | None, direction_sites: list[str]) -> pd.DataFrame:
+    """Every candidate with its sign fractions, ranked by consistency then magnitude, from `_counts`.
 
-    ``values["direction"]`` has one column per entry of ``direction_sites``.
+    ``counts["direction"]`` has one column per entry of ``direction_sites``.
     """
     frames = []
-    for key, v in values.items():
-        pos, neg = (v > 0).float().mean(0), (v < 0).float().mean(0)
+    for key, c in counts.items():
+        c = to_numpy(c)
+        n = c[3].clip(min=1)
+        pos, neg = c[0] / n, c[1] / n
         kind = key if key in ("sae", "direction") else "mlp"
         site = {"sae": sae_site, "direction": None}.get(key, key)
         sites = list(direction_sites) if kind == "direction" else site
         frames.append(pd.DataFrame({
-            "kind": kind, "site": sites, "index": 0 if kind == "direction" else np.arange(v.shape[1]),
-            "frac_positive": to_numpy(pos), "frac_negative": to_numpy(neg),
-            "consistency": to_numpy(torch.maximum(pos, neg)), "mean_abs": to_numpy(v.abs().mean(0)),
-            "majority_sign": np.where(to_numpy(pos) >= to_numpy(neg), 1, -1)}))
+            "kind": kind, "site": sites, "index": 0 if kind == "direction" else np.arange(c.shape[1]),
+            "frac_positive": pos, "frac_negative": neg, "consistency": np.maximum(pos, neg), "mean_abs": c[2] / n,
+            "majority_sign": np.where(pos >= neg, 1, -1)}))
     table = pd.concat(frames, ignore_index=True)
     return table.sort_values(["consistency", "mean_abs"], ascending=False, ignore_index=True)
+
+
+def one_sign_units(values: dict[str, torch.Tensor], sae_site: str | None, direction_sites: list[str]
+                   ) -> pd.DataFrame:
+    """`units_table` of (N, d) value blocks given whole."""
+    return units_table({k: _counts(v) for k, v in values.items()}, sae_site, direction_sites)
 
 
 # --------------------------------------------------------------------------- 2. the search
@@ -160,8 +234,12 @@ def unit_value(subject, unit: Unit, prompts, embeddings: torch.Tensor | None = N
     acts = subject.activations_at(prompts, [unit.site], interventions, embeddings=embeddings)[unit.site]
     last = acts[torch.arange(acts.shape[0], device=acts.device), subject.batch(prompts).lengths - 1]  # (B, d)
     if unit.kind == "direction":
-        return last @ unit.vector
-    return (_sae_pre(subject, last) if unit.kind == "sae" else last)[:, unit.index]
+        return last.float() @ unit.vector.to(last.device)  # read in float32 whatever the model's dtype
+    return (_sae_pre(subject, last) if unit.kind == "sae" else last.float())[:, unit.index]
+
+
+def _bos(subject) -> list[int]:
+    return [subject.tokenizer.bos_token_id] if subject.prepends_bos else []
 
 
 def _allowed(subject) -> torch.Tensor:
@@ -175,11 +253,12 @@ def search(subject, unit: Unit, sign: int, method: str, cfg: SignFlipConfig, res
            prefix: list[int] | None = None, suffix: list[int] | None = None) -> tuple[list[float], list[int]]:
     """Minimise ``sign * value`` over ``prompt_length`` free tokens; returns (best per step, best ids).
 
-    The prompt is ``[BOS] + prefix + free + suffix``; only the free tokens change.
+    The prompt is ``prefix + free + suffix``, ``prefix`` being the BOS where the subject reads one;
+    only the free tokens change.
     """
     gen = torch.Generator().manual_seed(cfg.seed * 10_007 + restart * 101 + unit.index)
     allowed = torch.nonzero(_allowed(subject)).flatten().cpu()  # candidate ids are host-side inputs, as prompts are
-    prefix, suffix = prefix or [subject.tokenizer.bos_token_id], suffix or []
+    prefix, suffix = _bos(subject) if prefix is None else prefix, suffix or []
     free = allowed[torch.randint(len(allowed), (cfg.prompt_length,), generator=gen)]
     lo, hi = len(prefix), len(prefix) + cfg.prompt_length
     current = torch.tensor(prefix + free.tolist() + suffix)
@@ -191,8 +270,11 @@ def search(subject, unit: Unit, sign: int, method: str, cfg: SignFlipConfig, res
         where = torch.randint(lo, hi, (cfg.batch_candidates,), generator=gen)
         if method == "gcg":
             oh = subject.one_hot([current]).requires_grad_()
-            (sign * unit_value(subject, unit, [current], embeddings=subject.embed(oh))).sum().backward()
-            grad = oh.grad[0].masked_fill(~_allowed(subject), float("inf"))  # (T, V)
+            value = (sign * unit_value(subject, unit, [current], embeddings=subject.embed(oh))).sum()
+            # The gradient with respect to the tokens alone: .backward() would also fill a .grad for
+            # every weight of the model (as much memory as the model itself) and spend time on it.
+            (grad,) = torch.autograd.grad(value, oh)
+            grad = grad[0].masked_fill(~_allowed(subject), float("inf"))  # (T, V)
             top = (-grad).topk(cfg.top_k, dim=-1).indices  # (T, k): steepest descent substitutions
             pick = torch.randint(cfg.top_k, (cfg.batch_candidates,), generator=gen)
             cands[torch.arange(cfg.batch_candidates), where] = top[where.to(top.device), pick.to(top.device)].cpu()
@@ -220,7 +302,7 @@ def run_searches(subject, units: list[tuple[Unit, int]], cfg: SignFlipConfig) ->
                 first = next((s + 1 for s, b in enumerate(trace) if b < 0), None)
                 res.append({"unit": unit.name, "method": method, "restart": r, "best": trace[-1],
                             "flipped": trace[-1] < 0, "steps_to_flip": first,
-                            "prompt": subject.tokenizer.decode(ids[1:])})
+                            "prompt": subject.tokenizer.decode(ids[len(_bos(subject)):])})
     return pd.DataFrame(traj), pd.DataFrame(res)
 
 
@@ -236,21 +318,32 @@ def success_by_budget(searches: pd.DataFrame, n_steps: int) -> pd.DataFrame:
 # --------------------------------------------------------------------------- 3. behaviour
 
 
-def persona_direction(subject, site: str, seed: int) -> np.ndarray:
-    """Luigi minus Waluigi mean at ``site`` over matched persona pairs: +X drives Luigi behaviour."""
-    return -personas.trait_vector(subject, "persona", site, seed)
+def trait_direction(subject, world: worlds.World, trait: str, site: str, seed: int) -> np.ndarray:
+    """X: the Luigi pole's mean minus the Waluigi pole's at ``site`` over ``trait``'s matched pairs,
+    so +X drives Luigi behaviour."""
+    sign = 1.0 if world.luigi_pole(trait) == "positive" else -1.0
+    return sign * personas.trait_vector(subject, trait, site, seed, world=world)
 
 
-def behavior(subject, cfg: SignFlipConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _rates(world: worlds.World, trait: str, text: str) -> dict[str, float]:
+    rates = world.lexicon_rates(trait, text)
+    luigi = world.luigi_pole(trait)
+    waluigi = "negative" if luigi == "positive" else "positive"
+    return {"luigi_rate": rates[f"{luigi}_rate"], "waluigi_rate": rates[f"{waluigi}_rate"]}
+
+
+def behavior(subject, cfg: SignFlipConfig, world: worlds.World | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-prompt Y under each condition, and the -Y/0/+Y call with its CI."""
-    x_dir = torch.as_tensor(persona_direction(subject, cfg.behavior_site, cfg.seed), dtype=torch.float32)
-    table = persona_prompts(cfg.n_behavior_prompts, cfg.seed)
-    luigi = table[table.persona == "luigi"].prompt.tolist()
-    waluigi = table[table.persona == "waluigi"].prompt.tolist()
-    x_unit = Unit("direction", cfg.behavior_site, vector=x_dir / x_dir.norm())
+    world = world or cfg.make_world()
+    trait, site = cfg.studied(world), cfg.site(subject)
+    x_dir = torch.as_tensor(trait_direction(subject, world, trait, site, cfg.seed), dtype=torch.float32)
+    poles = world.pole_prompts(trait, cfg.n_behavior_prompts, cfg.seed)
+    luigi_pole = world.luigi_pole(trait)
+    luigi, waluigi = poles[luigi_pole], poles["negative" if luigi_pole == "positive" else "positive"]
+    x_unit = Unit("direction", site, vector=x_dir / x_dir.norm())
     natural = [_flip_naturally(subject, x_unit, p, cfg, i) for i, p in enumerate(luigi)]
-    conditions = {"+X (Luigi prompt)": (luigi, []), "0 (X projected out)": (luigi, [iv.project_out(x_dir, cfg.behavior_site)]),
-                  "-X (X reflected)": (luigi, [iv.reflect(x_dir, cfg.behavior_site)]),
+    conditions = {"+X (Luigi prompt)": (luigi, []), "0 (X projected out)": (luigi, [iv.project_out(x_dir, site)]),
+                  "-X (X reflected)": (luigi, [iv.reflect(x_dir, site)]),
                   "-X (searched prompt)": (natural, []), "Waluigi prompt": (waluigi, [])}
     rows = []
     for name, (prompts, edits) in conditions.items():
@@ -259,7 +352,7 @@ def behavior(subject, cfg: SignFlipConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
         with torch.no_grad():
             x_val = unit_value(subject, x_unit, prompts, interventions=edits).tolist()
         for i, text in enumerate(gen.text):
-            r = lexicon_rates(text)
+            r = _rates(world, trait, text)
             rows.append({"condition": name, "prompt_id": i, "x_at_last_token": x_val[i], **r,
                          "y": r["luigi_rate"] - r["waluigi_rate"], "continuation": text})
     per_prompt = pd.DataFrame(rows)
@@ -274,13 +367,13 @@ def behavior(subject, cfg: SignFlipConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def _flip_naturally(subject, unit: Unit, prompt: str, cfg: SignFlipConfig, i: int) -> str:
-    """A Luigi prompt with free tokens inserted before its final ``name says :``, searched to make X < 0."""
-    words = prompt.split()
-    head, tail = words[:-3], words[-3:]  # "... ." | "name says :"
-    ids = partial(words_to_ids, subject.tokenizer)
-    _, best = search(subject, unit, 1, "gcg", cfg, restart=1000 + i,
-                     prefix=[subject.tokenizer.bos_token_id] + ids(head), suffix=ids(tail))
-    return subject.tokenizer.decode(best[1:])
+    """A Luigi prompt with free tokens inserted before its last three tokens (on the persona world,
+    ``name says :``), searched to make X < 0."""
+    ids = encode(prompt, subject.tokenizer, bos=False)
+    cut = max(1, len(ids) - 3)
+    _, best = search(subject, unit, 1, "gcg", cfg, restart=1000 + i, prefix=_bos(subject) + ids[:cut],
+                     suffix=ids[cut:])
+    return subject.tokenizer.decode(best[len(_bos(subject)):])
 
 
 # --------------------------------------------------------------------------- the experiment
@@ -292,28 +385,33 @@ CONDITION_KEYS = {"+X (Luigi prompt)": "luigi_prompt", "0 (X projected out)": "x
 
 
 @dataclass
-class SignFlipResults:
+class SignFlipResults(Result):
     units: pd.DataFrame  # every candidate, ranked
-    values: dict  # reference values per candidate family, for the sign histograms
+    values: dict  # reference values per candidate family at the first SAMPLE_TOKENS tokens, for histograms
     directions: dict  # site -> unit mean direction, in the column order of values["direction"]
     trajectories: pd.DataFrame
     searches: pd.DataFrame
     behavior: pd.DataFrame
     calls: pd.DataFrame
+    metrics: dict = field(default_factory=dict)
 
 
 def run(cfg: SignFlipConfig, subject=None) -> SignFlipResults:
     from gremlinkit import load
 
-    subject = subject or load(cfg.model, **cfg.load_kwargs())
-    subject.site_map.resolve(cfg.behavior_site)
-    values, directions = reference_values(subject, cfg.n_docs, cfg.seed)
-    units = one_sign_units(values, subject.sae_site if subject.sae is not None else None, list(directions))
+    subject = subject or load(cfg.model, sae=cfg.load_sae(), **cfg.load_kwargs())
+    subject.site_map.resolve(cfg.site(subject))
+    world = cfg.make_world()
+    counts, values, directions = reference_values(subject, reference_docs(subject, world, cfg.n_docs, cfg.seed))
+    units = units_table(counts, subject.sae_site if subject.sae is not None else None, list(directions))
+    searched = units[units.kind.isin(cfg.unit_kinds)].head(cfg.n_units)
     chosen = [(Unit(r.kind, r.site, int(r.index), directions.get(r.site) if r.kind == "direction" else None),
-               int(r.majority_sign)) for r in units.head(cfg.n_units).itertuples()]
+               int(r.majority_sign)) for r in searched.itertuples()]
     trajectories, searches = run_searches(subject, chosen, cfg)
-    per_prompt, calls = behavior(subject, cfg)
-    return SignFlipResults(units, values, directions, trajectories, searches, per_prompt, calls)
+    per_prompt, calls = behavior(subject, cfg, world)
+    res = SignFlipResults(units, values, directions, trajectories, searches, per_prompt, calls)
+    res.metrics.update(metrics(res))
+    return res
 
 
 def metrics(res: SignFlipResults) -> dict[str, float]:
@@ -331,6 +429,7 @@ def metrics(res: SignFlipResults) -> dict[str, float]:
         key = CONDITION_KEYS[row.condition]
         out[f"{key}_call"] = CALL_VALUE[row.call]
         out[f"{key}_mean_y"] = row.mean_y
+        out[f"{key}_mean_x"] = row.mean_x
     return out
 
 

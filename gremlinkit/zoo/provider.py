@@ -8,6 +8,8 @@ from pathlib import Path
 from gremlinkit.providers import Entry
 from gremlinkit.zoo import registry
 
+FAMILY = ("toy-base", "toy-sft", "toy-rl")  # the base organism and its two fine-tunes, on one SAE
+
 
 def _world(**kwargs):
     from gremlinkit.zoo.world import persona_world
@@ -25,7 +27,8 @@ class ZooProvider:
         if art is None:
             return None
         world = "persona" if name.startswith("toy-") else None
-        return Entry(registry.require(name, root), art.kind, art.default_sae, art.bos, world)
+        family = FAMILY if name in FAMILY else ()
+        return Entry(registry.require(name, root), art.kind, art.default_sae, art.bos, world, family)
 
 
 PROVIDER = ZooProvider()

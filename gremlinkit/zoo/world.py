@@ -119,4 +119,4 @@ def persona_world(seed: int = 0, per_template: int = 24, n_prompts: int = 64) ->
     table = pd.concat([pairs_table(t, per_template, seed) for t in TRAITS], ignore_index=True)
     return World("persona", table, dict(LEXICONS), luigi_prompts(n_prompts, seed), {"persona": CHOICES},
                  lowercase=False, axis=axis_prompts(per_template, seed), corpus=stories, poles=pole_prompts,
-                 luigi={"persona": "negative"})
+                 luigi={"persona": "negative"}, pole_names={t: (neg, pos) for t, (_, neg, pos) in TRAITS.items()})
