@@ -97,3 +97,18 @@ def tail_test(tails: np.ndarray, sign: float) -> float:
     if len(tails) < 2 or np.ptp(tails) <= ATOL:  # no spread to test against: all or nothing
         return 0.0 if np.mean(tails) * sign > ATOL else 1.0
     return float(ttest_1samp(sign * tails, 0.0, alternative="greater").pvalue)
+
+
+def half_life(mat: np.ndarray, fit_tail: bool) -> float:
+    """Half-life of the mean curve of ``mat`` (units, lags): fitted to its tail (lags from
+    `tail_start`) when ``fit_tail``, else to the whole curve."""
+    return fit_half_life(mat.mean(0), tail_start(mat.shape[1] - 1) if fit_tail else 0)
+
+
+def half_life_interval(mat: np.ndarray, fit_tail: bool, n_bootstrap: int, rng: np.random.Generator
+                       ) -> tuple[float, float]:
+    """2.5-97.5% range of `half_life` over ``n_bootstrap`` resamples of ``mat``'s rows, drawn from
+    ``rng`` (the caller's seeded generator: one run's features draw from one stream)."""
+    boots = rng.integers(0, len(mat), size=(n_bootstrap, len(mat)))
+    low, high = np.nanquantile([half_life(mat[b], fit_tail) for b in boots], [0.025, 0.975])
+    return float(low), float(high)

@@ -84,7 +84,8 @@ def test_the_readme_experiment_and_widget_examples_run_as_written(tmp_path):
     assert len(blocks) >= 4
     checks = """
 assert set(res.calls.columns) >= {"condition", "call"} and len(res.calls) == 5  # the sign-flip result
-assert set(summary.columns) >= {"half_life", "persistent"} and len(summary) == 16  # 8 features x 2 modes
+assert set(result.summary.columns) >= {"half_life", "persistent"} and len(result.summary) == 16  # 8 features x 2 modes
+assert result.metrics == ps.metrics(result.summary)
 assert cfg.features == "top-8" and len(s.texts("steered")) > 0
 print("README OK")
 """

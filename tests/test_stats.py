@@ -1,5 +1,5 @@
 """The shared statistics against independent computations: numpy resampling by hand, scikit-learn's
-AUROC, and pair orderings counted by hand."""
+AUROC, pair orderings counted by hand, planted decays and scipy's t-test."""
 
 import numpy as np
 import pytest
@@ -64,3 +64,45 @@ def test_a_tied_pair_is_not_ordered():
     score = np.array([0.5, 0.5, 0.1, 0.9])  # pair 0 tied, pair 1 ordered
     s = stats.separation(score, np.array([0, 1, 0, 1]), np.array([0, 0, 0, 0]), np.array([0, 0, 1, 1]))
     assert s["paired_accuracy"] == 0.5
+
+
+# --------------------------------------------------------------------------- half-lives
+
+
+def test_fit_half_life_recovers_a_planted_decay_from_where_it_starts():
+    lags = np.arange(41)
+    assert stats.fit_half_life(3.0 * 2 ** (-lags / 5.0), 0) == pytest.approx(5.0, rel=1e-3)
+    # A fast component that is over by lag 10: fitting from there sees the slow one alone.
+    two = 10.0 * 2 ** (-lags / 0.5) + 2 ** (-(lags - 10) / 12.0) * (lags >= 10)
+    assert stats.fit_half_life(two, 10) == pytest.approx(12.0, rel=1e-3)
+    assert stats.fit_half_life(np.zeros(20), 0) == 0.0
+    assert stats.fit_half_life(np.full(20, stats.ATOL / 2), 0) == 0.0  # float noise is no effect
+    assert stats.fit_half_life(np.full(20, 1.0), 0) == pytest.approx(10.0 * 19, rel=1e-3)  # the search's bound
+
+
+def test_the_tail_starts_a_quarter_of_the_way_and_never_at_the_edit():
+    assert [stats.tail_start(h) for h in (1, 2, 3, 4, 7, 8, 32, 96)] == [1, 1, 1, 1, 1, 2, 8, 24]
+
+
+def test_tail_test_is_scipys_one_sided_t_test_in_the_edits_direction():
+    from scipy.stats import ttest_1samp
+
+    tails = np.array([0.3, 0.1, 0.4, -0.05, 0.2])
+    assert stats.tail_test(tails, 1.0) == pytest.approx(ttest_1samp(tails, 0.0, alternative="greater").pvalue)
+    assert stats.tail_test(tails, -1.0) == pytest.approx(ttest_1samp(-tails, 0.0, alternative="greater").pvalue)
+    assert stats.tail_test(tails, 0.0) == 1.0  # no direct effect: nothing to persist
+    assert stats.tail_test(np.full(4, 0.5), 1.0) == 0.0 and stats.tail_test(np.full(4, 0.5), -1.0) == 1.0
+    assert stats.tail_test(np.array([0.5]), 1.0) == 0.0 and stats.tail_test(np.array([-0.5]), 1.0) == 1.0
+    assert stats.tail_test(np.full(4, stats.ATOL / 2), 1.0) == 1.0  # float noise is not a tail
+
+
+def test_half_life_and_its_interval_by_hand():
+    lags = np.arange(33)
+    rows = np.stack([a * 2 ** (-lags / h) for a, h in ((1.0, 4.0), (2.0, 8.0), (1.5, 6.0), (0.5, 3.0))])
+    assert stats.half_life(rows, False) == pytest.approx(stats.fit_half_life(rows.mean(0), 0))
+    assert stats.half_life(rows, True) == pytest.approx(stats.fit_half_life(rows.mean(0), 8))
+    low, high = stats.half_life_interval(rows, False, 50, np.random.default_rng(3))
+    boots = np.random.default_rng(3).integers(0, 4, size=(50, 4))
+    by_hand = np.nanquantile([stats.fit_half_life(rows[b].mean(0), 0) for b in boots], [0.025, 0.975])
+    assert (low, high) == pytest.approx(tuple(by_hand))
+    assert 3.0 <= low < high <= 8.0  # within the rows' own half-lives

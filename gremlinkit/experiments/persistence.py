@@ -35,7 +35,7 @@ is its mean delta over lags ``H//4 .. H``, once the direct effect has passed. A 
 direction, its p-values corrected over every feature of the scan (per model and mode) by
 Benjamini–Hochberg, ``q_value <= FDR_Q`` (0.05). A tail of the opposite sign is not persistence.
 
-The half-life ``h`` comes from a least-squares fit of ``A * 2**(-lag / h)`` (:func:`fit_half_life`)
+The half-life ``h`` comes from a least-squares fit of ``A * 2**(-lag / h)`` (`gremlinkit.stats.fit_half_life`)
 to the tail when the tail is there (uncorrected one-sided p < 0.05), otherwise to ``c(0..H)`` (an
 effect that dies out early has a short half-life); ``[half_life_low, half_life_high]`` is the
 2.5-97.5% range over bootstrap resamples of prompts. A horizon of H tokens cannot measure a
@@ -83,7 +83,7 @@ from tqdm.auto import tqdm
 from gremlinkit.prompts import encode
 from gremlinkit import interventions as iv
 from gremlinkit.errors import ConfigError
-from gremlinkit.stats import ATOL, fit_half_life, tail_start, tail_test
+from gremlinkit.stats import ATOL, half_life, half_life_interval, tail_start, tail_test
 from gremlinkit.params import Placement, check_choice, check_range
 from gremlinkit.results import Result, own_feature_rows, to_numpy, write_table
 from gremlinkit.zoo import corpus
@@ -443,11 +443,6 @@ def run(cfg: PersistenceConfig, subjects: dict | None = None) -> PersistenceResu
 # --------------------------------------------------------------------------- summary
 
 
-def _half_life(mat: np.ndarray, fit_tail: bool) -> float:
-    curve = mat.mean(0)
-    return fit_half_life(curve, tail_start(mat.shape[1] - 1) if fit_tail else 0)
-
-
 def summarize(df: pd.DataFrame, n_bootstrap: int = 200, seed: int = 0) -> pd.DataFrame:
     """One row per (model, mode, feature), by the rule in the module docstring: direct effect, tail
     effect and its p- and q-value, persistence, and a fitted half-life with a bootstrap interval,
@@ -465,9 +460,8 @@ def summarize(df: pd.DataFrame, n_bootstrap: int = 200, seed: int = 0) -> pd.Dat
         tails = mat[:, start:].mean(1)  # (units,)
         p = tail_test(tails, sign)
         fit_tail = p < TAIL_ALPHA
-        boots = rng.integers(0, len(mat), size=(n_bootstrap, len(mat)))
-        hl = _half_life(mat, fit_tail)
-        low, high = np.nanquantile([_half_life(mat[b], fit_tail) for b in boots], [0.025, 0.975])
+        hl = half_life(mat, fit_tail)
+        low, high = half_life_interval(mat, fit_tail, n_bootstrap, rng)
         rows.append({"model": model, "mode": mode, "feature": int(feature), "effect_lag0": float(curve[0]),
                      "effect_lag1": float(curve[1]), "auc": float(np.abs(curve[1:]).sum()),
                      "tail_effect": float(tails.mean()), "tail_effect_post": float(post[:, start:].mean()),
