@@ -80,3 +80,14 @@ def test_persistence_truth_follows_from_the_switch_probability(world):
 def test_bad_size_is_rejected():
     with pytest.raises(ValueError, match="n_docs=0"):
         corpus.generate(0, seed=0)
+
+
+def test_the_zoo_tour_finds_features_that_track_the_planted_labels(toy):
+    from gremlinkit.experiments import zoo_tour
+
+    res = zoo_tour.run(zoo_tour.ZooTourConfig.smoke(), toy)
+    assert set(res.tables()) == {"samples", "features", "top_tokens"}
+    assert res.metrics == zoo_tour.metrics(res.samples, res.features, toy)
+    # Luigi prompts speak more Luigi words than Waluigi prompts do: the corpus's personas, as labelled.
+    assert res.metrics["luigi_prompts_luigi_rate"] > res.metrics["waluigi_prompts_luigi_rate"]
+    assert res.features.purity.between(0, 1).all() and res.metrics["mean_feature_purity"] > 0.5

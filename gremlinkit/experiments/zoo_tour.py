@@ -9,13 +9,13 @@ lexicon and labels, not by eye.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import torch
 
-from gremlinkit.results import to_numpy
+from gremlinkit.results import Result, to_numpy
 from gremlinkit.params import Placement, check_range
 from gremlinkit.zoo import corpus
 from gremlinkit.zoo.lm import encode_docs
@@ -146,3 +146,24 @@ def metrics(sample_df: pd.DataFrame, summary: pd.DataFrame, subject) -> dict[str
         "live_fraction": len(summary) / subject.d_sae,
         "mean_feature_purity": float(summary.purity.mean()),
     }
+
+
+@dataclass
+class ZooTourResult(Result):
+    samples: pd.DataFrame  # one row per prompt: persona, prompt, continuation, lexicon rates
+    features: pd.DataFrame  # `feature_summary`: one row per live feature
+    top_tokens: pd.DataFrame  # `top_tokens` of the ``n_features`` most frequent features
+    metrics: dict = field(default_factory=dict)
+
+
+def run(cfg: ZooTourConfig, subject=None) -> ZooTourResult:
+    """The tour: samples per persona, the SAE's live features against the corpus labels, and the
+    top tokens of the most frequent ones."""
+    from gremlinkit import load
+
+    subject = subject or load(cfg.model, **cfg.load_kwargs())
+    sample_df = samples(subject, cfg)
+    labels, feats = heldout_features(subject, cfg)
+    summary = feature_summary(labels, feats)
+    top = top_tokens(labels, feats, summary.feature.head(cfg.n_features).tolist(), cfg.top_tokens)
+    return ZooTourResult(sample_df, summary, top, metrics(sample_df, summary, subject))
