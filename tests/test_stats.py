@@ -77,6 +77,7 @@ def test_fit_half_life_recovers_a_planted_decay_from_where_it_starts():
     assert stats.fit_half_life(two, 10) == pytest.approx(12.0, rel=1e-3)
     assert stats.fit_half_life(np.zeros(20), 0) == 0.0
     assert stats.fit_half_life(np.full(20, stats.ATOL / 2), 0) == 0.0  # float noise is no effect
+    assert stats.fit_half_life(np.full(20, stats.ATOL), 0) == 0.0  # ... up to ATOL itself
     assert stats.fit_half_life(np.full(20, 1.0), 0) == pytest.approx(10.0 * 19, rel=1e-3)  # the search's bound
 
 
@@ -94,15 +95,20 @@ def test_tail_test_is_scipys_one_sided_t_test_in_the_edits_direction():
     assert stats.tail_test(np.full(4, 0.5), 1.0) == 0.0 and stats.tail_test(np.full(4, 0.5), -1.0) == 1.0
     assert stats.tail_test(np.array([0.5]), 1.0) == 0.0 and stats.tail_test(np.array([-0.5]), 1.0) == 1.0
     assert stats.tail_test(np.full(4, stats.ATOL / 2), 1.0) == 1.0  # float noise is not a tail
+    two = np.array([0.1, 0.5])  # two prompts already have a spread to test
+    assert stats.tail_test(two, 1.0) == pytest.approx(ttest_1samp(two, 0.0, alternative="greater").pvalue)
+    assert stats.tail_test(np.array([0.0, stats.ATOL]), 1.0) == 1.0  # a spread of ATOL is float noise too
 
 
 def test_half_life_and_its_interval_by_hand():
-    lags = np.arange(33)
+    lags = np.arange(31)  # horizon 30: the tail starts at lag 7
     rows = np.stack([a * 2 ** (-lags / h) for a, h in ((1.0, 4.0), (2.0, 8.0), (1.5, 6.0), (0.5, 3.0))])
     assert stats.half_life(rows, False) == pytest.approx(stats.fit_half_life(rows.mean(0), 0))
-    assert stats.half_life(rows, True) == pytest.approx(stats.fit_half_life(rows.mean(0), 8))
-    low, high = stats.half_life_interval(rows, False, 50, np.random.default_rng(3))
-    boots = np.random.default_rng(3).integers(0, 4, size=(50, 4))
-    by_hand = np.nanquantile([stats.fit_half_life(rows[b].mean(0), 0) for b in boots], [0.025, 0.975])
-    assert (low, high) == pytest.approx(tuple(by_hand))
-    assert 3.0 <= low < high <= 8.0  # within the rows' own half-lives
+    assert stats.half_life(rows, True) == pytest.approx(stats.fit_half_life(rows.mean(0), 7))
+    assert stats.half_life(rows, True) != pytest.approx(stats.half_life(rows, False))
+    for fit_tail, start in ((False, 0), (True, 7)):
+        low, high = stats.half_life_interval(rows, fit_tail, 50, np.random.default_rng(3))
+        boots = np.random.default_rng(3).integers(0, 4, size=(50, 4))
+        by_hand = np.nanquantile([stats.fit_half_life(rows[b].mean(0), start) for b in boots], [0.025, 0.975])
+        assert (low, high) == pytest.approx(tuple(by_hand))
+        assert 3.0 <= low < high <= 8.0  # within the rows' own half-lives
