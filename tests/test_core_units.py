@@ -214,6 +214,27 @@ def test_pre_activations_equal_the_activation_where_a_rescaling_topk_sae_fires()
     torch.testing.assert_close(pre, raw * norms, atol=1e-4, rtol=1e-4)
 
 
+def test_pre_activations_of_a_sae_that_does_not_rescale_are_its_plain_encoder_output():
+    """A standard (ReLU) SAE's config has no decoder-norm rescaling at all: its pre-activations are
+    the encoder's output as it is, whatever its decoder norms."""
+    from sae_lens import SAE, StandardSAEConfig
+
+    from gremlinkit.interventions import encode_with_pre
+
+    torch.manual_seed(1)
+    sae = SAE.from_dict(StandardSAEConfig(d_in=8, d_sae=16).to_dict())
+    assert not hasattr(sae.cfg, "rescale_acts_by_decoder_norm")
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.copy_(torch.randn_like(p))
+        sae.W_dec.mul_(torch.linspace(0.5, 3.0, 16)[:, None])  # decoder norms far from 1
+    x = torch.randn(5, 8)
+    post, pre = encode_with_pre(sae, x)
+    raw = (x - sae.b_dec * getattr(sae.cfg, "apply_b_dec_to_input", True)) @ sae.W_enc + sae.b_enc
+    torch.testing.assert_close(pre, raw, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(post, torch.relu(raw), atol=1e-5, rtol=1e-5)
+
+
 def test_clamp_defaults_to_every_position():
     import gremlinkit.interventions as iv
 
@@ -227,6 +248,20 @@ def test_a_split_batch_keeps_its_bos_flag_and_row_sizes(toy):
     with_bos = make_batch([[0, 5, 6], [0]], toy.tokenizer, bos=True)
     assert [p.bos for p in with_bos.split(1)] == [True, True]
     assert with_bos.prompt_mask().tolist() == [[True, True, True], [True, False, False]]  # BOS kept by default
+
+
+def test_splitting_a_batch_never_reads_its_lengths_back_from_the_device():
+    """Row sizes travel as Python ints: a split made where tensors have no readable values (fake
+    tensors, as a GPU's would be without a sync) still knows each part's sizes."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from gremlinkit.prompts import Batch
+
+    with FakeTensorMode():
+        ids = torch.zeros(3, 3, dtype=torch.long)  # (B, T)
+        batch = Batch(ids, torch.ones_like(ids), torch.tensor([3, 1, 2]), False, (3, 1, 2))
+        parts = batch.split(2)
+    assert [p.sizes for p in parts] == [(3, 1), (2,)]
 
 
 def test_gumbel_max_adds_a_whole_rows_noise_to_a_single_row():

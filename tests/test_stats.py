@@ -78,6 +78,7 @@ def test_fit_half_life_recovers_a_planted_decay_from_where_it_starts():
     assert stats.fit_half_life(np.zeros(20), 0) == 0.0
     assert stats.fit_half_life(np.full(20, stats.ATOL / 2), 0) == 0.0  # float noise is no effect
     assert stats.fit_half_life(np.full(20, stats.ATOL), 0) == 0.0  # ... up to ATOL itself
+    assert stats.fit_half_life(2 ** (-lags / 0.3), 0) == pytest.approx(0.3, rel=1e-3)  # gone within a token
     assert stats.fit_half_life(np.full(20, 1.0), 0) == pytest.approx(10.0 * 19, rel=1e-3)  # the search's bound
 
 
@@ -98,6 +99,7 @@ def test_tail_test_is_scipys_one_sided_t_test_in_the_edits_direction():
     two = np.array([0.1, 0.5])  # two prompts already have a spread to test
     assert stats.tail_test(two, 1.0) == pytest.approx(ttest_1samp(two, 0.0, alternative="greater").pvalue)
     assert stats.tail_test(np.array([0.0, stats.ATOL]), 1.0) == 1.0  # a spread of ATOL is float noise too
+    assert stats.tail_test(np.full(4, stats.ATOL), 1.0) == 1.0  # and so is a tail of ATOL
 
 
 def test_half_life_and_its_interval_by_hand():
