@@ -301,3 +301,35 @@ def test_seeded_gumbel_stays_finite_at_the_ends_of_the_unit_interval(monkeypatch
     monkeypatch.setattr(torch, "rand", lambda *shape, generator=None: torch.tensor([0.0, 1.0]))
     noise = SeededGumbel([0], vocab=2).at(0)
     assert torch.isfinite(noise).all() and noise[0, 0] < -3 and noise[0, 1] > 15
+
+
+def test_an_empty_prompt_of_token_ids_is_refused_by_name_with_a_bos_policy_too(toy):
+    from gremlinkit.errors import InputError
+
+    with pytest.raises(InputError, match="prompt 1 is empty"):
+        make_batch([[toy.tokenizer.bos_token_id, 5], []], toy.tokenizer, bos=True)
+
+
+def test_writing_a_site_keeps_the_rest_of_a_tuple_output_and_reads_its_first():
+    """Some transformers versions return (hidden, cache, ...) from a block: a write replaces the
+    hidden state only, a read takes it, and a module with a plain output is written whole.
+    Plain objects with ``output`` stand in for nnsight envoys; paths may index lists."""
+    from types import SimpleNamespace
+
+    from gremlinkit.sites import Site, envoy_at, read, write
+
+    block = SimpleNamespace(output=(torch.zeros(2), "cache", "weights"))
+    norm = SimpleNamespace(output=torch.zeros(2))
+    model = SimpleNamespace(h=[SimpleNamespace(), block], ln_f=norm)
+    assert envoy_at(model, "h.1") is block
+    write(model, Site("blocks.1.hook_resid_post", "h.1", "output", (1, 9)), torch.ones(2))
+    assert torch.equal(block.output[0], torch.ones(2)) and block.output[1:] == ("cache", "weights")
+    assert torch.equal(read(model, Site("blocks.1.hook_resid_post", "h.1", "output", (1, 9))), torch.ones(2))
+    write(model, Site("ln_final.hook_normalized", "ln_f", "output", (2, 0)), torch.full((2,), 3.0))
+    assert torch.equal(norm.output, torch.full((2,), 3.0))
+
+
+def test_make_batch_adds_no_bos_unless_asked(toy):
+    plain = make_batch(["mira says"], toy.tokenizer)
+    assert not plain.bos and plain.input_ids[0].tolist() == toy.tokenizer("mira says", add_special_tokens=False).input_ids
+    assert make_batch(["mira says"], toy.tokenizer, bos=True).input_ids[0, 0] == toy.tokenizer.bos_token_id

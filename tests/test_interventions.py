@@ -250,3 +250,34 @@ def test_site_reads_are_differentiable_wrt_one_hot_tokens(toy):
         handle.remove()
     torch.testing.assert_close(oh.grad, oh2.grad, atol=1e-5, rtol=1e-4)
     assert oh.grad.abs().sum() > 0
+
+
+def _positions(batch: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt positions (B, T) and lengths (B,) of a batch without padding."""
+    return torch.arange(width).repeat(batch, 1), torch.full((batch,), width)
+
+
+def test_per_row_position_lists_edit_each_row_at_its_own_positions(toy):
+    f = int(toy.features(PROMPTS[:1])[0].amax(0).argmax())  # an active feature
+    both = toy.run(PROMPTS[:1] * 2, [iv.add(f, 3.0, pos=[[2], [4, 5]])])
+    for row, pos in ((0, [2]), (1, [4, 5])):
+        alone = toy.run(PROMPTS[:1], [iv.add(f, 3.0, pos=p) for p in pos])  # the same edits at int positions
+        torch.testing.assert_close(both[row], alone[0], atol=1e-5, rtol=0)
+    assert torch.equal(both[0, :2], both[1, :2])  # before either edit, the rows agree
+
+
+def test_a_half_precision_stream_is_edited_in_float32_and_rounded_once():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 8, generator=gen).bfloat16()
+    v = torch.randn(8, generator=gen)
+    out = iv.apply(x, [iv.steer(v, 0.37, SITE)], None, *_positions(2, 3))
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, (x.float() + 0.37 * v).bfloat16())  # one rounding, after the float32 edit
+
+
+def test_projecting_out_at_one_position_leaves_the_others_bit_for_bit():
+    gen = torch.Generator().manual_seed(1)
+    x, v = torch.randn(2, 4, 8, generator=gen), torch.randn(8, generator=gen)
+    out = iv.apply(x, [iv.project_out(v, SITE, pos=1)], None, *_positions(2, 4))
+    assert torch.equal(out[:, [0, 2, 3]], x[:, [0, 2, 3]])
+    assert (out[:, 1] @ (v / v.norm())).abs().max() < 1e-5
