@@ -131,3 +131,50 @@ def test_experiments_reach_the_zoo_only_through_a_provider_or_its_training_data(
     """Experiments built on worlds (personas) no longer import the zoo at all."""
     names = _imports(ROOT / "gremlinkit" / "experiments" / "personas.py")
     assert not any(n.startswith("gremlinkit.zoo") for n in names)
+
+
+def test_documents_are_stories_of_the_pairs_sentences_drawn_by_seed():
+    world = worlds.english()
+    sides = set(world.table.positive) | set(world.table.negative)
+    docs = world.documents(5, seed=3, sentences=4)
+    assert len(docs) == 5 and docs == world.documents(5, seed=3, sentences=4) != world.documents(5, seed=4, sentences=4)
+    for doc in docs:  # four sentences, each one side of a pair, joined by spaces
+        assert any(doc == " ".join(p) for p in _splits(doc, sides, 4))
+    with pytest.raises(ConfigError, match="n=0 documents"):
+        world.documents(0, seed=0)
+
+
+def _splits(doc: str, sides: set, k: int):
+    """Every way of reading ``doc`` as ``k`` members of ``sides`` joined by single spaces."""
+    if k == 0:
+        return [()] if doc == "" else []
+    out = []
+    for s in sides:
+        if doc == s and k == 1:
+            out.append((s,))
+        elif doc.startswith(s + " "):
+            out += [(s, *rest) for rest in _splits(doc[len(s) + 1:], sides, k - 1)]
+    return out
+
+
+def test_the_persona_worlds_documents_are_its_corpus_stories():
+    from gremlinkit.zoo import corpus
+
+    world = worlds.resolve("persona", "toy-base")
+    assert world.documents(3, seed=7) == [" ".join(doc[1:]) for doc in corpus.generate(3, seed=7).docs]
+
+
+def test_pole_prompts_are_matched_pairs_from_the_held_out_templates():
+    world = worlds.english()
+    poles = world.pole_prompts("kind", 20, seed=1)  # 16 held-out pairs: four come round again
+    held = world.table[(world.table.trait == "kind") & world.table.template.isin(world.held_out("kind"))]
+    pairs = set(zip(held.positive, held.negative))
+    assert len(poles["positive"]) == len(poles["negative"]) == 20
+    assert all(p in pairs for p in zip(poles["positive"], poles["negative"]))
+    assert len(set(poles["positive"][:16])) == 16 and poles["positive"][16:] == poles["positive"][:4]
+    assert world.pole_labels("kind") == ("cruel", "kind") and world.luigi_pole("kind") == "positive"
+    custom = worlds.from_rows([{"trait": "t", "template": k, "positive": f"yes {k}", "negative": f"no {k}"}
+                               for k in range(4)])
+    assert custom.pole_labels("t") == ("not t", "t")
+    persona = worlds.resolve("persona", "toy-base")
+    assert persona.luigi_pole("persona") == "negative" and persona.pole_labels("persona") == ("luigi", "waluigi")
