@@ -194,6 +194,19 @@ def mask(iv: Intervention, positions: torch.Tensor, lengths: torch.Tensor, step:
     return m
 
 
+def may_touch(iv: Intervention, sizes: Sequence[int], step: int) -> bool:
+    """Whether ``iv`` can apply at generation step ``step`` (0: the prompt; then the newest token, at
+    position ``size + step - 1`` of each row), decided on the host from the prompts' sizes: an edit
+    at a fixed position inside the prompt is done after the prompt, and skipping it later saves a
+    mask per edit per step. Position forms other than an int are left to the mask."""
+    if iv.step is not None and iv.step != step:
+        return False
+    if step == 0 or not isinstance(iv.pos, int):
+        return True
+    rows = _rows(iv.rows, len(sizes))
+    return any((sizes[r] + iv.pos if iv.pos < 0 else iv.pos) == sizes[r] + step - 1 for r in rows)
+
+
 def _edited(where: torch.Tensor) -> tuple:
     """Index of the positions a (B, T) mask selects. An SAE codes each token by itself, so only
     those are coded: a (B, T, d_sae) code of a whole batch costs GBs on a real model. A mask whose

@@ -333,3 +333,22 @@ def test_make_batch_adds_no_bos_unless_asked(toy):
     plain = make_batch(["mira says"], toy.tokenizer)
     assert not plain.bos and plain.input_ids[0].tolist() == toy.tokenizer("mira says", add_special_tokens=False).input_ids
     assert make_batch(["mira says"], toy.tokenizer, bos=True).input_ids[0, 0] == toy.tokenizer.bos_token_id
+
+
+def test_an_edit_skipped_at_a_generation_step_would_have_touched_nothing_there():
+    """`may_touch` decides on the host which edits can apply at a step; it may keep an edit that
+    touches nothing, but never drops one whose mask selects a position."""
+    import gremlinkit.interventions as iv
+
+    sizes = [3, 5]
+    lengths = torch.tensor(sizes)
+    for step in range(5):
+        positions = (torch.tensor([[-1, -1, 0, 1, 2], [0, 1, 2, 3, 4]]) if step == 0
+                     else (lengths + step - 1)[:, None])  # the prompt, then each row's newest token
+        for edit in [iv.ablate(1, pos=p, rows=r, step=s) for p in (0, 2, 3, 4, 5, 6, 7, -1) for r in (None, 0, 1)
+                     for s in (None, step, step + 1)]:
+            if not iv.may_touch(edit, sizes, step):
+                assert not iv.mask(edit, positions, lengths, step).any(), (edit, step)
+    assert not iv.may_touch(iv.ablate(1, pos=2), sizes, 1)  # inside both prompts: done at step 0
+    assert iv.may_touch(iv.ablate(1, pos=5), sizes, 1) and not iv.may_touch(iv.ablate(1, pos=5, rows=0), sizes, 1)
+    assert iv.may_touch(iv.ablate(1, pos="all"), sizes, 3) and not iv.may_touch(iv.ablate(1, step=2), sizes, 3)
