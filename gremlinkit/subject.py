@@ -251,7 +251,8 @@ class Subject:
                 for step in tracer.iter[:max_new_tokens]:
                     pos = batch.positions() if step == 0 else (batch.lengths + step - 1)[:, None]
                     seen: dict[str, torch.Tensor] = {}
-                    now = {site: [e for e in ivs if ivmod.may_touch(e, batch.sizes, step)] for site, ivs in plan.items()}
+                    now = {site: [e for e in ivs if ivmod.may_touch(e, batch.sizes, step)]
+                           for site, ivs in plan.items()}  # edits that can apply at this step
                     self._edit_sites({k: v for k, v in now.items() if v}, watch, pos, batch.lengths, step, seen)
                     coded = {}  # one SAE encode serves both feature records
                     if any(r in FEATURE_RECORDS for r in record):

@@ -367,7 +367,8 @@ def english() -> World:
     table["template"] = table.template.astype(int)
     return World("english", table, {t: s["lexicon"] for t, s in ENGLISH.items()}, list(ENGLISH_PROMPTS),
                  {t: s["choices"] for t, s in ENGLISH.items() if s["choices"]},
-                 pole_names={"kind": ("cruel", "kind"), "honest": ("deceptive", "honest"), "formal": ("casual", "formal")})
+                 pole_names={"kind": ("cruel", "kind"), "honest": ("deceptive", "honest"),
+                             "formal": ("casual", "formal")})
 
 
 def resolve(spec: str, model: str, seed: int = 0, per_template: int = 24) -> World:

@@ -87,7 +87,9 @@ class ExploreConfig(Placement):
 
     def site(self, subject) -> str:
         """``steer_site``, or a third of the way up the residual stream ("auto")."""
-        return self.steer_site if self.steer_site != "auto" else f"blocks.{subject.site_map.n_layers // 3}.hook_resid_post"
+        if self.steer_site != "auto":
+            return self.steer_site
+        return f"blocks.{subject.site_map.n_layers // 3}.hook_resid_post"
 
     def sae_name(self) -> str:
         """``sae``, or the model's own SAE when ``sae="auto"``."""

@@ -61,7 +61,8 @@ class SignFlipConfig(Placement):
     trait: str = ""  # the trait whose direction is X ("": the world's first)
     n_docs: int = 60  # reference documents for sign statistics
     n_units: int = 5  # one-sign units searched, most consistent first
-    unit_kinds: list = field(default_factory=lambda: list(UNIT_KINDS))  # families searched: MLP pre-activations, SAE pre-activations, residual mean directions
+    # families searched: MLP pre-activations, SAE pre-activations, residual mean directions
+    unit_kinds: list = field(default_factory=lambda: list(UNIT_KINDS))
     prompt_length: int = 8  # searchable tokens (after the BOS, where the model reads one)
     n_steps: int = 20  # search steps per restart
     batch_candidates: int = 64  # candidate prompts evaluated per step (both methods)
