@@ -189,21 +189,29 @@ def test_seeded_gumbel_draws_each_rows_noise_step_by_step():
         noise.at(5)
 
 
+def _random_sae(cfg, seed: int):
+    """An SAE of ``cfg`` with seeded random parameters and decoder norms far from 1 (0.5 to 3);
+    the global generator is left seeded, so the test's inputs follow from ``seed`` too."""
+    from sae_lens import SAE
+
+    torch.manual_seed(seed)
+    sae = SAE.from_dict(cfg.to_dict())
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.copy_(torch.randn_like(p))
+        sae.W_dec.mul_(torch.linspace(0.5, 3.0, cfg.d_sae)[:, None])
+    return sae
+
+
 def test_pre_activations_equal_the_activation_where_a_rescaling_topk_sae_fires():
     """A top-k SAE that rescales its codes by its decoder norms applies the scale after its
     pre-activation hook; `encode_with_pre` applies it too, so where a feature is on the two agree,
     and elsewhere the pre-activation still carries the (scaled) value."""
-    from sae_lens import SAE
     from sae_lens.saes.topk_sae import TopKSAEConfig
 
     from gremlinkit.interventions import encode_with_pre
 
-    torch.manual_seed(0)
-    sae = SAE.from_dict(TopKSAEConfig(d_in=8, d_sae=16, k=3, rescale_acts_by_decoder_norm=True).to_dict())
-    with torch.no_grad():
-        for p in sae.parameters():
-            p.copy_(torch.randn_like(p))
-        sae.W_dec.mul_(torch.linspace(0.5, 3.0, 16)[:, None])  # decoder norms far from 1
+    sae = _random_sae(TopKSAEConfig(d_in=8, d_sae=16, k=3, rescale_acts_by_decoder_norm=True), seed=0)
     x = torch.randn(5, 8)
     post, pre = encode_with_pre(sae, x)
     on = post > 0
@@ -217,17 +225,12 @@ def test_pre_activations_equal_the_activation_where_a_rescaling_topk_sae_fires()
 def test_pre_activations_of_a_sae_that_does_not_rescale_are_its_plain_encoder_output():
     """A standard (ReLU) SAE's config has no decoder-norm rescaling at all: its pre-activations are
     the encoder's output as it is, whatever its decoder norms."""
-    from sae_lens import SAE, StandardSAEConfig
+    from sae_lens import StandardSAEConfig
 
     from gremlinkit.interventions import encode_with_pre
 
-    torch.manual_seed(1)
-    sae = SAE.from_dict(StandardSAEConfig(d_in=8, d_sae=16).to_dict())
+    sae = _random_sae(StandardSAEConfig(d_in=8, d_sae=16), seed=1)
     assert not hasattr(sae.cfg, "rescale_acts_by_decoder_norm")
-    with torch.no_grad():
-        for p in sae.parameters():
-            p.copy_(torch.randn_like(p))
-        sae.W_dec.mul_(torch.linspace(0.5, 3.0, 16)[:, None])  # decoder norms far from 1
     x = torch.randn(5, 8)
     post, pre = encode_with_pre(sae, x)
     raw = (x - sae.b_dec * getattr(sae.cfg, "apply_b_dec_to_input", True)) @ sae.W_enc + sae.b_enc
