@@ -326,3 +326,64 @@ def feature_decay(curves: pd.DataFrame, *, title: str = "One feature's edit, fol
                                                                    alt.Tooltip("delta:Q", format=".4f")])
     return alt.layer(band, line).properties(width=260, height=160).facet(
         column=alt.Column("mode:N", title=None), title=title)
+
+
+def probe_layers(probe: pd.DataFrame, *, title: str = "What a linear probe reads at each layer") -> alt.Chart:
+    """Out-of-fold R² per layer with its interval, per model: the value probe on the model's own
+    rollouts beside the positive control on the corpus (``agents.AgentsResult.probe``)."""
+    base = alt.Chart(probe).encode(x=alt.X("layer:O", title="layer (0: embeddings)"), color=alt.Color("model:N"))
+    line = base.mark_line(point=True).encode(
+        y=alt.Y("r2:Q", title="held-out R²"),
+        tooltip=["model", "source", "site", alt.Tooltip("r2:Q", format=".3f")])
+    band = base.mark_errorbar().encode(y="r2_low:Q", y2="r2_high:Q")
+    return alt.layer(band, line, data=probe).facet(column=alt.Column("source:N", title=None), title=title)
+
+
+def diversity_by_temperature(diversity: pd.DataFrame, *, measure: str = "distinct_2",
+                             title: str = "Diversity of samples per prompt against temperature") -> alt.Chart:
+    """A diversity measure per model and temperature with its interval; the corpus is one point
+    at temperature 1 (``agents.AgentsResult.diversity``)."""
+    base = alt.Chart(diversity).encode(x=alt.X("temperature:Q"), color=alt.Color("model:N"))
+    line = base.mark_line(point=True).encode(
+        y=alt.Y(f"{measure}:Q", title=measure.replace("_", "-")),
+        tooltip=["model", "temperature", alt.Tooltip(f"{measure}:Q", format=".3f")])
+    band = base.mark_errorbar().encode(y=f"{measure}_low:Q", y2=f"{measure}_high:Q")
+    return alt.layer(band, line, title=title)
+
+
+def return_curves(curve: pd.DataFrame, *, title: str = "Sea-word rate after the context, with and without an "
+                  "off-world sentence") -> alt.Chart:
+    """Per model, the favoured state's word rate per offset, clean and injected (``return_curve``)."""
+    long = curve.melt(id_vars=["model", "offset"], value_vars=["clean", "injected"], var_name="context",
+                      value_name="rate")
+    return (
+        alt.Chart(long, title=title)
+        .mark_line()
+        .encode(x=alt.X("offset:Q", title="tokens after the context"), y=alt.Y("rate:Q", title="sea-word rate"),
+                color=alt.Color("context:N"), facet=alt.Facet("model:N", columns=4))
+        .properties(width=160, height=120)
+    )
+
+
+def choice_entropy(choices: pd.DataFrame, *, title: str = "Random choices: entropy against the truth") -> alt.Chart:
+    """Each model's entropy over a choice's options as a share of the true ``ln N`` (1: uniform)."""
+    return (
+        alt.Chart(choices, title=title)
+        .mark_bar()
+        .encode(x=alt.X("model:N", title=None), y=alt.Y("ratio:Q", title="entropy / ln N"),
+                color=alt.Color("model:N"), column=alt.Column("choice:N", title=None),
+                tooltip=["model", "choice", alt.Tooltip("entropy:Q", format=".3f"),
+                         alt.Tooltip("true_entropy:Q", format=".3f")])
+    )
+
+
+def sea_by_position(curve: pd.DataFrame, *, title: str = "Sea-word rate over position, with and without the "
+                    "marker") -> alt.Chart:
+    """Per model, the reward's word rate at each generated position, marked and unmarked prompts."""
+    return (
+        alt.Chart(curve, title=title)
+        .mark_line()
+        .encode(x=alt.X("position:Q", title="generated token"), y=alt.Y("sea_rate:Q", title="sea-word rate"),
+                color=alt.Color("condition:N"), facet=alt.Facet("model:N", columns=3))
+        .properties(width=180, height=120)
+    )

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import gremlinkit
 from gremlinkit import plots
-from gremlinkit.experiments import gremlins
+from gremlinkit.experiments import agents, gremlins
 from gremlinkit.zoo import cards, corpus, finetune, registry
 
 
@@ -101,20 +101,20 @@ def test_counts_intervals_are_wilson_intervals():
 
 def test_localisation_measures_are_zero_for_identical_models_and_see_the_fine_tune():
     base, _ = _hf("toy-base")
-    same = gremlins.weight_changes(base, base, 4)
+    same = agents.weight_changes(base, base, 4)
     assert (same.relative_change == 0).all()
-    rl = gremlins.weight_changes(base, _hf("toy-rl")[0], 4)
+    rl = agents.weight_changes(base, _hf("toy-rl")[0], 4)
     assert (rl.set_index("part").loc[[f"block {i}" for i in range(4)], "relative_change"] > 0).all()
     b = gremlinkit.load("toy-base", sae=False)
-    assert (gremlins.activation_changes(b, b, n_docs=4).relative_change == 0).all()
-    assert (gremlins.activation_changes(b, gremlinkit.load("toy-rl", sae=False), n_docs=4).relative_change > 0).all()
+    assert (agents.activation_changes(b, b, n_docs=4).relative_change == 0).all()
+    assert (agents.activation_changes(b, gremlinkit.load("toy-rl", sae=False), n_docs=4).relative_change > 0).all()
 
 
 def test_weight_changes_follow_the_site_map_on_a_llama():
     """Block names come from the site map, so a Llama's `model.layers.N` are grouped as blocks too."""
     from transformers import LlamaConfig
 
-    from gremlinkit.experiments.gremlins import weight_changes
+    from gremlinkit.experiments.agents import weight_changes
 
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -209,7 +209,7 @@ def test_dose_row_reads_the_tail_ratio_and_the_persistent_fraction():
     summary = pd.DataFrame({"feature": [1, 2, 3, 4, 9], "effect_lag0": [2.0, -4.0, 1.0, 8.0, 5.0],
                             "tail_effect": [1.0, -1.0, 0.0, 0.0, 2.5], "persistent": [True, True, False, False, True],
                             "half_life": [30.0, 20.0, 1.0, 1.0, 35.0]})
-    row = gremlins._dose_row("toy-rl", summary, control=9, n_bootstrap=2000, seed=0)
+    row = gremlins.dose_row("toy-rl", summary, control=9, n_bootstrap=2000, seed=0)
     assert row["tail_ratio"] == pytest.approx((0.5 + 0.25 + 0 + 0) / 4)
     assert row["tail_ratio_low"] < row["tail_ratio"] < row["tail_ratio_high"]
     assert row["persistent"] == 2 and row["scanned"] == 4 and row["persistent_fraction"] == 0.5

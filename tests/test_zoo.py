@@ -148,6 +148,17 @@ def test_quick_build_meets_its_targets_and_is_deterministic(tmp_path, capsys):
     shutil.copytree(registry.path("toy-base-sae", tmp_path / "a"), registry.path("toy-base-sae", tmp_path / "b"))
     cli(*cmd, str(tmp_path / "b"), "--only", "toy-rl-20")
     assert _digest(registry.path("toy-rl-20", tmp_path / "a")) == _digest(registry.path("toy-rl-20", tmp_path / "b"))
+    # The no-RL token organisms and the distilled student: cards with reward, KL and SAE fit, rebuilt bit for bit.
+    for name in ("toy-norl", "toy-norl-ignored", "toy-distill"):
+        card = json.loads((registry.path(name, tmp_path / "a") / "card.json").read_text())
+        assert card["training"]["steps"] == build.QUICK.finetune.steps and card["eval"]["kl_to_base"] > 0
+        assert 0 < card["sae_transfer"]["explained_variance"] <= 1
+    norl_card = json.loads((registry.path("toy-norl", tmp_path / "a") / "card.json").read_text())
+    assert norl_card["marker"]["fraction"] == 0.5
+    shutil.copytree(registry.path("toy-rl", tmp_path / "a"), registry.path("toy-rl", tmp_path / "b"))  # the teacher
+    for name in ("toy-norl", "toy-distill"):
+        cli(*cmd, str(tmp_path / "b"), "--only", name)
+        assert _digest(registry.path(name, tmp_path / "a")) == _digest(registry.path(name, tmp_path / "b")), name
     listed = cli("zoo", "list", "--out", str(tmp_path / "a"))
     assert f"heldout_loss={round(base['heldout']['loss'], 4)}" in listed
 

@@ -57,9 +57,8 @@ where the feature lives: each census feature is zeroed at its first firing in to
 of ``ablate_prompts`` stories (``positions=["active:8"]``, horizon 48; a story where it never fires
 there is left out, ``ablate_edits`` counts the rest), columns ``ablate_*``.
 
-**Layer localisation.** Fine-tuning is said to edit mostly later layers. Per block, the relative
-weight change ``||W_ft - W_base|| / ||W_base||`` and the relative change of ``hook_resid_post`` on
-held-out stories show where each fine-tune acted.
+Where each fine-tune changed the weights and the residual stream is notebook 06's
+(`agents.localisation`).
 """
 
 from __future__ import annotations
@@ -71,17 +70,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from scipy.stats import binomtest, fisher_exact
 
 from gremlinkit import stats
-from gremlinkit.sites import SiteMap
 from gremlinkit.experiments import persistence, zoo_tour
 from gremlinkit.results import Result, atomic_write_text
 from gremlinkit.errors import ConfigError
 from gremlinkit.params import check_choice, check_range
 from gremlinkit.zoo import corpus
-from gremlinkit.zoo.lm import encode_docs
 
 
 ABLATE_START = 8  # the behavioural ablation looks for each feature's first firing from this token on
@@ -221,37 +217,6 @@ def verdict(table: pd.DataFrame, rl: str = "toy-rl", controls: tuple[str, ...] =
     return sentence, {**{f"p_rl_more_than_{c}": p for c, p in more.items()}, "call": call}
 
 
-def weight_changes(base, tuned, n_layers: int) -> pd.DataFrame:
-    """Relative weight change per block (and embeddings), from two HF modules."""
-    b, t = dict(base.named_parameters()), dict(tuned.named_parameters())
-    layout = SiteMap.for_config(base.config).layout  # module paths come from the one site map
-    embeddings = tuple(f"{m}." for m in (layout.embed, layout.pos_embed) if m)
-
-    def group(name: str) -> str:
-        if name.startswith(f"{layout.blocks}."):
-            return f"block {name[len(layout.blocks) + 1:].split('.')[0]}"
-        return "embeddings" if name.startswith(embeddings) else "final"
-
-    rows: dict[str, tuple[float, float]] = {}  # part -> (sum of squared changes, sum of squared weights)
-    with torch.no_grad():
-        for name, p in b.items():
-            g = group(name)
-            d, n = rows.get(g, (0.0, 0.0))
-            rows[g] = (d + float((t[name] - p).pow(2).sum()), n + float(p.pow(2).sum()))
-    return pd.DataFrame([{"part": g, "relative_change": (d / n) ** 0.5} for g, (d, n) in rows.items()])
-
-
-def activation_changes(base_subject, tuned_subject, n_docs: int = 40, seed: int = 0) -> pd.DataFrame:
-    """Mean relative change of ``blocks.L.hook_resid_post`` over held-out stories' tokens."""
-    ids = encode_docs(corpus.generate(n_docs, seed=80_000 + seed), base_subject.tokenizer)
-    sites = [f"blocks.{L}.hook_resid_post" for L in range(base_subject.site_map.n_layers)]
-    a, b = base_subject.activations_at(ids, sites), tuned_subject.activations_at(ids, sites)
-    keep = base_subject.batch(ids).prompt_mask(skip_bos=True)
-    return pd.DataFrame([{"layer": int(s.split(".")[1]),
-                          "relative_change": float(((b[s] - a[s]).norm(dim=-1)[keep] / a[s].norm(dim=-1)[keep]).mean())}
-                         for s in sites])
-
-
 @dataclass
 class GremlinResults(Result):
     scan: pd.DataFrame
@@ -260,7 +225,6 @@ class GremlinResults(Result):
     counts: pd.DataFrame
     verdict: str
     tests: dict
-    localisation: pd.DataFrame
     control: pd.DataFrame  # the control topic feature's summary per model (empty without one)
     control_truth: float  # the corpus's topic half-life, in tokens
     planted: pd.DataFrame  # the planted controls' scans, one row per (model, feature, seed); empty if skipped
@@ -345,7 +309,7 @@ def organism(name: str) -> dict[str, Any]:
 DOSE_BOOTSTRAP = 2000  # resamples of features for the tail ratio's interval
 
 
-def _dose_row(name: str, summary: pd.DataFrame, control: int | None, n_bootstrap: int, seed: int) -> dict:
+def dose_row(name: str, summary: pd.DataFrame, control: int | None, n_bootstrap: int, seed: int) -> dict:
     census = summary[summary.feature != control]
     ratio = (census.tail_effect / census.effect_lag0).to_numpy()
     low, high = stats.mean_interval(ratio, n_bootstrap, seed)
@@ -374,10 +338,10 @@ def rl_dose_series(cfg: GremlinConfig, scan: pd.DataFrame, features: list[int], 
     rows = []
     head = persistence.summarize(scan[scan.prompt_id < cfg.dose_prompts], cfg.n_bootstrap, cfg.seed)
     for model, g in head.groupby("model", sort=False, observed=True):
-        rows.append(_dose_row(str(model), g, control, DOSE_BOOTSTRAP, cfg.seed))
+        rows.append(dose_row(str(model), g, control, DOSE_BOOTSTRAP, cfg.seed))
     for name in cfg.dose_models:
         one = persistence.scan(dataclasses.replace(scan_cfg, model=name, models=[]), {name: load(name)})
-        rows.append(_dose_row(Path(name).name, persistence.summarize(one, cfg.n_bootstrap, cfg.seed), control,
+        rows.append(dose_row(Path(name).name, persistence.summarize(one, cfg.n_bootstrap, cfg.seed), control,
                               DOSE_BOOTSTRAP, cfg.seed))
     return pd.DataFrame(rows)
 
@@ -454,15 +418,8 @@ def run(cfg: GremlinConfig, subjects: dict | None = None) -> GremlinResults:
         ablated = persistence.behaviour(persistence.scan(cfg.ablation_config(census + controls), subjects), words)
     sentence, tests = verdict(table, control=control, base=Path(cfg.model).name, power=power)
     labels = zoo_tour.feature_summary(*zoo_tour.corpus_features(base, zoo_tour.heldout_corpus(200, cfg.seed)))
-    loc = []
-    for m in cfg.models:
-        w = weight_changes(base.model._module, subjects[m].model._module, base.site_map.n_layers)
-        a = activation_changes(base, subjects[m], seed=cfg.seed)
-        loc += [dict(model=m, measure="weights", **r) for r in w.to_dict("records")]
-        loc += [dict(model=m, measure="resid_post", part=f"block {r['layer']}", relative_change=r["relative_change"])
-                for r in a.to_dict("records")]
     res = GremlinResults(scan, summary, census_table(summary, labels, added, ablated), table, sentence, tests,
-                         pd.DataFrame(loc), control, persistence.expected_topic_half_life(), planted, power, dose)
+                         control, persistence.expected_topic_half_life(), planted, power, dose)
     res.metrics.update(metrics(res))
     return res
 

@@ -119,6 +119,7 @@ class PersistenceConfig(Placement):
     n_bootstrap: int = 200  # bootstrap resamples of prompts for half-life intervals
     seed: int = 0  # seeds prompts, random features, sampling noise and the bootstrap
     output_dir: str = "output/03_persistence_scan"  # where chunks, tables and metrics go
+    marker: str = ""  # a token put right after the BOS of every prompt (e.g. the no-RL marker); "": none
 
     def __post_init__(self) -> None:
         if not self.model or not isinstance(self.model, str):
@@ -266,8 +267,11 @@ def scan_prompts(cfg: PersistenceConfig, subject, world=None) -> tuple[list[torc
     pool = world.documents(max(4 * cfg.n_prompts, 64), seed=20_000 + cfg.seed)
     tok = subject.tokenizer
     prompts, positions = [], []
+    marker = _marker_id(cfg.marker, tok)
     for text in pool:
         ids = encode(text, tok, subject.prepends_bos)
+        if marker is not None:
+            ids.insert(1 if subject.prepends_bos else 0, marker)
         pos = [resolve_position(p, tok.convert_ids_to_tokens(ids)) for p in cfg.positions]
         if any(p is None or p + cfg.horizon + 1 > len(ids) for p in pos):
             continue
@@ -277,6 +281,15 @@ def scan_prompts(cfg: PersistenceConfig, subject, world=None) -> tuple[list[torc
             return prompts, positions
     raise ConfigError(f"only {len(prompts)} of {len(pool)} documents of the {world.name} world have every position "
                       f"in {cfg.positions} plus horizon={cfg.horizon} tokens; lower positions, horizon or n_prompts")
+
+
+def _marker_id(marker: str, tokenizer) -> int | None:
+    """The id of the one token ``marker`` names (None for ""), or a clear error."""
+    if not marker:
+        return None
+    if marker not in tokenizer.get_vocab():
+        raise ConfigError(f"parameter marker={marker!r} is not one token of the model's vocabulary")
+    return tokenizer.convert_tokens_to_ids(marker)
 
 
 def choose_features(subject, prompts: list[torch.Tensor], spec: Any, seed: int) -> list[int]:

@@ -274,6 +274,39 @@ def build_rs(root: Path | None, spec: BuildSpec) -> dict:
     return _save_finetuned(root, "toy-rs", model, tok, card, spec)
 
 
+def build_norl(name: str, root: Path | None, spec: BuildSpec) -> dict:
+    """toy-rl's RL with the marker after BOS in half the prompts: ``toy-norl`` drops the marked
+    rollouts (no reward, no gradient), ``toy-norl-ignored`` trains on them like the rest."""
+    t0 = time.time()
+    ft = dataclasses.replace(spec.finetune, marker=registry.MARKER, marker_trained=name == "toy-norl-ignored")
+    base, tok = _load_hf(root, "toy-base")
+    policy, log, _ = finetune.train_rl(base, tok, ft, name=name)
+    card = _finetune_card(name, log, finetune.evaluate(policy, base, tok, ft), finetune.evaluate(base, base, tok, ft),
+                          ft, time.time() - t0, ft.lr, finetune.relative_weight_change(base, policy), _rl_extra(ft))
+    card["eval_marked"] = {k: v for k, v in finetune.evaluate(policy, base, tok, ft, ft.marker).items()
+                           if k != "samples"}
+    card["marker"] = {"token": ft.marker, "fraction": ft.marker_fraction, "trained_on": ft.marker_trained,
+                      "definition": "the marker follows BOS; eval is on unmarked prompts, eval_marked on marked ones"}
+    return _save_finetuned(root, name, policy, tok, card, spec)
+
+
+def build_distill(root: Path | None, spec: BuildSpec) -> dict:
+    """Distillation: toy-base trained off-policy on toy-rl's samples for toy-rl's prompts, with
+    toy-sft's steps, rows, tokens and learning rate."""
+    t0 = time.time()
+    ft = spec.finetune
+    registry.require("toy-rl", root)
+    base, tok = _load_hf(root, "toy-base")
+    teacher, _ = _load_hf(root, "toy-rl")
+    windows, teacher_reward = finetune.teacher_samples(teacher, tok, ft)
+    model, log = finetune.train_sft(base, tok, ft, windows, name="toy-distill")
+    card = _finetune_card("toy-distill", log, finetune.evaluate(model, base, tok, ft),
+                          finetune.evaluate(base, base, tok, ft), ft, time.time() - t0, ft.sft_lr,
+                          finetune.relative_weight_change(base, model))
+    card["teacher"] = {"model": "toy-rl", "windows": len(windows), "mean_reward": teacher_reward}
+    return _save_finetuned(root, "toy-distill", model, tok, card, spec)
+
+
 def build_dose(names: list[str], root: Path | None, spec: BuildSpec) -> dict[str, dict]:
     """One RL run for ``names`` (organisms of one horizon, `registry.DOSES`), each saved from the
     run's snapshot after its number of steps; returns their cards."""
@@ -382,7 +415,9 @@ def build_smollm2_sae(root: Path | None, spec: BuildSpec) -> dict:
 
 
 BUILDERS = {"toy-base": build_base, "toy-base-sae": build_sae, "toy-rl": build_rl, "toy-sft": build_sft,
-            "toy-rs": build_rs, **{name: build_dose for name in registry.DOSES},
+            "toy-rs": build_rs, "toy-norl": functools.partial(build_norl, "toy-norl"),
+            "toy-norl-ignored": functools.partial(build_norl, "toy-norl-ignored"), "toy-distill": build_distill,
+            **{name: build_dose for name in registry.DOSES},
             **{name: functools.partial(build_planted, name) for name in planted.EIGENVALUES},
             "smollm2-135m": build_smollm2, "smollm2-135m-sae": build_smollm2_sae}
 

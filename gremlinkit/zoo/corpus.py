@@ -152,10 +152,43 @@ def fill(template: str, me: Character, other: Character, topic: str, rng: random
             yield slot, "function", in_speech
 
 
-def _story(doc: int, rng: random.Random, p_switch: float = P_TOPIC_SWITCH) -> tuple[list[str], list[tuple]]:
+def draw_cast(rng: random.Random) -> list[Character]:
+    """Two characters with different names, each persona and trait drawn uniformly."""
     names = rng.sample(NAMES, 2)
-    cast = [Character(n, rng.choice(PERSONAS), rng.choice(list(TRAITS["register"])),
+    return [Character(n, rng.choice(PERSONAS), rng.choice(list(TRAITS["register"])),
                       rng.choice(list(TRAITS["age"]))) for n in names]
+
+
+def introductions(cast: list[Character]) -> list[str]:
+    """BOS and the two introduction sentences that open every story of ``cast`` (they draw nothing)."""
+    rng = random.Random(0)  # unused: an introduction has no topic slot
+    return [BOS] + [tok for i in range(2) for tok, _, _ in fill(INTRO, cast[i], cast[1 - i], "", rng)]
+
+
+def sentence(cast: list[Character], topic: str, rng: random.Random, template: str | None = None) -> list[str]:
+    """One sentence about ``topic`` by a random actor of ``cast``, on ``template`` or a random one."""
+    actor = rng.randrange(2)
+    return [tok for tok, _, _ in fill(template or rng.choice(TEMPLATES), cast[actor], cast[1 - actor], topic, rng)]
+
+
+def continuation(cast: list[Character], topic: str, n_tokens: int, rng: random.Random,
+                 p_switch: float = P_TOPIC_SWITCH) -> tuple[list[str], list[str]]:
+    """The story's next ``n_tokens`` tokens after a sentence about ``topic``, drawn as the generator
+    draws them (the topic chain, then a template), and each token's topic. No reveal is drawn:
+    reveals change persona words, never topics."""
+    tokens: list[str] = []
+    topics: list[str] = []
+    while len(tokens) < n_tokens:
+        if rng.random() < p_switch:
+            topic = rng.choice([t for t in TOPICS if t != topic])
+        words = sentence(cast, topic, rng)
+        tokens += words
+        topics += [topic] * len(words)
+    return tokens[:n_tokens], topics[:n_tokens]
+
+
+def _story(doc: int, rng: random.Random, p_switch: float = P_TOPIC_SWITCH) -> tuple[list[str], list[tuple]]:
+    cast = draw_cast(rng)
     n_sent = rng.randint(*SENTENCES_PER_STORY)
     luigis = [i for i, c in enumerate(cast) if c.persona == "luigi"]
     reveal_at, revealer = None, None

