@@ -5,8 +5,9 @@ collapse what it writes? (notebook 06)
 AlphaZero's value head predicts the win; a next-token simulator need not. Each model writes
 ``n_rollouts`` continuations of held-out story prompts (temperature 1, ``horizon`` tokens) and earns
 the RL organisms' reward (`finetune.reward`: the sea-word fraction of the last ``tail`` tokens). A
-ridge probe per layer reads the residual stream at the first ``probe_tokens`` generated positions
-(all before the rewarded tail) and predicts the reward the rollout will earn. Reported: the
+ridge probe per layer reads the residual stream at the ``probe_tokens`` positions from which the
+first ``probe_tokens`` tokens are sampled (the prompt's last token, then each generated token; all
+before the rewarded tail) and predicts the reward the rollout will earn. Reported: the
 out-of-fold R² (5-fold, folds by rollout) with a bootstrap interval over rollouts, per layer and
 model, and the layer where it peaks.
 
@@ -686,11 +687,11 @@ def findings(res: AgentsResult) -> list[str]:
     tr = res.temperature_response.set_index("model")
     first = res.temperature_response.model.iloc[0]
     corpus_d2 = div.loc[("corpus", 1.0)]
+    at_one = f", {first} at temperature 1 {div.loc[(first, 1.0)].distinct_2:.3f}" if (first, 1.0) in div.index else ""
     out.append("Temperature response of distinct-2: " + "; ".join(
         f"{m} {r.response:+.3f} [{r.response_low:+.3f}, {r.response_high:+.3f}]" for m, r in tr.iterrows())
         + f". Check: the corpus's distinct-2 is {corpus_d2.distinct_2:.3f} [{corpus_d2.distinct_2_low:.3f}, "
-        f"{corpus_d2.distinct_2_high:.3f}], {first} at temperature 1 "
-        f"{div.loc[(first, 1.0)].distinct_2:.3f}." if (first, 1.0) in div.index else ".")
+        f"{corpus_d2.distinct_2_high:.3f}]{at_one}.")
     ret = res.returns.set_index("model")
     c = ret.loc["corpus"]
     out.append("Displacement by an off-world sentence (share of the sea state lost over 16 tokens): " + "; ".join(

@@ -249,7 +249,8 @@ def metrics(res: NoRLResult, dd: dict, cfg: NoRLConfig) -> dict[str, float]:
     for _, r in res.marker_persistence.iterrows():
         key = f"sea_persistence.{r.model}.{r.condition}"
         out.update({f"{key}.tail_effect": float(r.tail_effect), f"{key}.effect_lag0": float(r.effect_lag0),
-                    f"{key}.persistent": float(r.persistent), f"{key}.half_life": float(r.half_life)})
+                    f"{key}.persistent": float(r.persistent), f"{key}.p_value": float(r.p_value),
+                    **{f"{key}.{c}": float(r[c]) for c in ("half_life", "half_life_low", "half_life_high")}})
     for _, r in res.distill_profile.iterrows():
         key = f"distill.{r.model}"
         out.update({f"{key}.{c}": float(r[c]) for c in ("tail_ratio", "tail_ratio_low", "tail_ratio_high",
