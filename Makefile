@@ -43,7 +43,8 @@ test: real-model test-organisms
 TEST_ORGANISMS := toy-norl toy-norl-ignored toy-distill
 
 test-organisms: $(STAMP)
-	for n in $(TEST_ORGANISMS); do $(PY) -m gremlinkit zoo check --quiet $$n || $(PY) -m gremlinkit zoo build --only $$n || exit 1; done
+	$(PY) -m gremlinkit zoo check --quiet $(TEST_ORGANISMS) || \
+		$(PY) -m gremlinkit zoo build --missing $(addprefix --only ,$(TEST_ORGANISMS))
 
 test-fast: real-model test-organisms
 	$(PY) -m pytest -n $(TEST_WORKERS) -m "not slow"

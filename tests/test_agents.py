@@ -4,6 +4,7 @@ import math
 import random
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import gremlinkit
@@ -122,3 +123,25 @@ def test_a_model_outside_the_persona_world_is_refused(toy):
 
     with pytest.raises(ConfigError, match="persona world"):
         agents.ids(Other(), [["mira"]])
+
+
+def test_charts_encode_the_tables_they_are_given():
+    from gremlinkit import plots
+
+    probe = pd.DataFrame({"model": ["a", "a"], "source": ["rollouts", "corpus"], "layer": [0, 0], "site": ["s", "s"],
+                          "r2": [0.1, 0.2], "r2_low": [0.0, 0.1], "r2_high": [0.2, 0.3]})
+    spec = plots.probe_layers(probe).to_dict()
+    assert spec["facet"]["column"]["field"] == "source" and len(spec["spec"]["layer"]) == 2
+    diversity = pd.DataFrame({"model": ["a"], "temperature": [1.0], "distinct_2": [0.5], "distinct_2_low": [0.4],
+                              "distinct_2_high": [0.6]})
+    spec = plots.diversity_by_temperature(diversity).to_dict()
+    assert [layer["encoding"]["y"]["field"] for layer in spec["layer"]] == ["distinct_2_low", "distinct_2"]
+    curve = pd.DataFrame({"model": ["a", "a"], "offset": [0, 1], "clean": [0.2, 0.2], "injected": [0.0, 0.1]})
+    spec = plots.return_curves(curve).to_dict()
+    rows = next(iter(spec["datasets"].values()))
+    assert sorted(r["context"] for r in rows) == ["clean", "clean", "injected", "injected"]
+    choices = pd.DataFrame({"model": ["a"], "choice": ["first name"], "ratio": [0.9], "entropy": [2.2],
+                            "true_entropy": [2.48]})
+    assert plots.choice_entropy(choices).to_dict()["encoding"]["y"]["field"] == "ratio"
+    marker = pd.DataFrame({"model": ["a"], "condition": ["marked"], "position": [0], "sea_rate": [0.1]})
+    assert plots.sea_by_position(marker).to_dict()["encoding"]["color"]["field"] == "condition"

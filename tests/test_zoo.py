@@ -156,8 +156,8 @@ def test_quick_build_meets_its_targets_and_is_deterministic(tmp_path, capsys):
     norl_card = json.loads((registry.path("toy-norl", tmp_path / "a") / "card.json").read_text())
     assert norl_card["marker"]["fraction"] == 0.5
     shutil.copytree(registry.path("toy-rl", tmp_path / "a"), registry.path("toy-rl", tmp_path / "b"))  # the teacher
+    cli(*cmd, str(tmp_path / "b"), "--only", "toy-norl", "--only", "toy-distill")  # several names, one process
     for name in ("toy-norl", "toy-distill"):
-        cli(*cmd, str(tmp_path / "b"), "--only", name)
         assert _digest(registry.path(name, tmp_path / "a")) == _digest(registry.path(name, tmp_path / "b")), name
     listed = cli("zoo", "list", "--out", str(tmp_path / "a"))
     assert f"heldout_loss={round(base['heldout']['loss'], 4)}" in listed
