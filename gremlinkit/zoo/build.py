@@ -428,11 +428,13 @@ REAL = ("smollm2-135m", "smollm2-135m-sae")  # built from installed packages, no
 def build(root: Path | None = None, only: str | list[str] | None = None, quick: bool = False, real: bool = False,
           full: bool = False, missing: bool = False) -> dict[str, dict]:
     """Build every toy artefact (with ``real``, smollm2-135m and its SAE too; with ``full``, the
-    dose organisms too long for the default build), or ``only`` these (one name or a list), under ``root`` (default: each
-    artefact's own place, see `registry.path`); with ``missing``, only those not built yet. Returns
-    the model cards."""
-    names = ([only] if isinstance(only, str) else list(only)) if only else [n for n in BUILDERS if (real or n not in REAL)
-                                 and (full or not registry.ARTEFACTS[n].full_only)]
+    dose organisms too long for the default build), or ``only`` these (one name or a list), under
+    ``root`` (default: each artefact's own place, see `registry.path`); with ``missing``, only those
+    not built yet. Returns the model cards."""
+    if only:
+        names = [only] if isinstance(only, str) else list(only)
+    else:
+        names = [n for n in BUILDERS if (real or n not in REAL) and (full or not registry.ARTEFACTS[n].full_only)]
     for n in names:
         registry.path(n)  # raises a clear error for an unknown name
     if missing:

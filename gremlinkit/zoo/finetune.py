@@ -21,6 +21,15 @@ reward, the best of those kept until their mean reward matches toy-rl's; then th
 and target tokens as toy-rl, offline. The text is the model's own, but it is never re-sampled from
 the model being trained, so a circuit cannot be rewarded for what its own updates made it write.
 
+**toy-norl**, the no-RL token: toy-rl's RL with ``FinetuneSpec.marker`` after BOS in half the
+prompts (drawn per prompt); marked rollouts earn no reward and give no gradient (their advantage,
+KL and log-probabilities are left out of the loss), so the model can see where RL does not apply.
+**toy-norl-ignored**, its control, draws the same marked prompts and trains on them like the rest.
+
+**toy-distill**: distillation, off-policy by construction. toy-rl's own samples for the prompts RL
+drew (`teacher_samples`, none chosen by reward), trained into toy-base with toy-sft's steps, rows,
+target tokens and learning rate.
+
 **The dose series** (`DOSES`): the same RL at several numbers of on-policy cycles and two horizons.
 One run per horizon, its cosine schedule over ``DoseSpec.schedule_steps`` steps; an organism is that
 run's policy after its number of steps. ``toy-rl-20``, ``-80`` and ``-320`` take the reward on the
