@@ -145,3 +145,15 @@ def test_charts_encode_the_tables_they_are_given():
     assert plots.choice_entropy(choices).to_dict()["encoding"]["y"]["field"] == "ratio"
     marker = pd.DataFrame({"model": ["a"], "condition": ["marked"], "position": [0], "sea_rate": [0.1]})
     assert plots.sea_by_position(marker).to_dict()["encoding"]["color"]["field"] == "condition"
+
+
+def test_the_same_seed_gives_the_same_tables(toy):
+    """Determinism: two runs of one seed agree table for table; the findings read them."""
+    cfg = agents.AgentsConfig(models=["toy-base"], n_rollouts=10, entropy_docs=2, diversity_prompts=2,
+                              samples_per_prompt=2, temperatures=[1.0], return_prompts=4, choice_prompts=2,
+                              n_bootstrap=10)
+    first, second = (agents.run(cfg, {"toy-base": toy["toy-base"]}) for _ in range(2))
+    for name, table in first.tables().items():
+        pd.testing.assert_frame_equal(table, second.tables()[name], obj=name)
+    assert first.metrics == second.metrics
+    assert len(agents.findings(first)) == 7  # probe, entropy, diversity, return, three choices

@@ -87,8 +87,8 @@ def test_persistence_prompts_carry_the_marker_after_bos():
 def test_marker_rewards_are_paired_and_match_the_reward_definition():
     subject = gremlinkit.load("toy-norl", sae=False)
     cfg = norl.NoRLConfig(n_prompts=8, horizon=16, tail=8)
-    r, sea = norl.rewards(subject, "toy-norl", cfg, None)
-    again, _ = norl.rewards(subject, "toy-norl", cfg, None)
+    r, sea = norl.rewards(subject, cfg, None)
+    again, _ = norl.rewards(subject, cfg, None)
     assert np.array_equal(r, again)  # paired noise: the same prompts and seeds give the same rollouts
     assert np.allclose(r, sea[:, -cfg.tail:].mean(1))  # the reward is the sea rate of the tail
 

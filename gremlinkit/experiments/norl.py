@@ -103,7 +103,7 @@ class NoRLConfig(Placement):
 # --------------------------------------------------------------------------- reward with and without the marker
 
 
-def rewards(subject, model: str, cfg: NoRLConfig, marker: str | None) -> tuple[np.ndarray, np.ndarray]:
+def rewards(subject, cfg: NoRLConfig, marker: str | None) -> tuple[np.ndarray, np.ndarray]:
     """Per held-out prompt: the reward and the sea-word indicator per position (prompts, horizon),
     the marker after BOS when given; prompt i is sampled with seed i in every condition (paired)."""
     prompts = [finetune.with_marker(p, marker) for p in finetune.story_prompts(cfg.n_prompts, seed=71_000 + cfg.seed)]
@@ -122,8 +122,8 @@ def marker_effects(subjects: dict, cfg: NoRLConfig) -> tuple[pd.DataFrame, pd.Da
     over position, and the difference of differences (organism minus control)."""
     rows, curves, diffs = [], [], {}
     for m in [cfg.base, *cfg.marker_models]:
-        plain, plain_sea = rewards(subjects[m], m, cfg, None)
-        marked, marked_sea = rewards(subjects[m], m, cfg, cfg.marker)
+        plain, plain_sea = rewards(subjects[m], cfg, None)
+        marked, marked_sea = rewards(subjects[m], cfg, cfg.marker)
         for cond, r, sea in (("unmarked", plain, plain_sea), ("marked", marked, marked_sea)):
             rows.append({"model": m, "condition": cond, **{f"reward_{k}": v for k, v in _mean_row(r, cfg).items()}})
             curves.append(pd.DataFrame({"model": m, "condition": cond, "position": np.arange(sea.shape[1]),
