@@ -22,9 +22,9 @@ chosen by reward). Beside toy-base and toy-rl: its reward, its persistence profi
 of SAE features (the gremlin comparison's persistence statistic: the mean tail ratio, and the
 persistent count with its Wilson interval, `gremlins.counts`), and its value-probe R².
 
-*Positive controls.* The reward measure is toy-rl's own (its card's figure is recovered within the
-interval); the persistence scan carries the gremlin comparison's natural control (the sea feature
-in toy-base: persistent, half-life near the topic chain's); the value probe carries its corpus
+*Positive controls.* The reward is the RL organisms' own (`finetune.reward`), and toy-base beside
+them shows what RL did to it (several-fold); the persistence scans carry the gremlin comparison's
+natural control (the sea feature must persist in toy-base); the value probe carries its corpus
 control (`agents.probe_control`).
 """
 
