@@ -98,6 +98,12 @@ def encode(text: str, tokenizer, bos: bool) -> list[int]:
     return ([tokenizer.bos_token_id] if bos else []) + ids
 
 
+def host_ids(ids: Sequence[int]) -> torch.Tensor:
+    """One prompt's token ids as a tensor on the host, on purpose: prompts are inputs, and
+    `make_batch` places the padded batch on the subject's device once."""
+    return torch.tensor(list(ids), dtype=torch.long, device="cpu")
+
+
 def make_batch(prompts: Prompts, tokenizer, max_length: int | None = None, *, bos: bool = False,
                device: torch.device | str = "cpu") -> Batch:
     """Tokenise strings (with a leading BOS when ``bos``) or left-pad token ids, on ``device``.

@@ -70,6 +70,7 @@ from gremlinkit import stats
 from gremlinkit.errors import ConfigError
 from gremlinkit.experiments import persistence
 from gremlinkit.params import Placement, check_range
+from gremlinkit.prompts import host_ids
 from gremlinkit.results import Result, to_numpy
 from gremlinkit.sites import SiteMap
 from gremlinkit.zoo import corpus, finetune
@@ -136,8 +137,7 @@ def ids(subject, words: list[list[str]]) -> list[torch.Tensor]:
     if unknown:
         raise ConfigError(f"model {subject.name!r} does not read the persona world ({sorted(unknown)[:5]} are not "
                           "in its vocabulary): this experiment needs a zoo organism or a model of the zoo's tokenizer")
-    out = [torch.tensor(tok.convert_tokens_to_ids(w)) for w in words]
-    return out
+    return [host_ids(tok.convert_tokens_to_ids(w)) for w in words]
 
 
 def words_of(subject, tokens: torch.Tensor) -> list[list[str]]:
@@ -276,15 +276,16 @@ def oracle_r2(label: np.ndarray, topics: np.ndarray, n_bootstrap: int, seed: int
             **_r2_interval(frame.y.to_numpy(), pred, frame.row.to_numpy(), n_bootstrap, seed)}
 
 
-def probe_control(subject, model: str, cfg: AgentsConfig) -> tuple[pd.DataFrame, dict[str, float]]:
-    """The probe on corpus windows read teacher-forced, and the oracle R² from their labels."""
-    words, ends, label, topics = corpus_windows(cfg.n_rollouts, cfg)
+def probe_control(subject, model: str, cfg: AgentsConfig, windows: tuple) -> pd.DataFrame:
+    """The probe on corpus ``windows`` (`corpus_windows`: the same for every model) read teacher-forced;
+    their oracle R² is `oracle_r2`, once for all models."""
+    words, ends, label, _ = windows
     reps = subject.activations_at(ids(subject, words), residual_sites(subject))
-    rows = torch.arange(len(words))[:, None]
-    at = torch.tensor(ends)[:, None] + torch.arange(cfg.probe_tokens)[None]  # (rows, probe_tokens): end .. end+31
-    picked = {s: r[rows, at].float().cpu() for s, r in reps.items()}  # the prefix's last token, then the story
-    return (pd.DataFrame(_probe_rows(model, "corpus", picked, label, cfg, slice(None))),
-            oracle_r2(label, topics, cfg.n_bootstrap, cfg.seed))
+    rows = torch.arange(len(words), device=subject.device)[:, None]
+    at = torch.tensor(ends, device=subject.device)[:, None] + torch.arange(cfg.probe_tokens, device=subject.device)
+    # (rows, probe_tokens): the prefix's last token, then the story, read where the activations are
+    picked = {s: r[rows, at].float().cpu() for s, r in reps.items()}
+    return pd.DataFrame(_probe_rows(model, "corpus", picked, label, cfg, slice(None)))
 
 
 # --------------------------------------------------------------------------- layer localisation
@@ -525,7 +526,7 @@ def choice_entropy(subject, model: str, cfg: AgentsConfig) -> list[dict]:
         p = ids(subject, prompts)
         logits = subject.run(p).float()
         probs = torch.softmax(torch.stack([logits[i, len(x) - 1] for i, x in enumerate(p)]), -1).cpu()
-        opts = [torch.tensor(subject.tokenizer.convert_tokens_to_ids(o)) for o in options]
+        opts = [torch.tensor(subject.tokenizer.convert_tokens_to_ids(o), device=probs.device) for o in options]
         on = torch.stack([probs[i, o] for i, o in enumerate(opts)])  # (prompts, N)
         mass = on.sum(-1)
         ent = _entropy(on / mass[:, None]).numpy()
@@ -581,14 +582,13 @@ class AgentsResult(Result):
     metrics: dict = field(default_factory=dict)
 
 
-def _peaks(probe: pd.DataFrame, controls: dict[str, dict]) -> pd.DataFrame:
+def _peaks(probe: pd.DataFrame, oracle: dict[str, float]) -> pd.DataFrame:
     rows = []
     for model, g in probe.groupby("model", sort=False):
         roll = g[g.source == "rollouts"]
         best = roll.loc[roll.r2.idxmax()]
         ctrl = g[g.source == "corpus"]
         cbest = ctrl.loc[ctrl.r2.idxmax()]
-        oracle = controls[model]
         rows.append({"model": model, "peak_layer": int(best.layer), "r2": best.r2, "r2_low": best.r2_low,
                      "r2_high": best.r2_high, "control_layer": int(cbest.layer), "control_r2": cbest.r2,
                      "control_r2_low": cbest.r2_low, "control_r2_high": cbest.r2_high,
@@ -602,7 +602,9 @@ def run(cfg: AgentsConfig, subjects: dict | None = None) -> AgentsResult:
 
     subjects = subjects or {m: load(m, sae=False, **cfg.load_kwargs()) for m in cfg.models}
     names = {m: str(m).rstrip("/").split("/")[-1] for m in cfg.models}
-    probe, controls, ent, div, curves, returns, choices, across = [], {}, [], [], [], [], [], {}
+    probe, ent, div, curves, returns, choices, across = [], [], [], [], [], [], {}
+    windows = corpus_windows(cfg.n_rollouts, cfg)  # the probe's control: one text and one oracle for every model
+    oracle = oracle_r2(windows[2], windows[3], cfg.n_bootstrap, cfg.seed)
     corpus_div = corpus_samples(cfg)
     div += _diversity_rows("corpus", 1.0, corpus_div)
     across[("corpus", 1.0)] = across_inputs(corpus_div)
@@ -613,8 +615,7 @@ def run(cfg: AgentsConfig, subjects: dict | None = None) -> AgentsResult:
     for m in tqdm(cfg.models, desc="models"):
         s, name = subjects[m], names[m]
         p, _ = value_probe(s, name, cfg)
-        c, controls[name] = probe_control(s, name, cfg)
-        probe += [p, c]
+        probe += [p, probe_control(s, name, cfg, windows)]
         ent.append(next_token_entropy(s, name, cfg))
         for t in cfg.temperatures:
             samples = model_samples(s, cfg, float(t))
@@ -628,7 +629,7 @@ def run(cfg: AgentsConfig, subjects: dict | None = None) -> AgentsResult:
     div_table = pd.DataFrame(div)
     base = cfg.models[0]
     res = AgentsResult(
-        probe=probe_table, probe_peak=_peaks(probe_table, controls),
+        probe=probe_table, probe_peak=_peaks(probe_table, oracle),
         localisation=localisation(subjects[base], {names[m]: subjects[m] for m in cfg.models[1:]}, cfg.seed),
         entropy=pd.DataFrame(ent), diversity=diversity_summary(div_table, across, cfg.n_bootstrap, cfg.seed),
         diversity_prompts=div_table, temperature_response=temperature_response(div_table, cfg.n_bootstrap, cfg.seed),

@@ -183,7 +183,9 @@ def probes(subjects: dict, cfg: NoRLConfig) -> tuple[pd.DataFrame, pd.DataFrame]
             best = table.loc[table.r2.idxmax()]
             rows.append({"model": m, "condition": "marked" if marker else "unmarked", "peak_layer": int(best.layer),
                          "r2": best.r2, "r2_low": best.r2_low, "r2_high": best.r2_high, "reward": float(y.mean())})
-    control, oracle = agents.probe_control(subjects[cfg.base], cfg.base, pcfg)
+    windows = agents.corpus_windows(pcfg.n_rollouts, pcfg)
+    control = agents.probe_control(subjects[cfg.base], cfg.base, pcfg, windows)
+    oracle = agents.oracle_r2(windows[2], windows[3], pcfg.n_bootstrap, pcfg.seed)
     best = control.loc[control.r2.idxmax()]
     return pd.DataFrame(rows), pd.DataFrame([{"model": cfg.base, "layer": int(best.layer), "r2": best.r2,
                                               "r2_low": best.r2_low, "r2_high": best.r2_high,

@@ -80,7 +80,7 @@ import torch
 from scipy.stats import false_discovery_control, ttest_1samp
 from tqdm.auto import tqdm
 
-from gremlinkit.prompts import encode
+from gremlinkit.prompts import encode, host_ids
 from gremlinkit import interventions as iv
 from gremlinkit.errors import ConfigError
 from gremlinkit.stats import ATOL, half_life, half_life_interval, tail_start, tail_test
@@ -275,7 +275,7 @@ def scan_prompts(cfg: PersistenceConfig, subject, world=None) -> tuple[list[torc
         pos = [resolve_position(p, tok.convert_ids_to_tokens(ids)) for p in cfg.positions]
         if any(p is None or p + cfg.horizon + 1 > len(ids) for p in pos):
             continue
-        prompts.append(torch.tensor(ids[: max(pos) + cfg.horizon + 1]))
+        prompts.append(host_ids(ids[: max(pos) + cfg.horizon + 1]))
         positions.append(pos)
         if len(prompts) == cfg.n_prompts:
             return prompts, positions

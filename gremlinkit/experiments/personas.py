@@ -42,7 +42,7 @@ from gremlinkit import interventions as iv
 from gremlinkit import stats, worlds
 from gremlinkit.errors import ConfigError
 from gremlinkit.params import Placement, check_range
-from gremlinkit.prompts import words_to_ids
+from gremlinkit.prompts import host_ids, words_to_ids
 from gremlinkit.results import Result, to_numpy
 
 @dataclass(frozen=True)
@@ -165,7 +165,7 @@ def persona_axis(subject, sites: list[str], texts: dict[str, list[str]]) -> pd.D
 def continuation_loss(subject, prompts: list[str], continuations: torch.Tensor, chunk: int = 8) -> np.ndarray:
     """Per row: the unsteered model's mean next-token loss (nats) on its generated continuation
     (``chunk`` rows per forward: a real vocabulary's logits are large)."""
-    ids = [torch.tensor(subject.tokenizer(p)["input_ids"] + c.tolist()) for p, c in zip(prompts, continuations)]
+    ids = [host_ids(subject.tokenizer(p)["input_ids"] + c.tolist()) for p, c in zip(prompts, continuations)]
     out = []
     for start in range(0, len(ids), chunk):
         part = ids[start:start + chunk]

@@ -40,7 +40,7 @@ import torch
 
 from gremlinkit import worlds
 from gremlinkit.errors import ConfigError
-from gremlinkit.prompts import encode
+from gremlinkit.prompts import encode, host_ids
 from gremlinkit.results import Result, to_numpy
 from gremlinkit import interventions as iv
 from gremlinkit.experiments import personas
@@ -262,7 +262,7 @@ def search(subject, unit: Unit, sign: int, method: str, cfg: SignFlipConfig, res
     prefix, suffix = _bos(subject) if prefix is None else prefix, suffix or []
     free = allowed[torch.randint(len(allowed), (cfg.prompt_length,), generator=gen)]
     lo, hi = len(prefix), len(prefix) + cfg.prompt_length
-    current = torch.tensor(prefix + free.tolist() + suffix)
+    current = host_ids(prefix + free.tolist() + suffix)
     with torch.no_grad():
         best = float(sign * unit_value(subject, unit, [current])[0])
     trace = []
