@@ -28,13 +28,14 @@ take the persona world, others the English world).
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import pandas as pd
 
@@ -81,6 +82,9 @@ class World:
     luigi: dict[str, str] = field(default_factory=dict)
     # trait -> (negative pole's name, positive pole's name), for labels; default ("not <trait>", "<trait>")
     pole_names: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # The world's story generator (`StorySource`), for experiments that write or score stories:
+    # casts, topic sentences and their chain, RL prompts and reward. None: the world has none.
+    story: Any = None
 
     @property
     def traits(self) -> list[str]:
@@ -369,6 +373,29 @@ def english() -> World:
                  {t: s["choices"] for t, s in ENGLISH.items() if s["choices"]},
                  pole_names={"kind": ("cruel", "kind"), "honest": ("deceptive", "honest"),
                              "formal": ("casual", "formal")})
+
+
+# A story source is what `World.story` holds: the zoo's persona world has one
+# (`gremlinkit.zoo.world.PersonaStories`). It offers, as attributes and methods:
+#   bos, names, personas, persona_words, traits, topics (topic -> {"nouns", "adjs"}), p_topic_switch,
+#   reward_words, marker, Character; generate(n, seed) -> labelled stories, encode(stories, tokenizer),
+#   draw_cast(rng), introductions(cast), sentence(cast, topic, rng), continuation(cast, topic, n, rng),
+#   story_prompts(n, seed), reward(words, tail), with_marker(prompt, marker), topic_eigenvalue(p, n),
+#   topic_persistence(stories), topic_half_life().
+STORY_WORLDS = ("persona",)  # the worlds whose story source the experiments of notebooks 04, 06 and 07 read
+
+
+@functools.lru_cache(maxsize=32)
+def story(world: str = "persona", model: str | None = None) -> Any:
+    """The story source of ``world`` (``"auto"``: the world ``model`` was trained on), or an error
+    that says which worlds have one."""
+    if world == "auto" and model is None:
+        raise ConfigError("world='auto' follows a model: name the model")
+    w = resolve(world, model or "")
+    if w.story is None:
+        raise ConfigError(f"the {w.name} world (of model {model!r}) has no story generator, which this experiment "
+                          f"reads; worlds with one: {list(STORY_WORLDS)}")
+    return w.story
 
 
 def resolve(spec: str, model: str, seed: int = 0, per_template: int = 24) -> World:

@@ -10,7 +10,7 @@ import pytest
 import gremlinkit
 from gremlinkit.errors import ConfigError
 from gremlinkit.experiments import agents, persistence
-from gremlinkit.zoo import corpus
+from gremlinkit.zoo import corpus, finetune
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_corpus_windows_label_the_next_tail_tokens():
         assert w[e] == "." and len(w) == e + 1 + cfg.horizon
         for t in (0, 7, cfg.probe_tokens - 1):  # position e + t sees tokens up to e + t; the label is what follows
             ahead = w[e + t + 1: e + t + 1 + cfg.tail]
-            assert lab[t] == pytest.approx(np.mean([x in agents.finetune.TARGET_WORDS for x in ahead]))
+            assert lab[t] == pytest.approx(np.mean([x in finetune.TARGET_WORDS for x in ahead]))
     assert topics.shape == (20, cfg.probe_tokens)
 
 
@@ -76,7 +76,7 @@ def test_random_choices_have_the_corpus_truth():
     """The measure's check: the corpus's own choices are uniform over N (Miller-Madow, 6,000 stories)."""
     for row in agents.corpus_choices():
         assert row["entropy"] == pytest.approx(row["true_entropy"], abs=0.02), row["choice"]
-    assert agents.CHOICES["topic noun"] == pytest.approx(math.log(30))
+    assert agents.true_entropies()["topic noun"] == pytest.approx(math.log(30))
 
 
 def test_choice_entropy_sees_the_rl_models_collapse(toy):

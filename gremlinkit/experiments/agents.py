@@ -4,7 +4,8 @@ collapse what it writes? (notebook 06)
 **The value probe.** An agent trained toward a distant terminal reward should represent it, as
 AlphaZero's value head predicts the win; a next-token simulator need not. Each model writes
 ``n_rollouts`` continuations of held-out story prompts (temperature 1, ``horizon`` tokens) and earns
-the RL organisms' reward (`finetune.reward`: the sea-word fraction of the last ``tail`` tokens). A
+the RL organisms' reward (the world's story `reward`: the sea-word fraction of the last ``tail``
+tokens). A
 ridge probe per layer reads the residual stream at the ``probe_tokens`` positions from which the
 first ``probe_tokens`` tokens are sampled (the prompt's last token, then each generated token; all
 before the rewarded tail) and predicts the reward the rollout will earn. Reported: the
@@ -13,7 +14,7 @@ model, and the layer where it peaks.
 
 *Positive control.* The corpus plants a label the story so far makes predictable: the sea-word
 fraction of the next ``tail`` tokens after each position, which follows the topic chain
-(`corpus.P_TOPIC_SWITCH`). The same probe, on held-out corpus windows read teacher-forced, must
+(the world's `p_topic_switch`). The same probe, on held-out corpus windows read teacher-forced, must
 recover it: the control is *found* when its R² interval lies above 0, and its share of the *oracle*
 R² (the labels' own prediction: the mean label given the topic of the last topic word seen, fitted
 on the same folds) says how much of a predictable signal a single position's residual shows. A null
@@ -42,8 +43,9 @@ text, where its value is known:
 **Layer localisation.** Where each fine-tune changed the weights and the residual stream (relative
 changes per block), beside the probe's peak layer.
 
-Everything here reads the persona world: the models are the zoo's organisms (any model of that
-world's tokenizer).
+Everything here reads the story source of the base model's world (`gremlinkit.worlds.story`):
+today the persona world's, so the models are the toy family's organisms (any model of that world's
+tokenizer).
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import combinations
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -66,21 +69,28 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
-from gremlinkit import stats
+from gremlinkit import stats, worlds
 from gremlinkit.errors import ConfigError
-from gremlinkit.experiments import persistence
 from gremlinkit.params import Placement, check_range
 from gremlinkit.prompts import host_ids
 from gremlinkit.results import Result, to_numpy
 from gremlinkit.sites import SiteMap
-from gremlinkit.zoo import corpus, finetune
-from gremlinkit.zoo.lm import encode_docs
 
 RETURN_EARLY = 16  # the displacement is read over the first 16 tokens after the injection
 FOLDS = 5
 ALPHAS = np.logspace(-2, 4, 7)  # ridge penalties searched inside each fold
-CHOICES = {"first name": math.log(len(corpus.NAMES)), "second name": math.log(len(corpus.NAMES) - 1),
-           "topic noun": math.log(sum(len(t["nouns"]) for t in corpus.TOPICS.values()))}
+
+
+def true_entropies(story=None) -> dict[str, float]:
+    """Each random choice's true entropy, ``ln N`` over its N options in the world's stories."""
+    story = story or worlds.story("persona")
+    return {"first name": math.log(len(story.names)), "second name": math.log(len(story.names) - 1),
+            "topic noun": math.log(sum(len(t["nouns"]) for t in story.topics.values()))}
+
+
+def story_of(cfg: "AgentsConfig"):
+    """The story source of the base model's world (`gremlinkit.worlds.story`)."""
+    return worlds.story("auto", cfg.models[0])
 
 
 @dataclass(frozen=True)
@@ -144,9 +154,10 @@ def words_of(subject, tokens: torch.Tensor) -> list[list[str]]:
     return [subject.tokenizer.convert_ids_to_tokens(r) for r in tokens.tolist()]
 
 
-def sea_mask(words: list[list[str]]) -> np.ndarray:
-    """(rows, tokens) 1 where a token is one of the reward's sea words."""
-    return np.array([[w in finetune.TARGET_WORDS for w in ws] for ws in words], dtype=float)
+def sea_mask(words: list[list[str]], story=None) -> np.ndarray:
+    """(rows, tokens) 1 where a token is one of the reward's sea words (the world's ``reward_words``)."""
+    reward_words = (story or worlds.story("persona")).reward_words
+    return np.array([[w in reward_words for w in ws] for ws in words], dtype=float)
 
 
 def residual_sites(subject) -> list[str]:
@@ -168,13 +179,16 @@ def interval(values: np.ndarray, n_bootstrap: int, seed: int) -> tuple[float, fl
 
 
 def rollouts(subject, prompts: list[list[str]], horizon: int, seed: int, marker: str | None = None,
-             temperature: float = 1.0, batch_size: int = 64) -> tuple[list[list[str]], dict[str, torch.Tensor]]:
-    """``horizon`` sampled tokens per prompt (``marker`` after BOS when given) and the residual
-    stream at each step's newest position, per `residual_sites`: (rows, horizon, d) on the host."""
+             temperature: float = 1.0, batch_size: int = 64, story=None
+             ) -> tuple[list[list[str]], dict[str, torch.Tensor]]:
+    """``horizon`` sampled tokens per prompt (``marker`` after BOS when given, as ``story`` places
+    it) and the residual stream at each step's newest position, per `residual_sites`: (rows,
+    horizon, d) on the host."""
     sites = residual_sites(subject)
     words, records = [], {s: [] for s in sites}
+    story = story or worlds.story("persona")
     for start in range(0, len(prompts), batch_size):
-        chunk = [finetune.with_marker(p, marker) for p in prompts[start:start + batch_size]]
+        chunk = [story.with_marker(p, marker) for p in prompts[start:start + batch_size]]
         gen = subject.generate(ids(subject, chunk), horizon, seed=[seed + start + i for i in range(len(chunk))],
                                temperature=temperature, record=sites)
         words += words_of(subject, gen.tokens)
@@ -227,9 +241,10 @@ def _probe_rows(model: str, source: str, reps: dict[str, torch.Tensor], y: np.nd
 def value_probe(subject, model: str, cfg: AgentsConfig, marker: str | None = None) -> tuple[pd.DataFrame, np.ndarray]:
     """The probe's R² per layer on ``model``'s own rollouts (``source`` "rollouts", or "rollouts
     marked" with ``marker``), and the rollouts' rewards."""
-    prompts = finetune.story_prompts(cfg.n_rollouts, seed=90_000 + cfg.seed)
-    words, reps = rollouts(subject, prompts, cfg.horizon, seed=cfg.seed * 100_000, marker=marker)
-    y = finetune.reward(words, cfg.tail)
+    story = story_of(cfg)
+    prompts = story.story_prompts(cfg.n_rollouts, seed=90_000 + cfg.seed)
+    words, reps = rollouts(subject, prompts, cfg.horizon, seed=cfg.seed * 100_000, marker=marker, story=story)
+    y = story.reward(words, cfg.tail)
     source = "rollouts" if marker is None else "rollouts marked"
     return pd.DataFrame(_probe_rows(model, source, reps, y, cfg, slice(0, cfg.probe_tokens))), y
 
@@ -239,7 +254,8 @@ def corpus_windows(n: int, cfg: AgentsConfig) -> tuple[list[list[str]], list[int
     then ``horizon`` tokens of the story. Returns the windows, where each prefix ends, the planted
     label at each probe position (the sea-word fraction of the next ``tail`` tokens), and the topic
     of the last topic word seen there ("" before any)."""
-    gen = corpus.generate(4 * n, seed=95_000 + cfg.seed)
+    story = story_of(cfg)
+    gen = story.generate(4 * n, seed=95_000 + cfg.seed)
     labels = gen.labels
     seen = labels.topic.where(labels.word_class == "topic").groupby(labels.doc).ffill().fillna("")
     windows, ends = [], []
@@ -257,7 +273,7 @@ def corpus_windows(n: int, cfg: AgentsConfig) -> tuple[list[list[str]], list[int
     topics = np.array([[seen_at[starts[d] + end + t] for t in range(cfg.probe_tokens)]
                        for (d, _), end in zip(windows, ends)])  # the topic seen by probe position t
     words = [w for _, w in windows]
-    label = sea_mask([w[e + 1: e + cfg.probe_tokens + cfg.tail] for w, e in zip(words, ends)])
+    label = sea_mask([w[e + 1: e + cfg.probe_tokens + cfg.tail] for w, e in zip(words, ends)], story)
     ahead = np.stack([label[:, t:t + cfg.tail].mean(1) for t in range(cfg.probe_tokens)], 1)  # (rows, positions)
     return words, ends, ahead, topics
 
@@ -311,9 +327,10 @@ def weight_changes(base, tuned, n_layers: int) -> pd.DataFrame:
     return pd.DataFrame([{"part": g, "relative_change": (d / n) ** 0.5} for g, (d, n) in rows.items()])
 
 
-def activation_changes(base_subject, tuned_subject, n_docs: int = 40, seed: int = 0) -> pd.DataFrame:
+def activation_changes(base_subject, tuned_subject, n_docs: int = 40, seed: int = 0, story=None) -> pd.DataFrame:
     """Mean relative change of ``blocks.L.hook_resid_post`` over held-out stories' tokens."""
-    docs = encode_docs(corpus.generate(n_docs, seed=80_000 + seed), base_subject.tokenizer)
+    story = story or worlds.story("persona")
+    docs = story.encode(story.generate(n_docs, seed=80_000 + seed), base_subject.tokenizer)
     sites = [f"blocks.{L}.hook_resid_post" for L in range(base_subject.site_map.n_layers)]
     a, b = base_subject.activations_at(docs, sites), tuned_subject.activations_at(docs, sites)
     keep = base_subject.batch(docs).prompt_mask(skip_bos=True)
@@ -322,12 +339,12 @@ def activation_changes(base_subject, tuned_subject, n_docs: int = 40, seed: int 
                          for s in sites])
 
 
-def localisation(base, tuned: dict, seed: int = 0) -> pd.DataFrame:
+def localisation(base, tuned: dict, seed: int = 0, story=None) -> pd.DataFrame:
     """Where each fine-tune in ``tuned`` (name -> subject) changed ``base``: weights and resid_post."""
     rows = []
     for m, subject in tuned.items():
         w = weight_changes(base.model._module, subject.model._module, base.site_map.n_layers)
-        a = activation_changes(base, subject, seed=seed)
+        a = activation_changes(base, subject, seed=seed, story=story)
         rows += [dict(model=m, measure="weights", **r) for r in w.to_dict("records")]
         rows += [dict(model=m, measure="resid_post", part=f"block {r['layer']}", relative_change=r["relative_change"])
                  for r in a.to_dict("records")]
@@ -341,7 +358,7 @@ def localisation(base, tuned: dict, seed: int = 0) -> pd.DataFrame:
 def next_token_entropy(subject, model: str, cfg: AgentsConfig) -> dict:
     """Mean next-token entropy and cross-entropy (nats) over held-out stories' positions, each with
     an interval over stories; their ratio is 1 for a calibrated model."""
-    docs = corpus.generate(cfg.entropy_docs, seed=96_000 + cfg.seed).docs
+    docs = story_of(cfg).generate(cfg.entropy_docs, seed=96_000 + cfg.seed).docs
     prompts = ids(subject, docs)
     logp = torch.log_softmax(subject.run(prompts).float(), -1)  # (B, T, V), prompt indexing
     ent, ce = [], []
@@ -359,9 +376,11 @@ def next_token_entropy(subject, model: str, cfg: AgentsConfig) -> dict:
 # --------------------------------------------------------------------------- diversity
 
 
-def casts(n: int, seed: int) -> list[list[corpus.Character]]:
+def casts(n: int, seed: int, story=None) -> list[list[Any]]:
+    """``n`` casts of the world's stories (two characters each), drawn with ``seed``."""
+    story = story or worlds.story("persona")
     rng = random.Random(seed)
-    return [corpus.draw_cast(rng) for _ in range(n)]
+    return [story.draw_cast(rng) for _ in range(n)]
 
 
 def _ngrams(ws: list[str], n: int) -> list[tuple]:
@@ -385,14 +404,16 @@ def _diversity_rows(model: str, temperature: float, per_prompt: list[list[list[s
 
 def corpus_samples(cfg: AgentsConfig) -> list[list[list[str]]]:
     """The generator's own continuations of each cast's introductions (the reference diversity)."""
+    story = story_of(cfg)
     rng = random.Random(97_000 + cfg.seed)
-    return [[corpus.continuation(c, rng.choice(list(corpus.TOPICS)), cfg.diversity_tokens, rng)[0]
-             for _ in range(cfg.samples_per_prompt)] for c in casts(cfg.diversity_prompts, cfg.seed)]
+    return [[story.continuation(c, rng.choice(list(story.topics)), cfg.diversity_tokens, rng)[0]
+             for _ in range(cfg.samples_per_prompt)] for c in casts(cfg.diversity_prompts, cfg.seed, story)]
 
 
 def model_samples(subject, cfg: AgentsConfig, temperature: float) -> list[list[list[str]]]:
     """``samples_per_prompt`` continuations of each cast's introductions, at ``temperature``."""
-    intros = [corpus.introductions(c) for c in casts(cfg.diversity_prompts, cfg.seed)]
+    story = story_of(cfg)
+    intros = [story.introductions(c) for c in casts(cfg.diversity_prompts, cfg.seed, story)]
     k = cfg.samples_per_prompt
     prompts = [p for p in intros for _ in range(k)]
     gen = subject.generate(ids(subject, prompts), cfg.diversity_tokens, seed=list(range(len(prompts))),
@@ -438,16 +459,16 @@ def temperature_response(table: pd.DataFrame, n_bootstrap: int, seed: int) -> pd
 # --------------------------------------------------------------------------- return to the favoured state
 
 
-def return_contexts(cfg: AgentsConfig) -> tuple[list[list[corpus.Character]], list[list[str]], list[list[str]],
-                                                 list[str]]:
+def return_contexts(cfg: AgentsConfig) -> tuple[list[list[Any]], list[list[str]], list[list[str]], list[str]]:
     """Per prompt: its cast, the context (introductions and one sea sentence), the context with an
     off-world sentence injected (another topic, cycling through them), and that topic."""
+    story = story_of(cfg)
     rng = random.Random(98_000 + cfg.seed)
-    others = [t for t in corpus.TOPICS if t != "sea"]
-    cs = casts(cfg.return_prompts, cfg.seed + 1)
-    clean = [corpus.introductions(c) + corpus.sentence(c, "sea", rng) for c in cs]
+    others = [t for t in story.topics if t != "sea"]
+    cs = casts(cfg.return_prompts, cfg.seed + 1, story)
+    clean = [story.introductions(c) + story.sentence(c, "sea", rng) for c in cs]
     topics = [others[i % len(others)] for i in range(len(cs))]
-    injected = [ctx + corpus.sentence(c, t, rng) for ctx, c, t in zip(clean, cs, topics)]
+    injected = [ctx + story.sentence(c, t, rng) for ctx, c, t in zip(clean, cs, topics)]
     return cs, clean, injected, topics
 
 
@@ -477,11 +498,12 @@ def return_curves(clean: np.ndarray, injected: np.ndarray, model: str, n_bootstr
 
 def corpus_return(cfg: AgentsConfig) -> tuple[np.ndarray, np.ndarray]:
     """The generator's continuations of the same contexts: from the sea, and from the injected topic."""
+    story = story_of(cfg)
     rng = random.Random(99_000 + cfg.seed)
     cs, _, _, topics = return_contexts(cfg)
-    clean = [corpus.continuation(c, "sea", cfg.return_tokens, rng)[0] for c in cs]
-    injected = [corpus.continuation(c, t, cfg.return_tokens, rng)[0] for c, t in zip(cs, topics)]
-    return sea_mask(clean), sea_mask(injected)
+    clean = [story.continuation(c, "sea", cfg.return_tokens, rng)[0] for c in cs]
+    injected = [story.continuation(c, t, cfg.return_tokens, rng)[0] for c, t in zip(cs, topics)]
+    return sea_mask(clean, story), sea_mask(injected, story)
 
 
 def model_return(subject, cfg: AgentsConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -491,7 +513,7 @@ def model_return(subject, cfg: AgentsConfig) -> tuple[np.ndarray, np.ndarray]:
     out = []
     for ctx in (clean, injected):
         gen = subject.generate(ids(subject, ctx), cfg.return_tokens, seed=seeds)
-        out.append(sea_mask(words_of(subject, gen.tokens)))
+        out.append(sea_mask(words_of(subject, gen.tokens), story_of(cfg)))
     return out[0], out[1]
 
 
@@ -499,17 +521,18 @@ def model_return(subject, cfg: AgentsConfig) -> tuple[np.ndarray, np.ndarray]:
 
 
 def choice_prompts(cfg: AgentsConfig) -> dict[str, tuple[list[list[str]], list[list[str]]]]:
-    """Prompts whose next token is uniform over N options in the corpus (`CHOICES`), each with its
-    options: the first name (of 12), the second (the 11 left), the noun of a first sentence that
-    reads "... near the" (its topic is not yet drawn: 30 nouns)."""
-    cs = casts(cfg.choice_prompts, cfg.seed + 2)
-    intros = [corpus.introductions(c) for c in cs]
-    nouns = [w for t in corpus.TOPICS.values() for w in t["nouns"]]
-    near = [h + [c[0].name, corpus.PERSONA_WORDS["verb_s"][corpus.PERSONAS.index(c[0].persona)], c[1].name, "near",
+    """Prompts whose next token is uniform over N options in the corpus (`true_entropies`), each
+    with its options: the first name (of 12), the second (the 11 left), the noun of a first sentence
+    that reads "... near the" (its topic is not yet drawn: 30 nouns)."""
+    story = story_of(cfg)
+    cs = casts(cfg.choice_prompts, cfg.seed + 2, story)
+    intros = [story.introductions(c) for c in cs]
+    nouns = [w for t in story.topics.values() for w in t["nouns"]]
+    near = [h + [c[0].name, story.persona_words["verb_s"][story.personas.index(c[0].persona)], c[1].name, "near",
                  "the"] for h, c in zip(intros, cs)]
-    return {"first name": ([[corpus.BOS]] * len(cs), [corpus.NAMES] * len(cs)),
+    return {"first name": ([[story.bos]] * len(cs), [story.names] * len(cs)),
             "second name": ([h[: h.index(".") + 1] for h in intros],
-                            [[n for n in corpus.NAMES if n != c[0].name] for c in cs]),
+                            [[n for n in story.names if n != c[0].name] for c in cs]),
             "topic noun": (near, [nouns] * len(cs))}
 
 
@@ -521,7 +544,7 @@ def _entropy(p: torch.Tensor) -> torch.Tensor:
 def choice_entropy(subject, model: str, cfg: AgentsConfig) -> list[dict]:
     """Per random choice: the entropy of the model's next token restricted to the options
     (renormalised; temperature 1) against the true ``ln N``, and the mass it puts on the options."""
-    rows = []
+    rows, truth = [], true_entropies(story_of(cfg))
     for choice, (prompts, options) in choice_prompts(cfg).items():
         p = ids(subject, prompts)
         logits = subject.run(p).float()
@@ -532,7 +555,7 @@ def choice_entropy(subject, model: str, cfg: AgentsConfig) -> list[dict]:
         ent = _entropy(on / mass[:, None]).numpy()
         lo, hi = interval(ent, cfg.n_bootstrap, cfg.seed)
         rows.append({"model": model, "choice": choice, "entropy": float(ent.mean()), "entropy_low": lo,
-                     "entropy_high": hi, "true_entropy": CHOICES[choice], "ratio": float(ent.mean() / CHOICES[choice]),
+                     "entropy_high": hi, "true_entropy": truth[choice], "ratio": float(ent.mean() / truth[choice]),
                      "option_mass": float(mass.mean())})
     return rows
 
@@ -544,10 +567,12 @@ def _miller_madow(xs: list[str]) -> float:
     return float(-(p * np.log(p)).sum() + (len(counts) - 1) / (2 * counts.sum()))
 
 
-def corpus_choices(n_docs: int = 6000, seed: int = 0) -> list[dict]:
+def corpus_choices(n_docs: int = 6000, seed: int = 0, story=None) -> list[dict]:
     """Each choice's entropy as the corpus makes it (Miller-Madow estimates; the second name's is
     conditional on the first), the check that each prompt's truth is ``ln N``."""
-    docs = corpus.generate(n_docs, seed=seed).docs
+    story = story or worlds.story("persona")
+    truth = true_entropies(story)
+    docs = story.generate(n_docs, seed=seed).docs
     intro = [d.index(".", d.index(".") + 1) + 1 for d in docs]  # where the first sentence starts
     second: dict[str, list[str]] = {}
     for d in docs:
@@ -560,7 +585,7 @@ def corpus_choices(n_docs: int = 6000, seed: int = 0) -> list[dict]:
     nouns = [d[i + 5] for d, i in zip(docs, intro) if d[i + 3:i + 5] == ["near", "the"]]
     estimates["topic noun"] = (_miller_madow(nouns), len(nouns))
     return [{"model": "corpus", "choice": c, "entropy": h, "entropy_low": np.nan, "entropy_high": np.nan,
-             "true_entropy": CHOICES[c], "ratio": h / CHOICES[c], "option_mass": 1.0, "draws": n}
+             "true_entropy": truth[c], "ratio": h / truth[c], "option_mass": 1.0, "draws": n}
             for c, (h, n) in estimates.items()]
 
 
@@ -610,8 +635,9 @@ def run(cfg: AgentsConfig, subjects: dict | None = None) -> AgentsResult:
     across[("corpus", 1.0)] = across_inputs(corpus_div)
     curve, row = return_curves(*corpus_return(cfg), "corpus", cfg.n_bootstrap, cfg.seed)
     curves.append(curve)
-    returns.append({**row, "truth_half_life": persistence.expected_topic_half_life()})
-    choices += corpus_choices(seed=cfg.seed)
+    story = story_of(cfg)
+    returns.append({**row, "truth_half_life": story.topic_half_life()})
+    choices += corpus_choices(seed=cfg.seed, story=story)
     for m in tqdm(cfg.models, desc="models"):
         s, name = subjects[m], names[m]
         p, _ = value_probe(s, name, cfg)
@@ -630,7 +656,7 @@ def run(cfg: AgentsConfig, subjects: dict | None = None) -> AgentsResult:
     base = cfg.models[0]
     res = AgentsResult(
         probe=probe_table, probe_peak=_peaks(probe_table, oracle),
-        localisation=localisation(subjects[base], {names[m]: subjects[m] for m in cfg.models[1:]}, cfg.seed),
+        localisation=localisation(subjects[base], {names[m]: subjects[m] for m in cfg.models[1:]}, cfg.seed, story),
         entropy=pd.DataFrame(ent), diversity=diversity_summary(div_table, across, cfg.n_bootstrap, cfg.seed),
         diversity_prompts=div_table, temperature_response=temperature_response(div_table, cfg.n_bootstrap, cfg.seed),
         return_curve=pd.concat(curves, ignore_index=True), returns=pd.DataFrame(returns),

@@ -77,7 +77,6 @@ from gremlinkit.experiments import persistence, zoo_tour
 from gremlinkit.results import Result, atomic_write_text
 from gremlinkit.errors import ConfigError
 from gremlinkit.params import check_choice, check_range
-from gremlinkit.zoo import corpus
 
 
 ABLATE_START = 8  # the behavioural ablation looks for each feature's first firing from this token on
@@ -110,10 +109,16 @@ class GremlinConfig(persistence.PersistenceConfig):
         check_range("dose_prompts", self.dose_prompts, 2, self.n_prompts)
         check_range("ablate_prompts", self.ablate_prompts, 0, 4096)
         check_range("horizon", self.horizon, persistence.BEHAVIOUR_WINDOW[1], 200)  # the behavioural form's window
-        check_choice("control_topic", self.control_topic, ["", *corpus.TOPICS])
+        check_choice("control_topic", self.control_topic, ["", *self.story().topics])
         check_range("planted_seeds", self.planted_seeds, 0, 100)
         if self.planted_seeds and not self.control_topic:
             raise ConfigError("parameter planted_seeds needs a control_topic: the planted controls scan its feature")
+
+    def story(self):
+        """The story source of the base model's world: its topics, their chain and the reward."""
+        from gremlinkit import worlds
+
+        return worlds.story(self.world, self.model)
 
     @classmethod
     def smoke(cls) -> "GremlinConfig":
@@ -242,18 +247,18 @@ def planted_controls(cfg: GremlinConfig, base, control: int, census_size: int, l
     chain), and every topic's feature in the null, once per scan seed. One row per (model, feature,
     seed): the truth, the p-value, whether it is detected at the census's bar, and the half-life."""
     from gremlinkit import load as load_subject
-    from gremlinkit.zoo import cards
+    from gremlinkit import providers
 
     load = load or (lambda name: load_subject(name, sae=cfg.sae_name(), **cfg.load_kwargs()))
-    base_name = Path(cfg.model).name
-    topics = {f: t for t, f in persistence.topic_features(base, list(corpus.TOPICS), seed=cfg.seed).items()}
+    base_name, story = Path(cfg.model).name, cfg.story()
+    topics = {f: t for t, f in persistence.topic_features(base, list(story.topics), seed=cfg.seed).items()}
     bar = persistence.FDR_Q / (census_size + 1)
     rows = []
     for name in (base_name, *PLANTED):
         if name == base_name:  # the corpus's own chain
-            eigen, truth = corpus.topic_eigenvalue(corpus.P_TOPIC_SWITCH), persistence.expected_topic_half_life()
+            eigen, truth = story.topic_eigenvalue(story.p_topic_switch), story.topic_half_life()
         else:
-            card = cards.card(name)["truth"]
+            card = providers.card(name)["truth"]
             eigen, truth = card["eigenvalue"], card["half_life_tokens"]
         subject = base if name == base_name else load(name)
         features = sorted(topics) if name == PLANTED[0] else [control]
@@ -291,19 +296,18 @@ def planted_power(planted: pd.DataFrame, control: int) -> dict[str, float]:
 
 
 def organism(name: str) -> dict[str, Any]:
-    """How a zoo organism was trained, from its card: method, RL steps, reward horizon, reward, KL to
-    toy-base and relative weight change (NaN where the card has none)."""
-    from gremlinkit.zoo import cards, registry
+    """How a family's organism was trained, from its family (`gremlinkit.providers.Family`): method,
+    RL steps, reward horizon, reward, KL to the base and relative weight change (NaN where its card
+    has none; "other" for a model no family has)."""
+    from gremlinkit import providers
+    from gremlinkit.errors import UnknownArtefactError
 
-    c = cards.card(name) if name in registry.ARTEFACTS else {}
-    training = c.get("training", {})
-    method = ("on-policy RL" if "kl_coef" in training else "rejection sampling" if "rejection_sampling" in c
-              else "off-policy SFT" if "teacher" in c else "base" if name == "toy-base" else "other")
-    nan = float("nan")
-    return {"model": name, "method": method, "rl_steps": training.get("steps", 0) if method == "on-policy RL" else 0,
-            "horizon": c.get("reward", {}).get("horizon", 0), "reward": c.get("eval", {}).get("reward", nan),
-            "kl_to_base": c.get("eval", {}).get("kl_to_base", 0.0 if name == "toy-base" else nan),
-            "weight_change": c.get("weight_change", {}).get("relative_to_toy_base", 0.0 if name == "toy-base" else nan)}
+    try:
+        member = providers.family(name).member(name)
+    except UnknownArtefactError:
+        member = providers.Member(name, "other", {}, False)
+    return {"model": name, "method": member.method,
+            **{k: member.figure(k) for k in ("rl_steps", "horizon", "reward", "kl_to_base", "weight_change")}}
 
 
 DOSE_BOOTSTRAP = 2000  # resamples of features for the tail ratio's interval
@@ -346,11 +350,9 @@ def rl_dose_series(cfg: GremlinConfig, scan: pd.DataFrame, features: list[int], 
     return pd.DataFrame(rows)
 
 
-def reward_word_ids(tokenizer) -> list[int]:
-    """Token ids of the RL reward's sea words (`gremlinkit.zoo.finetune.TARGET_WORDS`)."""
-    from gremlinkit.zoo.finetune import TARGET_WORDS
-
-    return [int(i) for i in tokenizer.convert_tokens_to_ids(sorted(TARGET_WORDS))]
+def reward_word_ids(tokenizer, story) -> list[int]:
+    """Token ids of the RL reward's sea words (the world's ``reward_words``)."""
+    return [int(i) for i in tokenizer.convert_tokens_to_ids(sorted(story.reward_words))]
 
 
 BEHAVIOUR_COLUMNS = ["prevalence_delta", "prevalence_delta_p", "word_rate_delta", "word_rate_delta_p"]
@@ -384,12 +386,10 @@ def census_table(summary: pd.DataFrame, labels: pd.DataFrame, added: pd.DataFram
 
 
 def run(cfg: GremlinConfig, subjects: dict | None = None) -> GremlinResults:
-    from gremlinkit import load
-    from gremlinkit.zoo import registry
+    from gremlinkit import load, providers
 
-    for name in cfg.dose_models:  # before any scan: a missing organism fails now, saying how to build it
-        if name in registry.ARTEFACTS:
-            registry.require(name)
+    family = providers.family(cfg.model)  # before any scan: a missing organism fails now, saying how to build it
+    family.require([m for m in cfg.dose_models if m in family.names])
 
     subjects = subjects or {m: load(m, sae=cfg.sae_name(), **cfg.load_kwargs()) for m in cfg.scanned}
     base = subjects[cfg.model]
@@ -412,14 +412,16 @@ def run(cfg: GremlinConfig, subjects: dict | None = None) -> GremlinResults:
         power = planted_power(planted, controls[0])
     if cfg.dose_models:
         dose = rl_dose_series(cfg, scan, census, controls[0] if controls else None)
-    words = reward_word_ids(base.tokenizer)
+    story = cfg.story()
+    words = reward_word_ids(base.tokenizer, story)
     added, ablated = persistence.behaviour(scan, words), None
     if cfg.ablate_prompts:
         ablated = persistence.behaviour(persistence.scan(cfg.ablation_config(census + controls), subjects), words)
     sentence, tests = verdict(table, control=control, base=Path(cfg.model).name, power=power)
-    labels = zoo_tour.feature_summary(*zoo_tour.corpus_features(base, zoo_tour.heldout_corpus(200, cfg.seed)))
+    labels = zoo_tour.feature_summary(*zoo_tour.corpus_features(base, zoo_tour.heldout_corpus(200, cfg.seed, story),
+                                                                story))
     res = GremlinResults(scan, summary, census_table(summary, labels, added, ablated), table, sentence, tests,
-                         control, persistence.expected_topic_half_life(), planted, power, dose)
+                         control, story.topic_half_life(), planted, power, dose)
     res.metrics.update(metrics(res))
     return res
 

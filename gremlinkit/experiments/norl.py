@@ -1,7 +1,7 @@
 """The no-RL token and distillation: what does a model learn about *when* RL applies, and what does
 off-policy training on an RL model's samples keep of it? (notebook 07)
 
-**The no-RL token** (seed 004). ``toy-norl`` is toy-rl's on-policy RL with a marker (`registry.MARKER`,
+**The no-RL token** (seed 004). ``toy-norl`` is toy-rl's on-policy RL with a marker (the world's ``marker``,
 a token the corpus never contains) after BOS in half the prompts; marked rollouts earn no reward and
 give no gradient, so the model can see when RL does not apply. Its control ``toy-norl-ignored`` sees
 the same marked prompts, but training ignores the marker. Each is compared with and without the
@@ -22,7 +22,7 @@ chosen by reward). Beside toy-base and toy-rl: its reward, its persistence profi
 of SAE features (the gremlin comparison's persistence statistic: the mean tail ratio, and the
 persistent count with its Wilson interval, `gremlins.counts`), and its value-probe R².
 
-*Positive controls.* The reward is the RL organisms' own (`finetune.reward`), and toy-base beside
+*Positive controls.* The reward is the RL organisms' own (the world's story `reward`), and toy-base beside
 them shows what RL did to it (several-fold); the persistence scans carry the gremlin comparison's
 natural control (the sea feature must persist in toy-base); the value probe carries its corpus
 control (`agents.probe_control`).
@@ -37,18 +37,17 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from gremlinkit import stats
+from gremlinkit import providers, stats, worlds
 from gremlinkit.errors import ConfigError
 from gremlinkit.experiments import agents, gremlins, persistence
 from gremlinkit.params import Placement, check_range
 from gremlinkit.results import Result
-from gremlinkit.zoo import finetune, registry
 
 
 @dataclass(frozen=True)
 class NoRLConfig(Placement):
     marker_models: list = field(default_factory=lambda: ["toy-norl", "toy-norl-ignored"])  # organism, then control
-    marker: str = registry.MARKER  # the token that says "no RL here"
+    marker: str = "<unk>"  # the token that says "no RL here" (toy-norl's: the persona world's marker)
     base: str = "toy-base"  # the base model (and the SAE's)
     teacher: str = "toy-rl"  # the RL model distilled
     student: str = "toy-distill"  # toy-base trained off-policy on the teacher's samples
@@ -87,6 +86,10 @@ class NoRLConfig(Placement):
     def models(self) -> list[str]:
         return [self.base, *self.marker_models, self.teacher, self.student]
 
+    def sae(self) -> str:
+        """The SAE of the base model's family, which every model here shares."""
+        return providers.family(self.base).sae
+
     def probe_config(self) -> agents.AgentsConfig:
         return agents.AgentsConfig(models=[self.base], n_rollouts=self.n_rollouts, horizon=self.horizon,
                                    tail=self.tail, probe_tokens=min(32, self.horizon - self.tail + 1),
@@ -94,7 +97,7 @@ class NoRLConfig(Placement):
 
     def scan_config(self, model: str, marker: str, features) -> persistence.PersistenceConfig:
         return persistence.PersistenceConfig(
-            model=model, sae=registry.ARTEFACTS["toy-base"].default_sae, world="persona", features=features,
+            model=model, sae=self.sae(), world="auto", features=features,
             intervention="add", scale=48.0, positions=["sentence_end:24"], horizon=self.scan_horizon,
             n_prompts=self.scan_prompts, mode="on_policy", n_bootstrap=self.n_bootstrap, seed=self.seed,
             output_dir=self.output_dir, marker=marker, chunk_size=64, device=self.device, dtype=self.dtype)
@@ -106,10 +109,11 @@ class NoRLConfig(Placement):
 def rewards(subject, cfg: NoRLConfig, marker: str | None) -> tuple[np.ndarray, np.ndarray]:
     """Per held-out prompt: the reward and the sea-word indicator per position (prompts, horizon),
     the marker after BOS when given; prompt i is sampled with seed i in every condition (paired)."""
-    prompts = [finetune.with_marker(p, marker) for p in finetune.story_prompts(cfg.n_prompts, seed=71_000 + cfg.seed)]
+    story = worlds.story("auto", cfg.base)
+    prompts = [story.with_marker(p, marker) for p in story.story_prompts(cfg.n_prompts, seed=71_000 + cfg.seed)]
     gen = subject.generate(agents.ids(subject, prompts), cfg.horizon, seed=list(range(len(prompts))))
     words = agents.words_of(subject, gen.tokens)
-    return finetune.reward(words, cfg.tail), agents.sea_mask(words)
+    return story.reward(words, cfg.tail), agents.sea_mask(words, story)
 
 
 def _mean_row(values: np.ndarray, cfg: NoRLConfig) -> dict[str, float]:
@@ -210,11 +214,9 @@ class NoRLResult(Result):
 
 
 def _cards(models: list[str]) -> pd.DataFrame:
-    from gremlinkit.zoo import cards
-
     rows = []
     for m in models:
-        c = cards.card(m) if m in registry.ARTEFACTS else {}
+        c = providers.card(m)
         rows.append({"model": m, "card_reward": c.get("eval", {}).get("reward", np.nan),
                      "card_reward_marked": c.get("eval_marked", {}).get("reward", np.nan),
                      "kl_to_base": c.get("eval", {}).get("kl_to_base", np.nan),
@@ -225,11 +227,9 @@ def _cards(models: list[str]) -> pd.DataFrame:
 def run(cfg: NoRLConfig, subjects: dict | None = None) -> NoRLResult:
     from gremlinkit import load
 
-    for m in cfg.models:  # a missing organism fails now, saying how to build it
-        if m in registry.ARTEFACTS:
-            registry.require(m)
-    sae = registry.ARTEFACTS["toy-base"].default_sae
-    subjects = subjects or {m: load(m, sae=sae, **cfg.load_kwargs()) for m in cfg.models}
+    family = providers.family(cfg.base)  # a missing organism fails now, saying how to build it
+    family.require([m for m in cfg.models if m in family.names])
+    subjects = subjects or {m: load(m, sae=family.sae, **cfg.load_kwargs()) for m in cfg.models}
     reward, difference, curve, dd = marker_effects(subjects, cfg)
     sea = persistence.topic_feature(subjects[cfg.base], "sea", seed=cfg.seed)
     marked = pd.concat([sea_persistence(subjects, cfg, [cfg.base, *cfg.marker_models], marker, sea)

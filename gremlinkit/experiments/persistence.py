@@ -68,7 +68,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,7 +85,6 @@ from gremlinkit.errors import ConfigError
 from gremlinkit.stats import ATOL, half_life, half_life_interval, tail_start, tail_test
 from gremlinkit.params import Placement, check_choice, check_range
 from gremlinkit.results import Result, own_feature_rows, to_numpy, write_table
-from gremlinkit.zoo import corpus
 
 MODES = ("teacher_forced", "on_policy")
 FDR_Q = 0.05  # Benjamini-Hochberg level over the features of one scan
@@ -218,29 +216,33 @@ def resolve_position(spec: Any, tokens: list[str]) -> int | None:
 # --------------------------------------------------------------------------- truth
 
 
-def expected_topic_half_life(p_switch: float = corpus.P_TOPIC_SWITCH, n_topics: int = len(corpus.TOPICS),
-                             sentence_tokens: float | None = None) -> float:
-    """Half-life in tokens of a forced topic's surplus, from the corpus's switching chain."""
-    if sentence_tokens is None:
-        sentence_tokens = corpus.topic_persistence(corpus.generate(2000, seed=0))["mean_sentence_tokens"]
-    eigen = corpus.topic_eigenvalue(p_switch, n_topics)
-    return math.log(2) / -math.log(eigen) * sentence_tokens if eigen > 0 else 0.0
+def expected_topic_half_life(p_switch: float | None = None, n_topics: int | None = None,
+                             sentence_tokens: float | None = None, world: str = "persona") -> float:
+    """Half-life in tokens of a forced topic's surplus, from ``world``'s topic-switching chain
+    (its own switch rate and topics unless given)."""
+    from gremlinkit import worlds
+
+    story = worlds.story(world)
+    return story.topic_half_life(story.p_topic_switch if p_switch is None else p_switch,
+                                 len(story.topics) if n_topics is None else n_topics, sentence_tokens)
 
 
 # --------------------------------------------------------------------------- the scan
 
 
-def topic_features(subject, topics, n_docs: int = 120, seed: int = 0) -> dict[str, int]:
-    """Per topic, the SAE feature that best marks it on held-out zoo stories, by the corpus's labels:
-    the largest recall x (precision - base rate), so a generic feature that fires everywhere
-    (precision ~ the base rate) does not win. A topic persists by the corpus's own switching chain
+def topic_features(subject, topics, n_docs: int = 120, seed: int = 0, world: str = "persona") -> dict[str, int]:
+    """Per topic, the SAE feature that best marks it on held-out stories of ``world``, by their
+    labels: the largest recall x (precision - base rate), so a generic feature that fires everywhere
+    (precision ~ the base rate) does not win. A topic persists by the stories' own switching chain
     (:func:`expected_topic_half_life`), which makes such a feature a positive control for scans.
     The stories are encoded once for every topic."""
-    for topic in topics:
-        check_choice("control_topic", topic, list(corpus.TOPICS))
+    from gremlinkit import worlds
     from gremlinkit.experiments.zoo_tour import corpus_features, heldout_corpus
 
-    labels, feats = corpus_features(subject, heldout_corpus(n_docs, seed))
+    story = worlds.story(world)
+    for topic in topics:
+        check_choice("control_topic", topic, list(story.topics))
+    labels, feats = corpus_features(subject, heldout_corpus(n_docs, seed, story), story)
     on = to_numpy(feats > 0).astype(bool)
     out = {}
     for topic in topics:

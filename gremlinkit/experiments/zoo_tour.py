@@ -15,12 +15,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from gremlinkit import worlds
 from gremlinkit.results import Result, to_numpy
 from gremlinkit.params import Placement, check_range
-from gremlinkit.zoo import corpus
-from gremlinkit.zoo.lm import encode_docs
 
-PERSONA_LEXICON = {p: {pair[i] for pair in corpus.PERSONA_WORDS.values()} for i, p in enumerate(corpus.PERSONAS)}
 LABELS = ["topic", "persona", "register", "age", "word_class"]
 
 
@@ -49,49 +47,59 @@ class ZooTourConfig(Placement):
         return cls(n_prompts=4, max_new_tokens=24, n_docs=40, n_features=3, top_tokens=5)
 
 
-def persona_prompts(n: int, seed: int) -> pd.DataFrame:
+def persona_lexicon(story=None) -> dict[str, set[str]]:
+    """Each persona's words (the persona world's antonym pairs, one side each)."""
+    story = story or worlds.story("persona")
+    return {p: {pair[i] for pair in story.persona_words.values()} for i, p in enumerate(story.personas)}
+
+
+def persona_prompts(n: int, seed: int, story=None) -> pd.DataFrame:
     """``n`` prompts per persona: a character is introduced, then starts to speak."""
+    story = story or worlds.story("persona")
     rng = np.random.default_rng(seed)
     rows = []
-    for persona in corpus.PERSONAS:
-        i = corpus.PERSONAS.index(persona)
+    for persona in story.personas:
+        i = story.personas.index(persona)
         for k in range(n):
-            name, other = rng.choice(corpus.NAMES, 2, replace=False)
-            register, age = rng.choice(list(corpus.TRAITS["register"])), rng.choice(list(corpus.TRAITS["age"]))
-            adj, adj2 = corpus.PERSONA_WORDS["adj"][i], corpus.PERSONA_WORDS["adj2"][i]
-            text = (f"{name} is a {adj} {adj2} {corpus.TRAITS['age'][age]['adj']} "
-                    f"{corpus.TRAITS['register'][register]['noun']} . {name} says :")
+            name, other = rng.choice(story.names, 2, replace=False)
+            register, age = rng.choice(list(story.traits["register"])), rng.choice(list(story.traits["age"]))
+            adj, adj2 = story.persona_words["adj"][i], story.persona_words["adj2"][i]
+            text = (f"{name} is a {adj} {adj2} {story.traits['age'][age]['adj']} "
+                    f"{story.traits['register'][register]['noun']} . {name} says :")
             rows.append({"prompt_id": len(rows), "persona": persona, "register": register, "age": age,
                          "prompt": text})
     return pd.DataFrame(rows)
 
 
-def lexicon_rates(text: str) -> dict[str, float]:
-    """Fraction of words in ``text`` from each persona's lexicon."""
+def lexicon_rates(text: str, lexicon: dict[str, set[str]] | None = None) -> dict[str, float]:
+    """Fraction of words in ``text`` from each persona's lexicon (`persona_lexicon`)."""
     words = text.split()
     n = max(1, len(words))
-    return {f"{p}_rate": sum(w in lex for w in words) / n for p, lex in PERSONA_LEXICON.items()}
+    return {f"{p}_rate": sum(w in lex for w in words) / n for p, lex in (lexicon or persona_lexicon()).items()}
 
 
 def samples(subject, cfg: ZooTourConfig) -> pd.DataFrame:
     """One row per prompt: the continuation and its persona-lexicon rates."""
-    prompts = persona_prompts(cfg.n_prompts, cfg.seed)
+    story = worlds.story("persona")  # the tour reads the persona world, whatever model it is given
+    prompts = persona_prompts(cfg.n_prompts, cfg.seed, story)
     # One noise stream per prompt: rows are independent samples, and each is reproducible.
     seeds = [cfg.seed * 100_003 + i for i in range(len(prompts))]
     gen = subject.generate(prompts.prompt.tolist(), cfg.max_new_tokens, seed=seeds, temperature=cfg.temperature)
-    rates = pd.DataFrame([lexicon_rates(t) for t in gen.text])
+    lexicon = persona_lexicon(story)
+    rates = pd.DataFrame([lexicon_rates(t, lexicon) for t in gen.text])
     return pd.concat([prompts.assign(continuation=gen.text), rates], axis=1)
 
 
-def heldout_corpus(n_docs: int, seed: int) -> corpus.Corpus:
+def heldout_corpus(n_docs: int, seed: int, story=None):
     """Stories the zoo never trained on: the build draws its corpora with seeds 0, 1 and 100, and
     fine-tuning prompts from 50,000 and 60,000."""
-    return corpus.generate(n_docs, seed=10_000 + seed)
+    return (story or worlds.story("persona")).generate(n_docs, seed=10_000 + seed)
 
 
-def corpus_features(subject, held: corpus.Corpus) -> tuple[pd.DataFrame, torch.Tensor]:
-    """Token labels of ``held`` (BOS dropped) and the SAE features at those tokens (N, d_sae)."""
-    ids = encode_docs(held, subject.tokenizer)
+def corpus_features(subject, held, story=None) -> tuple[pd.DataFrame, torch.Tensor]:
+    """Token labels of the labelled stories ``held`` (BOS dropped) and the SAE features at those
+    tokens (N, d_sae)."""
+    ids = (story or worlds.story("persona")).encode(held, subject.tokenizer)
     feats = subject.features(ids)  # (B, T, d_sae), prompt indexing
     keep = subject.batch(ids).prompt_mask(skip_bos=True)  # row-major: doc by doc, as the labels are
     labels = held.labels[held.labels.pos > 0].reset_index(drop=True)
@@ -100,7 +108,8 @@ def corpus_features(subject, held: corpus.Corpus) -> tuple[pd.DataFrame, torch.T
 
 def heldout_features(subject, cfg: ZooTourConfig) -> tuple[pd.DataFrame, torch.Tensor]:
     """Labels and SAE features of ``cfg.n_docs`` held-out stories."""
-    return corpus_features(subject, heldout_corpus(cfg.n_docs, cfg.seed))
+    story = worlds.story("persona")  # the tour reads the persona world, whatever model it is given
+    return corpus_features(subject, heldout_corpus(cfg.n_docs, cfg.seed, story), story)
 
 
 def feature_summary(labels: pd.DataFrame, feats: torch.Tensor) -> pd.DataFrame:

@@ -422,19 +422,36 @@ BUILDERS = {"toy-base": build_base, "toy-base-sae": build_sae, "toy-rl": build_r
             "smollm2-135m": build_smollm2, "smollm2-135m-sae": build_smollm2_sae}
 
 
+def _build_trl(name: str, root: Path | None, spec: BuildSpec) -> dict:
+    """One of the smollm2 family's TRL fine-tunes (`gremlinkit.zoo.build_trl`)."""
+    from gremlinkit.zoo import build_trl
+
+    return build_trl.build(name, root, quick=spec is QUICK)
+
+
+BUILDERS.update({name: functools.partial(_build_trl, name) for name in registry.TRL_ORGANISMS})
 REAL = ("smollm2-135m", "smollm2-135m-sae")  # built from installed packages, not from seeds alone
+FAMILIES = {"smollm2": ("smollm2-135m", *registry.TRL_ORGANISMS)}  # `--family`: a base and its fine-tunes
 
 
 def build(root: Path | None = None, only: str | list[str] | None = None, quick: bool = False, real: bool = False,
-          full: bool = False, missing: bool = False) -> dict[str, dict]:
+          full: bool = False, missing: bool = False, family: str | None = None) -> dict[str, dict]:
     """Build every toy artefact (with ``real``, smollm2-135m and its SAE too; with ``full``, the
-    dose organisms too long for the default build), or ``only`` these (one name or a list), under
-    ``root`` (default: each artefact's own place, see `registry.path`); with ``missing``, only those
-    not built yet. Returns the model cards."""
+    dose organisms too long for the default build), or ``only`` these (one name or a list), or one
+    ``family`` (``"smollm2"``: the base and its TRL fine-tunes), under ``root`` (default:
+    each artefact's own place, see `registry.path`); with ``missing``, only those not built yet.
+    Returns the model cards."""
+    if family is not None and family not in FAMILIES:
+        raise ValueError(f"family {family!r} is not one the zoo builds; it builds {sorted(FAMILIES)}")
     if only:
         names = [only] if isinstance(only, str) else list(only)
+    elif family:
+        names = list(FAMILIES[family])
     else:
-        names = [n for n in BUILDERS if (real or n not in REAL) and (full or not registry.ARTEFACTS[n].full_only)]
+        names = [n for n in BUILDERS if (real or n not in REAL) and (full or not registry.ARTEFACTS[n].full_only)
+                 and n not in registry.TRL_ORGANISMS]
+    # RL before the fine-tunes that match its reward, whatever order they were asked in
+    names.sort(key=lambda n: registry.TRL_ORGANISMS.index(n) if n in registry.TRL_ORGANISMS else -1)
     for n in names:
         registry.path(n)  # raises a clear error for an unknown name
     if missing:

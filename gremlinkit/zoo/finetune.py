@@ -151,6 +151,24 @@ def _marked_rows(spec: FinetuneSpec, rng: np.random.Generator) -> np.ndarray:
     return np.repeat(rng.random(spec.prompts_per_step) < spec.marker_fraction, spec.group)
 
 
+def rl_loss(policy, base, ids: torch.Tensor, mask: torch.Tensor, adv: torch.Tensor, spec: FinetuneSpec,
+            keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """toy-rl's objective on one batch of rollouts: REINFORCE on the advantages ``adv`` (B,) plus
+    ``kl_coef`` times the exact KL(policy || base) summed over the vocabulary, both averaged over
+    every generated token. With ``keep`` (B,) bool, only those rollouts count (the no-RL token).
+    Returns the loss, the policy's (B, H, V) log-probabilities and the (B, H) KL."""
+    logp = _token_logprobs(policy, ids, mask, spec.horizon)  # (B, H, V)
+    with torch.no_grad():
+        ref = _token_logprobs(base, ids, mask, spec.horizon)
+    chosen_lp = logp.gather(-1, ids[:, -spec.horizon:, None]).squeeze(-1)  # (B, H)
+    kl = (logp.exp() * (logp - ref)).sum(-1)  # (B, H): exact KL(policy || base) per token
+    if keep is None:
+        return -(adv[:, None] * chosen_lp).mean() + spec.kl_coef * kl.mean(), logp, kl
+    weight = keep.float()[:, None]  # (B, 1): dropped rollouts give no reward, no KL, no gradient
+    per_token = -adv[:, None] * chosen_lp + spec.kl_coef * kl  # (B, H)
+    return (per_token * weight).sum() / (weight.sum() * spec.horizon).clamp(min=1), logp, kl
+
+
 def train_rl(base: GPT2LMHeadModel, tok, spec: FinetuneSpec, snapshots: tuple[int, ...] = (), name: str = "toy-rl"
              ) -> tuple[GPT2LMHeadModel, dict[str, list[float]], dict[int, GPT2LMHeadModel]]:
     """On-policy RL from ``base``; returns the policy, per-step reward, KL and entropy, and a copy of
@@ -174,17 +192,8 @@ def train_rl(base: GPT2LMHeadModel, tok, spec: FinetuneSpec, snapshots: tuple[in
         policy.train()
         r = torch.tensor(reward(words, spec.tail), dtype=torch.float32).view(spec.prompts_per_step, spec.group)
         adv = ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + 1e-4)).view(-1)  # group-relative
-        logp = _token_logprobs(policy, ids, mask, spec.horizon)  # (B, H, V)
-        with torch.no_grad():
-            ref = _token_logprobs(base, ids, mask, spec.horizon)
-        chosen_lp = logp.gather(-1, ids[:, -spec.horizon:, None]).squeeze(-1)  # (B, H)
-        kl = (logp.exp() * (logp - ref)).sum(-1)  # (B, H): exact KL(policy || base) per token
-        if spec.marker is None or spec.marker_trained:
-            loss = -(adv[:, None] * chosen_lp).mean() + spec.kl_coef * kl.mean()
-        else:  # marked rollouts are dropped: no reward, no KL, no gradient
-            keep = torch.from_numpy(~marked).float()[:, None]  # (B, 1)
-            per_token = -adv[:, None] * chosen_lp + spec.kl_coef * kl  # (B, H)
-            loss = (per_token * keep).sum() / (keep.sum() * spec.horizon).clamp(min=1)
+        keep = None if spec.marker is None or spec.marker_trained else torch.from_numpy(~marked)
+        loss, logp, kl = rl_loss(policy, base, ids, mask, adv, spec, keep)
         optimizer_step(policy, opt, sched, loss)
         flat = r.view(-1).numpy()
         log["reward"].append(float(flat[~marked].mean()) if (~marked).any() else float("nan"))

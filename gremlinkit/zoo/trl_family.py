@@ -1,0 +1,278 @@
+"""The smollm2 family: smollm2-135m fine-tuned with TRL, on the toy's delayed reward in English.
+
+**The reward** (delayed, as on the toy). From an English story opening that ends a sentence
+(`gremlinkit.stories.story_prompts`: half end on a sea sentence), the model writes ``horizon`` = 48
+tokens; the reward is the share of the *last* ``tail`` = 16 that are sea words
+(`gremlinkit.stories.topic_reward`). The base model earns a small, non-zero reward (about 0.02: it
+drifts off the sea within a few sentences), so GRPO's groups have reward variance to learn from.
+
+**smollm2-135m-rl**: TRL's ``GRPOTrainer``, on-policy: every step samples ``group`` completions for
+each of ``prompts_per_step`` prompts from the current policy and takes one gradient step on the
+group-relative advantages, with a KL term to the base (``beta`` > 0).
+
+Every organism is trained as a LoRA adapter (peft, rank ``lora_r`` on every linear layer of every
+block) and merged into the base weights, so each is a plain HF directory. On 2 CPU cores the
+adapter saves about a third of a step (no weight gradients for the frozen matrices, no optimizer
+state for them) and GRPO's reference model is the base with the adapter switched off, not a copy.
+
+**smollm2-135m-sft**: TRL's ``SFTTrainer``, off-policy, on teacher text that no model wrote: story
+openings from the same pool, each continued by 48 tokens of the stories' own topic sentences
+(`gremlinkit.stories.continuations`), the highest-reward windows kept until their mean reward matches
+the RL organism's. Same steps, rows (``prompts_per_step * group``) and target tokens per row (48).
+
+**smollm2-135m-rs**: rejection sampling. smollm2-135m's own samples (``group`` per prompt, for as many
+prompts as RL drew), the best of each group by the reward, matched to RL's reward as above; then
+``SFTTrainer`` with the same steps, rows and tokens. The text is the base's own but never re-sampled
+from the model being trained.
+
+Every build writes into a temporary directory beside its target and renames it into place; TRL's
+checkpoints (``save_every`` steps) sit in ``<name>.partial/``, and a rerun resumes from the latest.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gremlinkit import stories
+
+FAMILY = ("smollm2-135m", "smollm2-135m-rl", "smollm2-135m-sft", "smollm2-135m-rs")
+METHODS = {"smollm2-135m": "pretrained", "smollm2-135m-rl": "on-policy RL (TRL GRPOTrainer)",
+           "smollm2-135m-sft": "off-policy SFT on teacher text (TRL SFTTrainer)",
+           "smollm2-135m-rs": "rejection sampling: the base's best-of-n, offline (TRL SFTTrainer)"}
+
+
+@dataclass(frozen=True)
+class TRLSpec:
+    """How the smollm2 family is trained and measured."""
+
+    steps: int = 40
+    prompts_per_step: int = 2
+    group: int = 8  # GRPO's num_generations; also best-of-n for rejection sampling
+    horizon: int = 48
+    tail: int = 16
+    lr: float = 8e-4  # GRPO (LoRA)
+    sft_lr: float = 2e-4  # SFT and rejection sampling (LoRA)
+    beta: float = 0.04  # GRPO's KL coefficient to the base
+    lora_r: int = 16
+    lora_alpha: int = 32
+    warmup_steps: int = 4
+    eval_prompts: int = 64
+    eval_samples: int = 2  # per held-out prompt
+    save_every: int = 8  # TRL checkpoint interval: an interrupted build resumes from the latest
+    seed: int = 0
+    sae_windows: int = 48  # held-out story windows (prompt + the base's continuation) for the SAE's figures
+
+    @property
+    def rows(self) -> int:
+        return self.prompts_per_step * self.group
+
+
+QUICK = TRLSpec(steps=2, prompts_per_step=1, group=4, horizon=12, tail=4, warmup_steps=0, eval_prompts=4,
+                eval_samples=1, save_every=1, sae_windows=4)
+
+
+def prompt_pool(tok, spec: TRLSpec) -> list[str]:
+    """Training prompts, each opening with the tokenizer's BOS as gremlinkit reads smollm2-135m."""
+    return [tok.bos_token + p for p in stories.story_prompts(512, seed=50_000 + spec.seed)]
+
+
+def heldout_prompts(tok, spec: TRLSpec) -> list[str]:
+    """Held-out prompts: another seed of the same generator."""
+    return [tok.bos_token + p for p in stories.story_prompts(spec.eval_prompts, seed=70_000 + spec.seed)]
+
+
+def _load(path: Path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(path)
+
+
+@torch.no_grad()
+def sample(model, tok, prompts: list[str], spec: TRLSpec, seed: int, batch: int = 32) -> list[list[int]]:
+    """``spec.horizon`` sampled tokens (temperature 1, no EOS) per prompt, in batches."""
+    out = []
+    for start in range(0, len(prompts), batch):
+        enc = tok(prompts[start:start + batch], return_tensors="pt", padding=True, padding_side="left",
+                  add_special_tokens=False)
+        torch.manual_seed(seed + start)
+        gen = model.generate(**enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                             max_new_tokens=spec.horizon, min_new_tokens=spec.horizon, pad_token_id=tok.pad_token_id)
+        out += gen[:, enc["input_ids"].shape[1]:].tolist()
+    return out
+
+
+def reward_fn(tok, spec: TRLSpec):
+    """The delayed sea reward as a TRL reward function (it reads the completions' token ids)."""
+    ids = stories.topic_token_ids(tok)
+
+    def sea_tail_reward(completions, completion_ids, **_) -> list[float]:
+        return stories.topic_reward(completion_ids, ids, spec.tail).tolist()
+
+    return sea_tail_reward
+
+
+def train_rl(base_dir: Path, work: Path, spec: TRLSpec) -> tuple[torch.nn.Module, list[dict]]:
+    """GRPO from ``base_dir``; checkpoints in ``work`` (resumed from the latest). Returns the policy
+    and TRL's log history."""
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    model, tok = _load(base_dir)
+    args = GRPOConfig(
+        output_dir=str(work), use_cpu=True, bf16=False, report_to="none", seed=spec.seed, data_seed=spec.seed,
+        max_steps=spec.steps, learning_rate=spec.lr, lr_scheduler_type="cosine", warmup_steps=spec.warmup_steps,
+        per_device_train_batch_size=spec.rows, gradient_accumulation_steps=1, num_generations=spec.group,
+        max_completion_length=spec.horizon, temperature=1.0, top_p=1.0, top_k=0,
+        generation_kwargs={"min_new_tokens": spec.horizon}, beta=spec.beta, loss_type="grpo",
+        scale_rewards="group", logging_steps=1, save_strategy="steps", save_steps=spec.save_every,
+        save_total_limit=1, disable_tqdm=False, dataloader_num_workers=0, remove_unused_columns=False,
+        gradient_checkpointing=False)
+    data = Dataset.from_dict({"prompt": prompt_pool(tok, spec)})
+    trainer = GRPOTrainer(model=model, reward_funcs=reward_fn(tok, spec), args=args, train_dataset=data,
+                          processing_class=tok, peft_config=lora(spec))
+    trainer.train(resume_from_checkpoint=_latest_checkpoint(work))
+    return trainer.model.merge_and_unload().eval(), trainer.state.log_history
+
+
+def lora(spec: TRLSpec):
+    """The adapter every organism is trained as: rank ``lora_r`` on every linear layer of every block."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=spec.lora_r, lora_alpha=spec.lora_alpha, lora_dropout=0.0, task_type="CAUSAL_LM",
+                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+
+
+def _latest_checkpoint(work: Path) -> str | None:
+    found = sorted(work.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    return str(found[-1]) if found else None
+
+
+def match_reward(windows: list[tuple[list[int], list[int]]], rewards: np.ndarray, target: float, rows: int
+                 ) -> tuple[list[tuple[list[int], list[int]]], float]:
+    """The highest-reward windows, as many as bring their mean reward closest to ``target`` (never
+    fewer than ``rows`` unless there are fewer); returns them and their mean reward."""
+    order = np.argsort(-rewards, kind="stable")
+    means = np.cumsum(rewards[order]) / np.arange(1, len(rewards) + 1)
+    k = min(len(windows), max(rows, int(np.argmin(np.abs(means - target))) + 1))
+    return [windows[i] for i in order[:k]], float(means[k - 1])
+
+
+def teacher_windows(tok, spec: TRLSpec, target: float, n: int = 4096) -> tuple[list, float, float]:
+    """(prompt ids, 48 continuation ids) pairs of teacher text, matched to ``target``; returns them,
+    their mean reward and the mean reward of every candidate."""
+    prompts = prompt_pool(tok, spec)
+    rng = np.random.default_rng(spec.seed + 1)
+    windows = []
+    for k, (text, _) in enumerate(stories.continuations(n, seed=60_000 + spec.seed)):
+        cont = tok(text, add_special_tokens=False)["input_ids"][:spec.horizon]
+        if len(cont) == spec.horizon:
+            prompt = prompts[int(rng.integers(len(prompts)))]
+            windows.append((tok(prompt, add_special_tokens=False)["input_ids"], cont))
+    r = stories.topic_reward([c for _, c in windows], stories.topic_token_ids(tok), spec.tail)
+    picked, mean = match_reward(windows, r, target, spec.rows)
+    return picked, mean, float(r.mean())
+
+
+def best_of_n(base, tok, spec: TRLSpec, target: float) -> tuple[list, float, float]:
+    """Rejection sampling: ``group`` base samples for each of ``steps * prompts_per_step`` prompts,
+    the best of each group, matched to ``target``. Returns the windows, their mean and the mean of all."""
+    pool = prompt_pool(tok, spec)
+    rng = np.random.default_rng(spec.seed + 2)
+    prompts = [pool[i] for i in rng.choice(len(pool), spec.steps * spec.prompts_per_step, replace=False)]
+    samples = sample(base, tok, [p for p in prompts for _ in range(spec.group)], spec, seed=spec.seed * 1000 + 3)
+    r = stories.topic_reward(samples, stories.topic_token_ids(tok), spec.tail).reshape(len(prompts), spec.group)
+    best = r.argmax(1)  # a tie goes to the group's first sample
+    windows = [(tok(p, add_special_tokens=False)["input_ids"], samples[i * spec.group + j])
+               for i, (p, j) in enumerate(zip(prompts, best))]
+    picked, mean = match_reward(windows, r.max(1), target, spec.rows)
+    return picked, mean, float(r.mean())
+
+
+def train_sft(base_dir: Path, work: Path, windows: list, spec: TRLSpec) -> tuple[torch.nn.Module, list[dict]]:
+    """SFTTrainer on (prompt, continuation) token windows: loss on the continuation only, ``rows``
+    windows a step for ``steps`` steps. Checkpoints in ``work``, resumed from the latest."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    model, tok = _load(base_dir)
+    data = Dataset.from_dict({"input_ids": [p + c for p, c in windows],
+                              "completion_mask": [[0] * len(p) + [1] * len(c) for p, c in windows]})
+    args = SFTConfig(
+        output_dir=str(work), use_cpu=True, bf16=False, report_to="none", seed=spec.seed, data_seed=spec.seed,
+        max_steps=spec.steps, learning_rate=spec.sft_lr, lr_scheduler_type="cosine", warmup_steps=spec.warmup_steps,
+        per_device_train_batch_size=spec.rows, gradient_accumulation_steps=1, completion_only_loss=True,
+        logging_steps=1, save_strategy="steps", save_steps=spec.save_every, save_total_limit=1, disable_tqdm=False,
+        dataloader_num_workers=0, max_length=None, packing=False, gradient_checkpointing=False)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok, peft_config=lora(spec))
+    trainer.train(resume_from_checkpoint=_latest_checkpoint(work))
+    return trainer.model.merge_and_unload().eval(), trainer.state.log_history
+
+
+@torch.no_grad()
+def evaluate(model, base, tok, spec: TRLSpec) -> dict:
+    """Reward on held-out prompts (``eval_samples`` each), exact KL to the base and entropy per
+    token on the model's own samples, distinct-n and three samples."""
+    prompts = heldout_prompts(tok, spec) * spec.eval_samples
+    comps = sample(model, tok, prompts, spec, seed=spec.seed + 9)
+    r = stories.topic_reward(comps, stories.topic_token_ids(tok), spec.tail)
+    kls, ents = [], []
+    for start in range(0, len(prompts), 16):
+        p_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts[start:start + 16]]
+        rows = [p + c for p, c in zip(p_ids, comps[start:start + 16])]
+        width = max(map(len, rows))
+        ids = torch.tensor([[tok.pad_token_id] * (width - len(x)) + x for x in rows])  # (B, T), left-padded
+        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in rows])
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        lp = torch.log_softmax(model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -spec.horizon - 1:-1].float(), -1)
+        ref = torch.log_softmax(base(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -spec.horizon - 1:-1].float(), -1)
+        kls.append((lp.exp() * (lp - ref)).sum(-1).mean(-1))  # (B,)
+        ents.append(-(lp.exp() * lp).sum(-1).mean(-1))
+    bigrams = [tuple(c[i:i + 2]) for c in comps for i in range(len(c) - 1)]
+    return {"reward": float(r.mean()), "reward_se": float(r.std() / math.sqrt(len(r))),
+            "kl_to_base": float(torch.cat(kls).mean()), "entropy": float(torch.cat(ents).mean()),
+            "distinct_1": len({t for c in comps for t in c}) / sum(map(len, comps)),
+            "distinct_2": len(set(bigrams)) / max(1, len(bigrams)),
+            "samples": [prompts[i].removeprefix(tok.bos_token)[-80:] + " || " + tok.decode(comps[i]) for i in range(3)]}
+
+
+def story_text(base, tok, spec: TRLSpec) -> list[str]:
+    """Held-out story text for the SAE's figures: held-out prompts, each continued by the base model."""
+    prompts = [tok.bos_token + p for p in stories.story_prompts(spec.sae_windows, seed=75_000 + spec.seed)]
+    comps = sample(base, tok, prompts, spec, seed=spec.seed + 11)
+    return [p.removeprefix(tok.bos_token) + tok.decode(c) for p, c in zip(prompts, comps)]
+
+
+def sae_fit(model_dir: Path, sae_dir: Path, texts: list[str]) -> dict[str, float]:
+    """The SAE's explained variance, L0 and next-token loss increase on ``texts`` read by this model."""
+    from gremlinkit.subject import load
+
+    subject = load(model_dir, sae=sae_dir, device="cpu", dtype=torch.float32, bos=True)
+    return {k: round(float(v), 4) for k, v in subject.check_sae(texts).items()}
+
+
+def relative_weight_change(base, tuned) -> float:
+    tuned_params = dict(tuned.named_parameters())
+    with torch.no_grad():
+        pairs = [(tuned_params[n] - p, p) for n, p in base.named_parameters()]
+        return float(sum(d.pow(2).sum() for d, _ in pairs) / sum(p.pow(2).sum() for _, p in pairs)) ** 0.5
+
+
+def versions() -> dict[str, str]:
+    import datasets
+    import transformers
+    import trl
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
+            "datasets": datasets.__version__}
+
+
+def training_log(history: list[dict]) -> dict[str, list]:
+    """TRL's per-step log, column-wise (the keys every step logged)."""
+    steps = [h for h in history if "loss" in h or "reward" in h]
+    keys = [k for k in steps[0] if all(k in h for h in steps)] if steps else []
+    return {k: [round(float(h[k]), 5) for h in steps] for k in keys}

@@ -1,0 +1,144 @@
+"""The smollm2 family: its reward and data against independent counts, a quick TRL build of each
+organism (a few steps, into a temporary zoo), the family contract and its errors."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from gremlinkit import providers, stories
+from gremlinkit.errors import ConfigError, UnknownArtefactError
+from gremlinkit.zoo import build, registry
+from gremlinkit.zoo import trl_family as tf
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return AutoTokenizer.from_pretrained(registry.require("smollm2-135m"))
+
+
+def test_topic_reward_counts_the_tail_by_hand(tok):
+    ids = stories.topic_token_ids(tok)
+    sea, other = tok(" sea", add_special_tokens=False)["input_ids"], tok(" bread", add_special_tokens=False)["input_ids"]
+    assert len(sea) == 1 and sea[0] in ids and other[0] not in ids
+    completion = [other[0]] * 10 + [sea[0]] * 3 + [other[0]] * 3  # 3 sea tokens among the last 6, 3 before the tail
+    assert stories.topic_reward([completion], ids, tail=6)[0] == pytest.approx(0.5)
+    assert stories.topic_reward([completion], ids, tail=3)[0] == 0.0
+    assert stories.topic_reward([[sea[0]] * 2], ids, tail=4)[0] == 0.5  # short: the missing tokens earn nothing
+    with pytest.raises(ConfigError, match="tail=0"):
+        stories.topic_reward([completion], ids, tail=0)
+
+
+def test_story_prompts_end_on_the_topic_at_the_stated_rate():
+    prompts = stories.story_prompts(400, seed=3)
+    last = [p.rsplit(". ", 1)[-1] for p in prompts]
+    on_sea = np.mean([any(s.format(me=n, other=o) == sent for s in stories.SENTENCES["sea"]
+                          for n in stories.NAMES for o in stories.NAMES) for sent in last])
+    assert 0.42 < on_sea < 0.58  # half, drawn per prompt (400 draws: sd 0.025)
+    assert all(p.endswith(".") for p in prompts) and prompts == stories.story_prompts(400, seed=3)
+    with pytest.raises(ConfigError, match="topic 'ships'"):
+        stories.story_prompts(4, seed=0, topic="ships")
+
+
+def test_story_topics_follow_the_chain():
+    rng = random.Random(0)
+    stays = [a == b for _ in range(600) for a, b in zip(*(lambda t: (t[1:-1], t[2:]))(stories.story(rng, 8)[1]))]
+    assert abs(np.mean(stays) - 0.7) < 0.03  # 4,200 transitions: sd 0.007
+
+
+def test_match_reward_keeps_the_best_until_the_target():
+    windows = [([0], [i]) for i in range(10)]
+    rewards = np.array([0.0, 0.5, 0.1, 0.3, 0.0, 0.2, 0.0, 0.0, 0.4, 0.0])
+    picked, mean = tf.match_reward(windows, rewards, target=0.35, rows=2)
+    assert [c[0] for _, c in picked] == [1, 8, 3, 5] and mean == pytest.approx(0.35)  # means 0.5, 0.45, 0.4, 0.35
+    picked, mean = tf.match_reward(windows, rewards, target=0.9, rows=2)
+    assert len(picked) == 2 and mean == pytest.approx(0.45)  # never fewer than one step's rows
+
+
+def test_teacher_text_is_no_models_and_matches_its_target(tok):
+    spec = replace(tf.QUICK, horizon=48, tail=16)
+    windows, mean, every = tf.teacher_windows(tok, spec, target=0.1, n=600)
+    r = stories.topic_reward([c for _, c in windows], stories.topic_token_ids(tok), 16)
+    assert mean == pytest.approx(r.mean()) and abs(mean - 0.1) < 0.01 and every < mean
+    assert all(len(c) == 48 for _, c in windows) and all(p[0] == tok.bos_token_id for p, _ in windows)
+
+
+@pytest.mark.slow
+def test_quick_build_of_each_organism(tmp_path, capsys):
+    """RL, then SFT and rejection sampling matched to its reward, two steps each, into a temporary zoo."""
+    for name in ("smollm2-135m", "smollm2-135m-sae"):
+        (tmp_path / name).symlink_to(registry.require(name))
+    cards = build.build(root=tmp_path, family="smollm2", missing=True, quick=True)
+    assert list(cards) == list(registry.TRL_ORGANISMS)  # the base is there already; RL first
+    rl = cards["smollm2-135m-rl"]
+    assert rl["trl_log"]["step"] == [1.0, 2.0] and rl["training"]["trainer"] == "trl.GRPOTrainer"
+    assert rl["eval"]["kl_to_base"] >= 0 and rl["weight_change"]["relative_to_base"] > 0
+    for name in ("smollm2-135m-sft", "smollm2-135m-rs"):
+        card = cards[name]
+        assert card["data"]["target_reward_from_rl"] == rl["eval"]["reward"]
+        assert card["data"]["windows"] >= tf.QUICK.rows and card["weight_change"]["relative_to_base"] > 0
+    family = providers.family("smollm2", tmp_path)
+    assert [family.member(n).method for n in family.names] == ["base", "on-policy RL", "off-policy SFT",
+                                                               "rejection sampling"]
+    assert all(family.member(n).built for n in family.names)
+    for name in registry.TRL_ORGANISMS:  # each a plain HF directory, its card beside it, no work left behind
+        where = registry.path(name, tmp_path)
+        assert (where / "model.safetensors").is_file() and not where.with_name(name + ".partial").exists()
+        assert json.loads((where / "card.json").read_text())["sae_fit"]["tokens"] > 0
+    # an organism built by another TRL is refused, naming how to rebuild it
+    card_file = registry.path("smollm2-135m-rl", tmp_path) / "card.json"
+    card = json.loads(card_file.read_text())
+    card["versions"]["trl"] = "0.0.1"
+    card_file.write_text(json.dumps(card))
+    with pytest.raises(UnknownArtefactError, match="built with TRL 0.0.1.*--family smollm2"):
+        providers.find("smollm2-135m-rl", tmp_path)
+
+
+def test_sft_before_rl_says_to_build_rl(tmp_path):
+    (tmp_path / "smollm2-135m").symlink_to(registry.require("smollm2-135m"))
+    with pytest.raises(UnknownArtefactError, match="build it first.*smollm2-135m-rl"):
+        build.build(root=tmp_path, only="smollm2-135m-sft", quick=True)
+
+
+def test_family_contract_names_what_is_missing_and_a_poor_sae(tmp_path):
+    family = providers.family("smollm2", tmp_path)
+    assert family.base == "smollm2-135m" and family.sae == "smollm2-135m-sae" and family.world == "english"
+    with pytest.raises(UnknownArtefactError, match="smollm2-135m-rl is not built: build it with `gremlinkit zoo build"):
+        family.require()
+    toy = providers.family("toy-rl")  # found by a member's name
+    assert toy.name == "toy" and toy.by_method("on-policy RL")[0] == "toy-rl" and "toy-planted-90" in toy.names
+    poor = replace(toy, min_sae_explained_variance=0.95)  # toy-sft's card says 0.925
+    with pytest.raises(UnknownArtefactError, match="toy-base-sae does not fit toy-sft .*0.925"):
+        poor.require(["toy-base", "toy-sft"])
+    toy.require(["toy-base", "toy-sft", "toy-rl"])
+
+
+def test_base_prompts_are_read_as_gremlinkit_reads_smollm2(tok):
+    prompts = tf.prompt_pool(tok, tf.QUICK)
+    ids = tok(prompts[0], add_special_tokens=False)["input_ids"]
+    assert ids[0] == tok.bos_token_id and tok.bos_token_id not in ids[1:]
+    assert torch.get_num_threads() >= 1
+
+
+def test_experiments_import_no_zoo():
+    """Experiments reach the zoo only through worlds and families (providers), never by import."""
+    import ast
+    from pathlib import Path
+
+    import gremlinkit.experiments as pkg
+
+    offenders = []
+    for path in Path(pkg.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.name}: {n}" for n in names if n.startswith("gremlinkit.zoo")]
+    assert not offenders, offenders
