@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast test-organisms zoo real-model organisms benchmark mutation clean-venv
+.PHONY: demo test test-fast test-organisms zoo real-model organisms real-organisms benchmark mutation clean-venv
 
 # uv installs the same pinned set as pip would, several times faster. It does not read pip's
 # configuration, so pip's find-links (where a local torch wheel may lie) is passed on to it.
@@ -27,6 +27,11 @@ real-model: $(STAMP)
 # once into the same cache, from seeds (9.4 minutes on 2 cores).
 organisms: $(STAMP)
 	$(PY) -m gremlinkit zoo build --missing
+
+# The smollm2 family: smollm2-135m fine-tuned with TRL (GRPO, SFT, rejection sampling), built once
+# into the cache (about 45 minutes on 2 cores); an interrupted build resumes from TRL's checkpoints.
+real-organisms: real-model
+	$(PY) -m gremlinkit zoo build --family smollm2 --missing
 
 demo: real-model organisms
 	$(PY) -m gremlinkit demo --notebooks notebooks --runs runs

@@ -28,10 +28,11 @@ def _work(name: str, root: Path | None) -> Path:
 
 @functools.lru_cache(maxsize=2)
 def _base_facts(base_dir: Path, sae_dir: Path, spec: tf.TRLSpec) -> tuple[dict, tuple[str, ...]]:
-    """The base model's held-out evaluation and the held-out story text the SAE is measured on
-    (computed once per build)."""
+    """The base model's held-out evaluation (with the SAE's fit on it) and the held-out story text
+    the SAE is measured on (computed once per build)."""
     base, tok = tf._load(base_dir)
-    return tf.evaluate(base, base, tok, spec), tuple(tf.story_text(base, tok, spec))
+    texts = tuple(tf.story_text(base, tok, spec))
+    return {**tf.evaluate(base, base, tok, spec), "sae_fit": tf.sae_fit(base_dir, sae_dir, list(texts))}, texts
 
 
 def _card(name: str, spec: tf.TRLSpec, ev: dict, base_ev: dict, log: list[dict], change: float, seconds: float,

@@ -50,7 +50,7 @@ METHODS = {"smollm2-135m": "pretrained", "smollm2-135m-rl": "on-policy RL (TRL G
 class TRLSpec:
     """How the smollm2 family is trained and measured."""
 
-    steps: int = 40
+    steps: int = 20
     prompts_per_step: int = 2
     group: int = 8  # GRPO's num_generations; also best-of-n for rejection sampling
     horizon: int = 48
@@ -63,7 +63,7 @@ class TRLSpec:
     warmup_steps: int = 4
     eval_prompts: int = 64
     eval_samples: int = 2  # per held-out prompt
-    save_every: int = 8  # TRL checkpoint interval: an interrupted build resumes from the latest
+    save_every: int = 5  # TRL checkpoint interval: an interrupted build resumes from the latest
     seed: int = 0
     sae_windows: int = 48  # held-out story windows (prompt + the base's continuation) for the SAE's figures
 
@@ -72,8 +72,8 @@ class TRLSpec:
         return self.prompts_per_step * self.group
 
 
-QUICK = TRLSpec(steps=2, prompts_per_step=1, group=4, horizon=12, tail=4, warmup_steps=0, eval_prompts=4,
-                eval_samples=1, save_every=1, sae_windows=4)
+QUICK = TRLSpec(steps=2, prompts_per_step=1, group=2, horizon=8, tail=4, warmup_steps=0, eval_prompts=2,
+                eval_samples=1, save_every=1, sae_windows=2)  # the tests' build: a few steps of each trainer
 
 
 def prompt_pool(tok, spec: TRLSpec) -> list[str]:
