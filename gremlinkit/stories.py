@@ -91,7 +91,8 @@ def _check_topic(topic: str) -> None:
         raise ConfigError(f"topic {topic!r} is not one of the story topics {list(TOPICS)}")
 
 
-def story(rng: random.Random, sentences: int, stay: float = 0.7, first: str | None = None) -> tuple[list[str], list[str]]:
+def story(rng: random.Random, sentences: int, stay: float = 0.7, first: str | None = None
+          ) -> tuple[list[str], list[str]]:
     """One story: an introduction, then ``sentences`` topic sentences whose topic stays with
     probability ``stay``. Returns (sentences, their topics; the introduction's is ``"none"``)."""
     me, other = rng.sample(NAMES, 2)

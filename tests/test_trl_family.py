@@ -9,7 +9,6 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
 from transformers import AutoTokenizer
 
 from gremlinkit import providers, stories
@@ -27,7 +26,7 @@ def tok():
 
 def test_topic_reward_counts_the_tail_by_hand(tok):
     ids = stories.topic_token_ids(tok)
-    sea, other = tok(" sea", add_special_tokens=False)["input_ids"], tok(" bread", add_special_tokens=False)["input_ids"]
+    sea, other = (tok(w, add_special_tokens=False)["input_ids"] for w in (" sea", " bread"))
     assert len(sea) == 1 and sea[0] in ids and other[0] not in ids
     completion = [other[0]] * 10 + [sea[0]] * 3 + [other[0]] * 3  # 3 sea tokens among the last 6, 3 before the tail
     assert stories.topic_reward([completion], ids, tail=6)[0] == pytest.approx(0.5)
@@ -71,37 +70,6 @@ def test_teacher_text_is_no_models_and_matches_its_target(tok):
     assert all(len(c) == 48 for _, c in windows) and all(p[0] == tok.bos_token_id for p, _ in windows)
 
 
-@pytest.mark.slow
-def test_quick_build_of_each_organism(tmp_path, capsys):
-    """RL, then SFT and rejection sampling matched to its reward, two steps each, into a temporary zoo."""
-    for name in ("smollm2-135m", "smollm2-135m-sae"):
-        (tmp_path / name).symlink_to(registry.require(name))
-    cards = build.build(root=tmp_path, family="smollm2", missing=True, quick=True)
-    assert list(cards) == list(registry.TRL_ORGANISMS)  # the base is there already; RL first
-    rl = cards["smollm2-135m-rl"]
-    assert rl["trl_log"]["step"] == [1.0, 2.0] and rl["training"]["trainer"] == "trl.GRPOTrainer"
-    assert rl["eval"]["kl_to_base"] >= 0 and rl["weight_change"]["relative_to_base"] > 0
-    for name in ("smollm2-135m-sft", "smollm2-135m-rs"):
-        card = cards[name]
-        assert card["data"]["target_reward_from_rl"] == rl["eval"]["reward"]
-        assert card["data"]["windows"] >= tf.QUICK.rows and card["weight_change"]["relative_to_base"] > 0
-    family = providers.family("smollm2", tmp_path)
-    assert [family.member(n).method for n in family.names] == ["base", "on-policy RL", "off-policy SFT",
-                                                               "rejection sampling"]
-    assert all(family.member(n).built for n in family.names)
-    for name in registry.TRL_ORGANISMS:  # each a plain HF directory, its card beside it, no work left behind
-        where = registry.path(name, tmp_path)
-        assert (where / "model.safetensors").is_file() and not where.with_name(name + ".partial").exists()
-        assert json.loads((where / "card.json").read_text())["sae_fit"]["tokens"] > 0
-    # an organism built by another TRL is refused, naming how to rebuild it
-    card_file = registry.path("smollm2-135m-rl", tmp_path) / "card.json"
-    card = json.loads(card_file.read_text())
-    card["versions"]["trl"] = "0.0.1"
-    card_file.write_text(json.dumps(card))
-    with pytest.raises(UnknownArtefactError, match="built with TRL 0.0.1.*--family smollm2"):
-        providers.find("smollm2-135m-rl", tmp_path)
-
-
 def test_sft_before_rl_says_to_build_rl(tmp_path):
     (tmp_path / "smollm2-135m").symlink_to(registry.require("smollm2-135m"))
     with pytest.raises(UnknownArtefactError, match="build it first.*smollm2-135m-rl"):
@@ -125,7 +93,6 @@ def test_base_prompts_are_read_as_gremlinkit_reads_smollm2(tok):
     prompts = tf.prompt_pool(tok, tf.QUICK)
     ids = tok(prompts[0], add_special_tokens=False)["input_ids"]
     assert ids[0] == tok.bos_token_id and tok.bos_token_id not in ids[1:]
-    assert torch.get_num_threads() >= 1
 
 
 def test_experiments_import_no_zoo():
@@ -142,3 +109,76 @@ def test_experiments_import_no_zoo():
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             offenders += [f"{path.name}: {n}" for n in names if n.startswith("gremlinkit.zoo")]
     assert not offenders, offenders
+
+
+def _weights(directory) -> str:
+    import hashlib
+
+    return hashlib.sha256((directory / "model.safetensors").read_bytes()).hexdigest()
+
+
+def _zoo(root):
+    root.mkdir()
+    for name in ("smollm2-135m", "smollm2-135m-sae"):
+        (root / name).symlink_to(registry.require(name))
+    return root
+
+
+def _killed_rl_build(root) -> None:
+    """Start the quick RL build in a fresh process and SIGKILL it once its first TRL checkpoint is written."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cmd = [sys.executable, "-m", "gremlinkit", "zoo", "build", "--quick", "--only", "smollm2-135m-rl",
+           "--out", str(root)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    work = root / "smollm2-135m-rl.partial" / "trainer"
+    deadline = time.time() + 300
+    while not list(work.glob("checkpoint-1/trainer_state.json")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert list(work.glob("checkpoint-1")), "the build never reached its first checkpoint"
+
+
+@pytest.mark.slow
+def test_quick_build_of_each_organism_and_a_killed_build_resumes(tmp_path):
+    """RL, then SFT and rejection sampling matched to its reward, two steps each, into a temporary
+    zoo; and an RL build killed after its first checkpoint leaves nothing `load` accepts, then
+    resumes to the same weights as the build that was never stopped."""
+    root = _zoo(tmp_path / "whole")
+    cards = build.build(root=root, family="smollm2", missing=True, quick=True)
+    assert list(cards) == list(registry.TRL_ORGANISMS)  # the base is there already; RL first
+    rl = cards["smollm2-135m-rl"]
+    assert rl["trl_log"]["step"] == [1.0, 2.0] and rl["training"]["trainer"] == "trl.GRPOTrainer"
+    assert rl["eval"]["kl_to_base"] >= 0 and rl["weight_change"]["relative_to_base"] > 0
+    for name in ("smollm2-135m-sft", "smollm2-135m-rs"):
+        card = cards[name]
+        assert card["data"]["target_reward_from_rl"] == rl["eval"]["reward"]
+        assert card["data"]["windows"] >= 1 and card["weight_change"]["relative_to_base"] > 0
+    family = providers.family("smollm2", root)
+    assert [family.member(n).method for n in family.names] == ["base", "on-policy RL", "off-policy SFT",
+                                                               "rejection sampling"]
+    assert all(family.member(n).built for n in family.names)
+    for name in registry.TRL_ORGANISMS:  # each a plain HF directory, its card beside it, no work left behind
+        where = registry.path(name, root)
+        assert (where / "model.safetensors").is_file() and not where.with_name(name + ".partial").exists()
+        assert json.loads((where / "card.json").read_text())["sae_fit"]["tokens"] > 0
+
+    killed = _zoo(tmp_path / "killed")
+    _killed_rl_build(killed)
+    with pytest.raises(UnknownArtefactError, match="not built"):
+        registry.require("smollm2-135m-rl", killed)
+    build.build(root=killed, only="smollm2-135m-rl", quick=True)
+    assert _weights(registry.path("smollm2-135m-rl", killed)) == _weights(registry.path("smollm2-135m-rl", root))
+
+    # an organism built by another TRL is refused, naming how to rebuild it
+    card_file = registry.path("smollm2-135m-rl", root) / "card.json"
+    card = json.loads(card_file.read_text())
+    card["versions"]["trl"] = "0.0.1"
+    card_file.write_text(json.dumps(card))
+    with pytest.raises(UnknownArtefactError, match="built with TRL 0.0.1.*--family smollm2"):
+        providers.find("smollm2-135m-rl", root)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -45,7 +46,7 @@ def _card(name: str, spec: tf.TRLSpec, ev: dict, base_ev: dict, log: list[dict],
                                  "ending a sentence (half end on a sea sentence); temperature 1",
                    "horizon": spec.horizon, "tail": spec.tail,
                    "why_these_prompts": "the base earns a small non-zero reward on them, so GRPO's groups vary"},
-        "training": {"steps": spec.steps, "rows_per_step": spec.rows, "target_tokens_per_row": spec.horizon,
+        "training": {"steps": _steps(log), "rows_per_step": spec.rows, "target_tokens_per_row": spec.horizon,
                      "lr": lr, "seed": spec.seed, "adapter": f"LoRA r={spec.lora_r} alpha={spec.lora_alpha} on "
                      "every linear layer, merged", **extra},
         "eval": {k: v for k, v in ev.items() if k != "samples"},
@@ -55,6 +56,11 @@ def _card(name: str, spec: tf.TRLSpec, ev: dict, base_ev: dict, log: list[dict],
         "trl_log": tf.training_log(log),
         "versions": tf.versions(), "build_seconds": {name: round(seconds, 1)},
     }
+
+
+def _steps(log: list[dict]) -> int:
+    """The optimizer steps a trainer took (RL may stop before its most steps, `trl_family.StopAtReward`)."""
+    return int(max((h.get("step", 0) for h in log), default=0))
 
 
 def _save(name: str, root: Path | None, model, tok, card: dict, texts: tuple[str, ...]) -> dict:
@@ -93,7 +99,8 @@ def build_rl(root: Path | None, spec: tf.TRLSpec) -> dict:
     card = _card(name, spec, tf.evaluate(policy, base, tok, spec), base_ev, log,
                  tf.relative_weight_change(base, policy), time.time() - t0, spec.lr,
                  {"trainer": "trl.GRPOTrainer", "beta": spec.beta, "num_generations": spec.group,
-                  "loss_type": "grpo", "scale_rewards": "group"})
+                  "loss_type": "grpo", "scale_rewards": "group", "max_steps": spec.steps,
+                  "stop": f"once the training reward over {spec.target_window} steps reached {spec.target_reward}"})
     return _save(name, root, policy, tok, card, texts)
 
 
@@ -103,9 +110,9 @@ def _build_offline(name: str, root: Path | None, spec: tf.TRLSpec, windows_of) -
     base_dir, rl = registry.require(BASE, root), _rl_card(root, name)
     base_ev, texts = _base_facts(base_dir, registry.require(SAE, root), spec)
     base, tok = tf._load(base_dir)
-    target = rl["eval"]["reward"]
-    windows, mean, every = windows_of(base, tok, spec, target)
-    model, log = tf.train_sft(base_dir, _work(name, root) / "trainer", windows, spec)
+    target, same = rl["eval"]["reward"], replace(spec, steps=rl["training"]["steps"])  # RL's steps, rows, tokens
+    windows, mean, every = windows_of(base, tok, same, target)
+    model, log = tf.train_sft(base_dir, _work(name, root) / "trainer", windows, same)
     card = _card(name, spec, tf.evaluate(model, base, tok, spec), base_ev, log,
                  tf.relative_weight_change(base, model), time.time() - t0, spec.sft_lr,
                  {"trainer": "trl.SFTTrainer", "loss": "next-token cross-entropy on the continuation only"})

@@ -31,12 +31,14 @@ checkpoints (``save_every`` steps) sit in ``<name>.partial/``, and a rerun resum
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import TrainerCallback
 
 from gremlinkit import stories
 
@@ -50,7 +52,9 @@ METHODS = {"smollm2-135m": "pretrained", "smollm2-135m-rl": "on-policy RL (TRL G
 class TRLSpec:
     """How the smollm2 family is trained and measured."""
 
-    steps: int = 20
+    steps: int = 40  # RL's most steps (its cosine schedule's length); SFT and RS take as many as RL took
+    target_reward: float | None = 0.12  # RL stops once its training reward, averaged over
+    target_window: int = 4  # ... this many steps, reaches it (None: always ``steps``)
     prompts_per_step: int = 2
     group: int = 8  # GRPO's num_generations; also best-of-n for rejection sampling
     horizon: int = 48
@@ -72,7 +76,7 @@ class TRLSpec:
         return self.prompts_per_step * self.group
 
 
-QUICK = TRLSpec(steps=2, prompts_per_step=1, group=2, horizon=8, tail=4, warmup_steps=0, eval_prompts=2,
+QUICK = TRLSpec(steps=2, target_reward=None, prompts_per_step=1, group=2, horizon=8, tail=4, warmup_steps=0, eval_prompts=2,
                 eval_samples=1, save_every=1, sae_windows=2)  # the tests' build: a few steps of each trainer
 
 
@@ -86,10 +90,16 @@ def heldout_prompts(tok, spec: TRLSpec) -> list[str]:
     return [tok.bos_token + p for p in stories.story_prompts(spec.eval_prompts, seed=70_000 + spec.seed)]
 
 
+def device() -> str:
+    """Where the family is trained and measured: CUDA when there is a GPU (TRL's own choice too), else the CPU."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _load(path: Path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device()).eval()
+    return model, AutoTokenizer.from_pretrained(path)
 
 
 @torch.no_grad()
@@ -98,7 +108,7 @@ def sample(model, tok, prompts: list[str], spec: TRLSpec, seed: int, batch: int 
     out = []
     for start in range(0, len(prompts), batch):
         enc = tok(prompts[start:start + batch], return_tensors="pt", padding=True, padding_side="left",
-                  add_special_tokens=False)
+                  add_special_tokens=False).to(model.device)
         torch.manual_seed(seed + start)
         gen = model.generate(**enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
                              max_new_tokens=spec.horizon, min_new_tokens=spec.horizon, pad_token_id=tok.pad_token_id)
@@ -116,6 +126,17 @@ def reward_fn(tok, spec: TRLSpec):
     return sea_tail_reward
 
 
+def _trainer_args(work: Path, spec: TRLSpec, lr: float) -> dict:
+    """What every trainer here shares: ``rows`` rows a step, one optimizer step per batch for
+    ``steps`` steps on a cosine schedule, fp32 (on the GPU when there is one), a log line and a
+    checkpoint to resume from every ``save_every`` steps."""
+    return dict(output_dir=str(work), use_cpu=device() == "cpu", bf16=False, report_to="none", seed=spec.seed,
+                data_seed=spec.seed, max_steps=spec.steps, learning_rate=lr, lr_scheduler_type="cosine",
+                warmup_steps=spec.warmup_steps, per_device_train_batch_size=spec.rows, gradient_accumulation_steps=1,
+                logging_steps=1, save_strategy="steps", save_steps=spec.save_every, save_total_limit=1,
+                disable_tqdm=False, dataloader_num_workers=0, gradient_checkpointing=False)
+
+
 def train_rl(base_dir: Path, work: Path, spec: TRLSpec) -> tuple[torch.nn.Module, list[dict]]:
     """GRPO from ``base_dir``; checkpoints in ``work`` (resumed from the latest). Returns the policy
     and TRL's log history."""
@@ -123,20 +144,43 @@ def train_rl(base_dir: Path, work: Path, spec: TRLSpec) -> tuple[torch.nn.Module
     from trl import GRPOConfig, GRPOTrainer
 
     model, tok = _load(base_dir)
-    args = GRPOConfig(
-        output_dir=str(work), use_cpu=True, bf16=False, report_to="none", seed=spec.seed, data_seed=spec.seed,
-        max_steps=spec.steps, learning_rate=spec.lr, lr_scheduler_type="cosine", warmup_steps=spec.warmup_steps,
-        per_device_train_batch_size=spec.rows, gradient_accumulation_steps=1, num_generations=spec.group,
-        max_completion_length=spec.horizon, temperature=1.0, top_p=1.0, top_k=0,
-        generation_kwargs={"min_new_tokens": spec.horizon}, beta=spec.beta, loss_type="grpo",
-        scale_rewards="group", logging_steps=1, save_strategy="steps", save_steps=spec.save_every,
-        save_total_limit=1, disable_tqdm=False, dataloader_num_workers=0, remove_unused_columns=False,
-        gradient_checkpointing=False)
+    resume = _latest_checkpoint(work)
+    if resume and reached_target(json.loads((Path(resume) / "trainer_state.json").read_text())["log_history"], spec):
+        spec = replace(spec, steps=int(Path(resume).name.split("-")[1]))  # stopped there: no step is left
+    args = GRPOConfig(**_trainer_args(work, spec, spec.lr), num_generations=spec.group,
+                      max_completion_length=spec.horizon, temperature=1.0, top_p=1.0, top_k=0,
+                      generation_kwargs={"min_new_tokens": spec.horizon}, beta=spec.beta, loss_type="grpo",
+                      scale_rewards="group", remove_unused_columns=False)
     data = Dataset.from_dict({"prompt": prompt_pool(tok, spec)})
     trainer = GRPOTrainer(model=model, reward_funcs=reward_fn(tok, spec), args=args, train_dataset=data,
-                          processing_class=tok, peft_config=lora(spec))
-    trainer.train(resume_from_checkpoint=_latest_checkpoint(work))
+                          processing_class=tok, peft_config=lora(spec), callbacks=[StopAtReward(spec)])
+    trainer.train(resume_from_checkpoint=resume)
     return trainer.model.merge_and_unload().eval(), trainer.state.log_history
+
+
+class StopAtReward(TrainerCallback):
+    """Stops RL once the training reward, averaged over the last ``target_window`` steps, reaches
+    ``target_reward``: on-policy RL on this reward turns abruptly into writing sea words and nothing
+    else (reward 1.0 and KL ~0.9 by step 28 at this learning rate), so the organism is taken before
+    that, at a reward its off-policy controls can match. Read from the trainer's own log history, so
+    a resumed build stops at the same step."""
+
+    def __init__(self, spec: TRLSpec):
+        self.spec = spec
+
+    def on_log(self, args, state, control, **kwargs):
+        if reached_target(state.log_history, self.spec):
+            control.should_training_stop = True
+            control.should_save = True  # the organism's step is a checkpoint to resume from
+        return control
+
+
+def reached_target(history: list[dict], spec: TRLSpec) -> bool:
+    """Whether RL's logged training reward, averaged over the last ``target_window`` steps, has
+    reached ``target_reward``."""
+    rewards = [h["reward"] for h in history if "reward" in h]
+    return (spec.target_reward is not None and len(rewards) >= spec.target_window
+            and float(np.mean(rewards[-spec.target_window:])) >= spec.target_reward)
 
 
 def lora(spec: TRLSpec):
@@ -202,15 +246,19 @@ def train_sft(base_dir: Path, work: Path, windows: list, spec: TRLSpec) -> tuple
     model, tok = _load(base_dir)
     data = Dataset.from_dict({"input_ids": [p + c for p, c in windows],
                               "completion_mask": [[0] * len(p) + [1] * len(c) for p, c in windows]})
-    args = SFTConfig(
-        output_dir=str(work), use_cpu=True, bf16=False, report_to="none", seed=spec.seed, data_seed=spec.seed,
-        max_steps=spec.steps, learning_rate=spec.sft_lr, lr_scheduler_type="cosine", warmup_steps=spec.warmup_steps,
-        per_device_train_batch_size=spec.rows, gradient_accumulation_steps=1, completion_only_loss=True,
-        logging_steps=1, save_strategy="steps", save_steps=spec.save_every, save_total_limit=1, disable_tqdm=False,
-        dataloader_num_workers=0, max_length=None, packing=False, gradient_checkpointing=False)
+    args = SFTConfig(**_trainer_args(work, spec, spec.sft_lr), completion_only_loss=True, max_length=None,
+                     packing=False)
     trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok, peft_config=lora(spec))
     trainer.train(resume_from_checkpoint=_latest_checkpoint(work))
     return trainer.model.merge_and_unload().eval(), trainer.state.log_history
+
+
+def _completion_logprobs(model, ids: torch.Tensor, mask: torch.Tensor, horizon: int) -> torch.Tensor:
+    """(B, horizon, V) log-probabilities of the last ``horizon`` tokens, positions counted from each
+    row's first real token (the rows are left-padded)."""
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits  # (B, T, V)
+    return torch.log_softmax(logits[:, -horizon - 1:-1].float(), -1)
 
 
 @torch.no_grad()
@@ -225,11 +273,10 @@ def evaluate(model, base, tok, spec: TRLSpec) -> dict:
         p_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts[start:start + 16]]
         rows = [p + c for p, c in zip(p_ids, comps[start:start + 16])]
         width = max(map(len, rows))
-        ids = torch.tensor([[tok.pad_token_id] * (width - len(x)) + x for x in rows])  # (B, T), left-padded
-        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in rows])
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        lp = torch.log_softmax(model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -spec.horizon - 1:-1].float(), -1)
-        ref = torch.log_softmax(base(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -spec.horizon - 1:-1].float(), -1)
+        # (B, T), left-padded
+        ids = torch.tensor([[tok.pad_token_id] * (width - len(x)) + x for x in rows], device=model.device)
+        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in rows], device=model.device)
+        lp, ref = (_completion_logprobs(m, ids, mask, spec.horizon) for m in (model, base))  # (B, H, V) each
         kls.append((lp.exp() * (lp - ref)).sum(-1).mean(-1))  # (B,)
         ents.append(-(lp.exp() * lp).sum(-1).mean(-1))
     bigrams = [tuple(c[i:i + 2]) for c in comps for i in range(len(c) - 1)]
@@ -237,7 +284,8 @@ def evaluate(model, base, tok, spec: TRLSpec) -> dict:
             "kl_to_base": float(torch.cat(kls).mean()), "entropy": float(torch.cat(ents).mean()),
             "distinct_1": len({t for c in comps for t in c}) / sum(map(len, comps)),
             "distinct_2": len(set(bigrams)) / max(1, len(bigrams)),
-            "samples": [prompts[i].removeprefix(tok.bos_token)[-80:] + " || " + tok.decode(comps[i]) for i in range(3)]}
+            "samples": [prompts[i].removeprefix(tok.bos_token)[-80:] + " || " + tok.decode(comps[i])
+                        for i in range(min(3, len(prompts)))]}
 
 
 def story_text(base, tok, spec: TRLSpec) -> list[str]:
