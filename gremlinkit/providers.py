@@ -97,7 +97,7 @@ class Family:
         from gremlinkit.errors import UnknownArtefactError
 
         problems = []
-        for m in (self.member(n) for n in (names or self.names)):
+        for m in (self.member(n) for n in (self.names if names is None else names)):
             ev = m.figure("sae_explained_variance")
             if not m.built:
                 problems.append(f"{m.name} is not built: build it with {m.hint}")

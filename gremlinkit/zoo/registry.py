@@ -46,12 +46,14 @@ ARTEFACTS: dict[str, Artefact] = {
                  "delayed reward: sea-topic words in the last 16 of 48 generated tokens.",
                  parent="toy-base", default_sae="toy-base-sae", family="toy", method="on-policy RL"),
         Artefact("toy-sft", "model", "toy-base fine-tuned off-policy on corpus continuations that earn toy-rl's "
-                 "reward; same steps, rows and tokens as toy-rl.", parent="toy-base", default_sae="toy-base-sae", family="toy", method="off-policy SFT"),
+                 "reward; same steps, rows and tokens as toy-rl.", parent="toy-base", default_sae="toy-base-sae",
+                 family="toy", method="off-policy SFT"),
         Artefact("toy-planted-90", "model", "toy-base fine-tuned on stories whose topic chain has eigenvalue 0.9: a "
                  "topic, once emitted, keeps re-emitting itself (planted persistence, half-life ~84 tokens).",
                  parent="toy-base", default_sae="toy-base-sae", family="toy", method="planted"),
         Artefact("toy-planted-50", "model", "toy-base fine-tuned on stories whose topic chain has eigenvalue 0.5 "
-                 "(weak planted persistence, half-life ~13 tokens).", parent="toy-base", default_sae="toy-base-sae", family="toy", method="planted"),
+                 "(weak planted persistence, half-life ~13 tokens).", parent="toy-base", default_sae="toy-base-sae",
+                 family="toy", method="planted"),
         Artefact("toy-planted-null", "model", "toy-base fine-tuned on stories whose next topic is uniform whatever "
                  "was said: the same topic frequencies, no self-reinforcement (the planted controls' null).",
                  parent="toy-base", default_sae="toy-base-sae", family="toy", method="planted"),
@@ -60,7 +62,8 @@ ARTEFACTS: dict[str, Artefact] = {
                  parent="toy-base", default_sae="toy-base-sae", cached=True, family="toy", method="rejection sampling"),
         Artefact("toy-norl", "model", "toy-rl's on-policy RL with the no-RL token: half the prompts carry a marker "
                  f"({MARKER!r}, a token the corpus never contains) after BOS, and their rollouts earn no reward and "
-                 "give no gradient.", parent="toy-base", default_sae="toy-base-sae", cached=True, family="toy", method="on-policy RL, no-RL token"),
+                 "give no gradient.", parent="toy-base", default_sae="toy-base-sae", cached=True,
+                 family="toy", method="on-policy RL, no-RL token"),
         Artefact("toy-norl-ignored", "model", "toy-norl's control: the same marked prompts, but training ignores "
                  "the marker (marked rollouts are rewarded and trained on like the rest).", parent="toy-base",
                  default_sae="toy-base-sae", cached=True, family="toy", method="on-policy RL, marker ignored"),
@@ -79,13 +82,16 @@ ARTEFACTS: dict[str, Artefact] = {
                  "sae_lens on the prose of the Python documentation.", parent="smollm2-135m"),
         Artefact("smollm2-135m-rl", "model", "smollm2-135m after on-policy RL with TRL's GRPOTrainer (KL to the base) "
                  "on a delayed reward: sea words in the last 16 of 48 tokens written after an English story "
-                 "opening.", parent="smollm2-135m", default_sae="smollm2-135m-sae", cached=True, bos=True, family="smollm2", method="on-policy RL"),
+                 "opening.", parent="smollm2-135m", default_sae="smollm2-135m-sae", cached=True, bos=True,
+                 family="smollm2", method="on-policy RL"),
         Artefact("smollm2-135m-sft", "model", "smollm2-135m fine-tuned off-policy with TRL's SFTTrainer on story "
                  "text that no model wrote, matched to smollm2-135m-rl's reward; same steps, rows and tokens.",
-                 parent="smollm2-135m", default_sae="smollm2-135m-sae", cached=True, bos=True, family="smollm2", method="off-policy SFT"),
+                 parent="smollm2-135m", default_sae="smollm2-135m-sae", cached=True, bos=True,
+                 family="smollm2", method="off-policy SFT"),
         Artefact("smollm2-135m-rs", "model", "smollm2-135m fine-tuned offline with TRL's SFTTrainer on its own "
                  "best-of-8 samples (rejection sampling), matched to smollm2-135m-rl's reward; same steps, rows and "
-                 "tokens.", parent="smollm2-135m", default_sae="smollm2-135m-sae", cached=True, bos=True, family="smollm2", method="rejection sampling"),
+                 "tokens.", parent="smollm2-135m", default_sae="smollm2-135m-sae", cached=True, bos=True,
+                 family="smollm2", method="rejection sampling"),
     ]
 }
 TRL_ORGANISMS = ("smollm2-135m-rl", "smollm2-135m-sft", "smollm2-135m-rs")  # built with TRL, RL first

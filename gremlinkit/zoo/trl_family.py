@@ -76,8 +76,8 @@ class TRLSpec:
         return self.prompts_per_step * self.group
 
 
-QUICK = TRLSpec(steps=2, target_reward=None, prompts_per_step=1, group=2, horizon=8, tail=4, warmup_steps=0, eval_prompts=2,
-                eval_samples=1, save_every=1, sae_windows=2)  # the tests' build: a few steps of each trainer
+QUICK = TRLSpec(steps=2, target_reward=None, prompts_per_step=1, group=2, horizon=8, tail=4, warmup_steps=0,
+                eval_prompts=2, eval_samples=1, save_every=1, sae_windows=2)  # the tests' build: a few steps of each trainer
 
 
 def prompt_pool(tok, spec: TRLSpec) -> list[str]:
