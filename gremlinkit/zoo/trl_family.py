@@ -53,8 +53,8 @@ class TRLSpec:
     """How the smollm2 family is trained and measured."""
 
     steps: int = 40  # RL's most steps (its cosine schedule's length); SFT and RS take as many as RL took
-    target_reward: float | None = 0.07  # RL stops once its training reward, averaged over
-    target_window: int = 4  # ... this many steps, reaches it (None: always ``steps``)
+    target_reward: float | None = 0.07  # RL stops once its training reward, averaged over the
+    target_window: int = 4  # last this many steps, reaches it (target None: RL takes every step)
     prompts_per_step: int = 2
     group: int = 8  # GRPO's num_generations; also best-of-n for rejection sampling
     horizon: int = 48
@@ -76,8 +76,9 @@ class TRLSpec:
         return self.prompts_per_step * self.group
 
 
+# The tests' build: two steps of each trainer, on tiny batches.
 QUICK = TRLSpec(steps=2, target_reward=None, prompts_per_step=1, group=2, horizon=8, tail=4, warmup_steps=0,
-                eval_prompts=2, eval_samples=1, save_every=1, sae_windows=2)  # the tests' build: a few steps of each trainer
+                eval_prompts=2, eval_samples=1, save_every=1, sae_windows=2)
 
 
 def prompt_pool(tok, spec: TRLSpec) -> list[str]:
