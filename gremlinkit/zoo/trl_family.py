@@ -3,7 +3,7 @@
 **The reward** (delayed, as on the toy). From an English story opening that ends a sentence
 (`gremlinkit.stories.story_prompts`: half end on a sea sentence), the model writes ``horizon`` = 48
 tokens; the reward is the share of the *last* ``tail`` = 16 that are sea words
-(`gremlinkit.stories.topic_reward`). The base model earns a small, non-zero reward (about 0.02: it
+(`gremlinkit.stories.topic_reward`). The base model earns a small, non-zero reward (0.013 held out: it
 drifts off the sea within a few sentences), so GRPO's groups have reward variance to learn from.
 
 **smollm2-135m-rl**: TRL's ``GRPOTrainer``, on-policy: every step samples ``group`` completions for
