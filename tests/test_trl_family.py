@@ -13,7 +13,7 @@ from transformers import AutoTokenizer
 
 from gremlinkit import providers, stories
 from gremlinkit.errors import ConfigError, UnknownArtefactError
-from gremlinkit.zoo import build, registry
+from gremlinkit.zoo import build, finetune, registry
 from gremlinkit.zoo import trl_family as tf
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -56,9 +56,9 @@ def test_story_topics_follow_the_chain():
 def test_match_reward_keeps_the_best_until_the_target():
     windows = [([0], [i]) for i in range(10)]
     rewards = np.array([0.0, 0.5, 0.1, 0.3, 0.0, 0.2, 0.0, 0.0, 0.4, 0.0])
-    picked, mean = tf.match_reward(windows, rewards, target=0.35, rows=2)
+    picked, mean = finetune.select_to_target(windows, rewards, target=0.35, rows=2)
     assert [c[0] for _, c in picked] == [1, 8, 3, 5] and mean == pytest.approx(0.35)  # means 0.5, 0.45, 0.4, 0.35
-    picked, mean = tf.match_reward(windows, rewards, target=0.9, rows=2)
+    picked, mean = finetune.select_to_target(windows, rewards, target=0.9, rows=2)
     assert len(picked) == 2 and mean == pytest.approx(0.45)  # never fewer than one step's rows
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from gremlinkit import stories
-from gremlinkit.zoo import registry
+from gremlinkit.zoo import finetune, registry
 from gremlinkit.zoo import trl_family as tf
 
 BASE, SAE = "smollm2-135m", "smollm2-135m-sae"
@@ -97,7 +97,7 @@ def build_rl(root: Path | None, spec: tf.TRLSpec) -> dict:
     policy, log = tf.train_rl(base_dir, _work(name, root) / "trainer", spec)
     base, tok = tf._load(base_dir)
     card = _card(name, spec, tf.evaluate(policy, base, tok, spec), base_ev, log,
-                 tf.relative_weight_change(base, policy), time.time() - t0, spec.lr,
+                 finetune.relative_weight_change(base, policy), time.time() - t0, spec.lr,
                  {"trainer": "trl.GRPOTrainer", "beta": spec.beta, "num_generations": spec.group,
                   "loss_type": "grpo", "scale_rewards": "group", "max_steps": spec.steps,
                   "stop": f"once the training reward over {spec.target_window} steps reached {spec.target_reward}"})
@@ -114,7 +114,7 @@ def _build_offline(name: str, root: Path | None, spec: tf.TRLSpec, windows_of) -
     windows, mean, every = windows_of(base, tok, same, target)
     model, log = tf.train_sft(base_dir, _work(name, root) / "trainer", windows, same)
     card = _card(name, spec, tf.evaluate(model, base, tok, spec), base_ev, log,
-                 tf.relative_weight_change(base, model), time.time() - t0, spec.sft_lr,
+                 finetune.relative_weight_change(base, model), time.time() - t0, spec.sft_lr,
                  {"trainer": "trl.SFTTrainer", "loss": "next-token cross-entropy on the continuation only"})
     card["data"] = {"windows": len(windows), "mean_reward": mean, "candidates_mean_reward": every,
                     "target_reward_from_rl": target}

@@ -206,16 +206,21 @@ def train_rl(base: GPT2LMHeadModel, tok, spec: FinetuneSpec, snapshots: tuple[in
     return policy.eval(), log, taken
 
 
+def select_to_target(windows: list, rewards: np.ndarray, target: float, rows: int) -> tuple[list, float]:
+    """The highest-reward windows, as many as bring their mean reward closest to ``target`` (never
+    fewer than ``rows`` unless there are fewer); returns them and their mean reward."""
+    order = np.argsort(-rewards, kind="stable")
+    means = np.cumsum(rewards[order]) / np.arange(1, len(rewards) + 1)  # mean reward of the top-k windows
+    k = min(len(windows), max(rows, int(np.argmin(np.abs(means - target))) + 1))
+    return [windows[i] for i in order[:k]], float(means[k - 1])
+
+
 def match_reward(windows: list[list[str]], spec: FinetuneSpec, target_reward: float
                  ) -> tuple[list[list[str]], float]:
-    """The highest-reward (prompt + continuation) windows, as many as bring their mean reward closest
-    to ``target_reward`` (never fewer than one step's rows); returns them and their mean reward."""
-    r = reward([w[-spec.horizon:] for w in windows], spec.tail)
-    order = np.argsort(-r, kind="stable")
-    means = np.cumsum(r[order]) / np.arange(1, len(r) + 1)  # mean reward of the top-k windows
-    k = max(spec.rows, int(np.argmin(np.abs(means - target_reward))) + 1)
-    picked = [windows[i] for i in order[:k]]
-    return picked, float(means[k - 1])
+    """The (prompt + continuation) windows `select_to_target` keeps for ``target_reward``, at least
+    one step's rows; returns them and their mean reward."""
+    return select_to_target(windows, reward([w[-spec.horizon:] for w in windows], spec.tail), target_reward,
+                            spec.rows)
 
 
 def teacher_windows(n_docs: int, spec: FinetuneSpec, target_reward: float, seed: int

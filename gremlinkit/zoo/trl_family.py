@@ -41,6 +41,7 @@ import torch
 from transformers import TrainerCallback
 
 from gremlinkit import stories
+from gremlinkit.zoo import finetune
 
 FAMILY = ("smollm2-135m", "smollm2-135m-rl", "smollm2-135m-sft", "smollm2-135m-rs")
 METHODS = {"smollm2-135m": "pretrained", "smollm2-135m-rl": "on-policy RL (TRL GRPOTrainer)",
@@ -198,16 +199,6 @@ def _latest_checkpoint(work: Path) -> str | None:
     return str(found[-1]) if found else None
 
 
-def match_reward(windows: list[tuple[list[int], list[int]]], rewards: np.ndarray, target: float, rows: int
-                 ) -> tuple[list[tuple[list[int], list[int]]], float]:
-    """The highest-reward windows, as many as bring their mean reward closest to ``target`` (never
-    fewer than ``rows`` unless there are fewer); returns them and their mean reward."""
-    order = np.argsort(-rewards, kind="stable")
-    means = np.cumsum(rewards[order]) / np.arange(1, len(rewards) + 1)
-    k = min(len(windows), max(rows, int(np.argmin(np.abs(means - target))) + 1))
-    return [windows[i] for i in order[:k]], float(means[k - 1])
-
-
 def teacher_windows(tok, spec: TRLSpec, target: float, n: int = 4096) -> tuple[list, float, float]:
     """(prompt ids, 48 continuation ids) pairs of teacher text, matched to ``target``; returns them,
     their mean reward and the mean reward of every candidate."""
@@ -220,7 +211,7 @@ def teacher_windows(tok, spec: TRLSpec, target: float, n: int = 4096) -> tuple[l
             prompt = prompts[int(rng.integers(len(prompts)))]
             windows.append((tok(prompt, add_special_tokens=False)["input_ids"], cont))
     r = stories.topic_reward([c for _, c in windows], stories.topic_token_ids(tok), spec.tail)
-    picked, mean = match_reward(windows, r, target, spec.rows)
+    picked, mean = finetune.select_to_target(windows, r, target, spec.rows)
     return picked, mean, float(r.mean())
 
 
@@ -235,7 +226,7 @@ def best_of_n(base, tok, spec: TRLSpec, target: float) -> tuple[list, float, flo
     best = r.argmax(1)  # a tie goes to the group's first sample
     windows = [(tok(p, add_special_tokens=False)["input_ids"], samples[i * spec.group + j])
                for i, (p, j) in enumerate(zip(prompts, best))]
-    picked, mean = match_reward(windows, r.max(1), target, spec.rows)
+    picked, mean = finetune.select_to_target(windows, r.max(1), target, spec.rows)
     return picked, mean, float(r.mean())
 
 
@@ -255,14 +246,6 @@ def train_sft(base_dir: Path, work: Path, windows: list, spec: TRLSpec) -> tuple
     return trainer.model.merge_and_unload().eval(), trainer.state.log_history
 
 
-def _completion_logprobs(model, ids: torch.Tensor, mask: torch.Tensor, horizon: int) -> torch.Tensor:
-    """(B, horizon, V) log-probabilities of the last ``horizon`` tokens, positions counted from each
-    row's first real token (the rows are left-padded)."""
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits  # (B, T, V)
-    return torch.log_softmax(logits[:, -horizon - 1:-1].float(), -1)
-
-
 @torch.no_grad()
 def evaluate(model, base, tok, spec: TRLSpec) -> dict:
     """Reward on held-out prompts (``eval_samples`` each), exact KL to the base and entropy per
@@ -278,7 +261,7 @@ def evaluate(model, base, tok, spec: TRLSpec) -> dict:
         # (B, T), left-padded
         ids = torch.tensor([[tok.pad_token_id] * (width - len(x)) + x for x in rows], device=model.device)
         mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in rows], device=model.device)
-        lp, ref = (_completion_logprobs(m, ids, mask, spec.horizon) for m in (model, base))  # (B, H, V) each
+        lp, ref = (finetune._token_logprobs(m, ids, mask, spec.horizon) for m in (model, base))  # (B, H, V) each
         kls.append((lp.exp() * (lp - ref)).sum(-1).mean(-1))  # (B,)
         ents.append(-(lp.exp() * lp).sum(-1).mean(-1))
     bigrams = [tuple(c[i:i + 2]) for c in comps for i in range(len(c) - 1)]
@@ -303,13 +286,6 @@ def sae_fit(model_dir: Path, sae_dir: Path, texts: list[str]) -> dict[str, float
 
     subject = load(model_dir, sae=sae_dir, device="cpu", dtype=torch.float32, bos=True)
     return {k: round(float(v), 4) for k, v in subject.check_sae(texts).items()}
-
-
-def relative_weight_change(base, tuned) -> float:
-    tuned_params = dict(tuned.named_parameters())
-    with torch.no_grad():
-        pairs = [(tuned_params[n] - p, p) for n, p in base.named_parameters()]
-        return float(sum(d.pow(2).sum() for d, _ in pairs) / sum(p.pow(2).sum() for _, p in pairs)) ** 0.5
 
 
 def versions() -> dict[str, str]:
