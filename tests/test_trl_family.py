@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 from transformers import AutoTokenizer
 
 from gremlinkit import providers, stories
@@ -64,10 +65,39 @@ def test_match_reward_keeps_the_best_until_the_target():
 
 def test_teacher_text_is_no_models_and_matches_its_target(tok):
     spec = replace(tf.QUICK, horizon=48, tail=16)
-    windows, mean, every = tf.teacher_windows(tok, spec, target=0.1, n=600)
+    windows, rewards = tf.teacher_windows(tok, spec, n=600)
     r = stories.topic_reward([c for _, c in windows], stories.topic_token_ids(tok), 16)
-    assert mean == pytest.approx(r.mean()) and abs(mean - 0.1) < 0.01 and every < mean
+    np.testing.assert_array_equal(rewards, r)
+    picked, mean = finetune.select_to_target(windows, rewards, 0.1, spec.rows)
+    assert abs(mean - 0.1) < 0.01 and rewards.mean() < mean
     assert all(len(c) == 48 for _, c in windows) and all(p[0] == tok.bos_token_id for p, _ in windows)
+
+
+def _dosing(transfer, target, trials=3):
+    """match_dose on 800 windows whose rewards are known (most earn nothing, as teacher text's
+    tails do), with an organism that earns ``transfer(kept windows' mean reward)``."""
+    rewards = np.r_[np.zeros(600), np.linspace(0.0, 0.5, 200)]
+    windows = [([0], [i]) for i in range(len(rewards))]
+
+    def train(picked, trial):
+        return torch.tensor(transfer(rewards[[c[0] for _, c in picked]].mean()))
+
+    spec = replace(tf.TRLSpec(), prompts_per_step=2, group=8, dose_trials=trials)  # 16 rows
+    return tf.match_dose(windows, rewards, target, spec, train, float)
+
+
+def test_match_dose_finds_the_data_reward_that_matches_the_target():
+    # an organism that carries 0.57 of its data's reward (teacher text, measured) reaches 0.075 at dose 0.13
+    model, chosen, trials = _dosing(lambda d: 0.57 * d, 0.075)
+    assert trials[0]["dose"] == pytest.approx(np.linspace(0, 0.5, 200)[-16:].mean(), abs=1e-5)  # the highest first
+    assert len(trials) == 2 and float(model) == pytest.approx(0.075, rel=0.1)  # one proportional step lands
+    assert trials[1]["data_reward"] == pytest.approx(0.075 / 0.57, rel=0.1)
+    # a transfer with an offset needs the interpolation between two trials
+    model, chosen, trials = _dosing(lambda d: 0.8 * d - 0.05, 0.075)
+    assert len(trials) == 3 and float(model) == pytest.approx(0.075, rel=0.1) and chosen == 2
+    # out of reach: the highest dose earns half the target, and no second dose is tried
+    model, chosen, trials = _dosing(lambda d: 0.05 * d, 0.075)
+    assert len(trials) == 1 and chosen == 0
 
 
 def test_sft_before_rl_says_to_build_rl(tmp_path):

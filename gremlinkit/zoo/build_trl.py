@@ -3,7 +3,7 @@
 An organism is trained in ``<name>.partial/`` beside its target (TRL's checkpoints, resumed by a
 rerun), saved into a temporary directory, measured there, and renamed into place with its card, so
 `gremlinkit.load` never sees a half-written organism. The SFT and rejection-sampling organisms
-match the RL organism's held-out reward, so it is built first.
+are dosed to match the RL organism's held-out reward, so it is built first.
 """
 
 from __future__ import annotations
@@ -104,25 +104,37 @@ def build_rl(root: Path | None, spec: tf.TRLSpec) -> dict:
     return _save(name, root, policy, tok, card, texts)
 
 
-def _build_offline(name: str, root: Path | None, spec: tf.TRLSpec, windows_of) -> dict:
-    """SFT or rejection sampling: windows matched to RL's held-out reward, then SFTTrainer."""
+def _build_offline(name: str, root: Path | None, spec: tf.TRLSpec, candidates) -> dict:
+    """SFT or rejection sampling on ``candidates(base, tok, spec)`` windows, dosed to match RL's
+    held-out reward (`trl_family.match_dose`), with RL's steps, rows, tokens and learning rate."""
     t0 = time.time()
     base_dir, rl = registry.require(BASE, root), _rl_card(root, name)
     base_ev, texts = _base_facts(base_dir, registry.require(SAE, root), spec)
     base, tok = tf._load(base_dir)
-    target, same = rl["eval"]["reward"], replace(spec, steps=rl["training"]["steps"])  # RL's steps, rows, tokens
-    windows, mean, every = windows_of(base, tok, same, target)
-    model, log = tf.train_sft(base_dir, _work(name, root) / "trainer", windows, same)
-    card = _card(name, spec, tf.evaluate(model, base, tok, spec), base_ev, log,
-                 finetune.relative_weight_change(base, model), time.time() - t0, spec.sft_lr,
+    target, same = rl["eval"]["reward"], replace(spec, steps=rl["training"]["steps"])
+    windows, rewards = candidates(base, tok, same)
+    prompts = tf.calibration_prompts(tok, same)
+    logs = {}
+
+    def train(picked: list, trial: int):
+        model, logs[trial] = tf.train_sft(base_dir, _work(name, root) / f"trial-{trial}", picked, same)
+        return model
+
+    model, chosen, trials = tf.match_dose(windows, rewards, target, same, train,
+                                          lambda m: tf.mean_reward(m, tok, prompts, same, seed=spec.seed + 13))
+    card = _card(name, spec, tf.evaluate(model, base, tok, spec), base_ev, logs[chosen],
+                 finetune.relative_weight_change(base, model), time.time() - t0, spec.lr,
                  {"trainer": "trl.SFTTrainer", "loss": "next-token cross-entropy on the continuation only"})
-    card["data"] = {"windows": len(windows), "mean_reward": mean, "candidates_mean_reward": every,
-                    "target_reward_from_rl": target}
+    card["data"] = {"windows": trials[chosen]["windows"], "mean_reward": trials[chosen]["data_reward"],
+                    "candidates": len(windows), "candidates_mean_reward": float(rewards.mean()),
+                    "target_reward_from_rl": target, "dose_trials": trials, "chosen_trial": chosen,
+                    "matched_on": f"{len(prompts)} calibration prompts x {spec.eval_samples} samples "
+                                  "(not the held-out prompts of `eval`)"}
     return _save(name, root, model, tok, card, texts)
 
 
 def build_sft(root: Path | None, spec: tf.TRLSpec) -> dict:
-    return _build_offline("smollm2-135m-sft", root, spec, lambda base, tok, s, t: tf.teacher_windows(tok, s, t))
+    return _build_offline("smollm2-135m-sft", root, spec, lambda base, tok, s: tf.teacher_windows(tok, s))
 
 
 def build_rs(root: Path | None, spec: tf.TRLSpec) -> dict:

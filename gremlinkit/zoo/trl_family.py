@@ -17,13 +17,21 @@ state for them) and GRPO's reference model is the base with the adapter switched
 
 **smollm2-135m-sft**: TRL's ``SFTTrainer``, off-policy, on teacher text that no model wrote: story
 openings from the same pool, each continued by 48 tokens of the stories' own topic sentences
-(`gremlinkit.stories.continuations`), the highest-reward windows kept until their mean reward matches
-the RL organism's. Same steps, rows (``prompts_per_step * group``) and target tokens per row (48).
+(`gremlinkit.stories.continuations`). Same steps, rows (``prompts_per_step * group``), target
+tokens per row (48), adapter and learning rate as RL.
 
-**smollm2-135m-rs**: rejection sampling. smollm2-135m's own samples (``group`` per prompt, for as many
-prompts as RL drew), the best of each group by the reward, matched to RL's reward as above; then
-``SFTTrainer`` with the same steps, rows and tokens. The text is the base's own but never re-sampled
-from the model being trained.
+**smollm2-135m-rs**: rejection sampling. smollm2-135m's own samples (``best_of`` for each of
+``rs_prompts`` prompts from the same pool), the best of each by the reward; then ``SFTTrainer`` as
+for SFT. The text is the base's own but never re-sampled from the model being trained.
+
+**Matched to RL's reward by the dose of their data** (`match_dose`). What an offline organism
+earns is not its data's reward: 17 steps of SFT carry only part of the data's reward into the model
+(measured: about 0.57 of it for teacher text, 0.35 for the base's best samples). So the data's
+reward (the dose: the mean reward of the highest-reward windows kept) is set by up to
+``dose_trials`` trainings. The first takes the highest dose there is (the best ``rows`` windows);
+each next one scales the dose by how far the last organism fell from RL's held-out reward (or
+interpolates between two trials), and the organism closest to it wins. The organisms' rewards are
+read on calibration prompts (another seed), never on the held-out prompts that their cards report.
 
 Every build writes into a temporary directory beside its target and renames it into place; TRL's
 checkpoints (``save_every`` steps) sit in ``<name>.partial/``, and a rerun resumes from the latest.
@@ -35,6 +43,7 @@ import json
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -60,8 +69,7 @@ class TRLSpec:
     group: int = 8  # GRPO's num_generations; also best-of-n for rejection sampling
     horizon: int = 48
     tail: int = 16
-    lr: float = 8e-4  # GRPO (LoRA)
-    sft_lr: float = 2e-4  # SFT and rejection sampling (LoRA)
+    lr: float = 8e-4  # every organism's (LoRA): GRPO's, SFT's and rejection sampling's
     beta: float = 0.04  # GRPO's KL coefficient to the base
     lora_r: int = 16
     lora_alpha: int = 32
@@ -69,6 +77,11 @@ class TRLSpec:
     eval_prompts: int = 64
     eval_samples: int = 2  # per held-out prompt
     save_every: int = 5  # TRL checkpoint interval: an interrupted build resumes from the latest
+    best_of: int = 8  # rejection sampling's n
+    rs_prompts: int = 64  # prompts rejection sampling draws best_of samples for
+    dose_trials: int = 2  # trainings an offline organism may take to match RL's reward (`match_dose`)
+    dose_tolerance: float = 0.1  # no further trial once within this share of RL's reward
+    calibration_prompts: int = 64  # prompts (x eval_samples) the offline organisms' rewards are matched on
     seed: int = 0
     sae_windows: int = 48  # held-out story windows (prompt + the base's continuation) for the SAE's figures
 
@@ -79,7 +92,8 @@ class TRLSpec:
 
 # The tests' build: two steps of each trainer, on tiny batches.
 QUICK = TRLSpec(steps=2, target_reward=None, prompts_per_step=1, group=2, horizon=8, tail=4, warmup_steps=0,
-                eval_prompts=2, eval_samples=1, save_every=1, sae_windows=2)
+                eval_prompts=2, eval_samples=1, save_every=1, sae_windows=2, best_of=2, rs_prompts=4,
+                calibration_prompts=2)
 
 
 def prompt_pool(tok, spec: TRLSpec) -> list[str]:
@@ -90,6 +104,18 @@ def prompt_pool(tok, spec: TRLSpec) -> list[str]:
 def heldout_prompts(tok, spec: TRLSpec) -> list[str]:
     """Held-out prompts: another seed of the same generator."""
     return [tok.bos_token + p for p in stories.story_prompts(spec.eval_prompts, seed=70_000 + spec.seed)]
+
+
+def calibration_prompts(tok, spec: TRLSpec) -> list[str]:
+    """The prompts the offline organisms' doses are matched on: a third seed, neither trained on
+    nor reported."""
+    return [tok.bos_token + p for p in stories.story_prompts(spec.calibration_prompts, seed=80_000 + spec.seed)]
+
+
+def mean_reward(model, tok, prompts: list[str], spec: TRLSpec, seed: int) -> float:
+    """The model's mean reward on ``spec.eval_samples`` samples of each prompt."""
+    comps = sample(model, tok, prompts * spec.eval_samples, spec, seed=seed)
+    return float(stories.topic_reward(comps, stories.topic_token_ids(tok), spec.tail).mean())
 
 
 def device() -> str:
@@ -199,9 +225,9 @@ def _latest_checkpoint(work: Path) -> str | None:
     return str(found[-1]) if found else None
 
 
-def teacher_windows(tok, spec: TRLSpec, target: float, n: int = 4096) -> tuple[list, float, float]:
-    """(prompt ids, 48 continuation ids) pairs of teacher text, matched to ``target``; returns them,
-    their mean reward and the mean reward of every candidate."""
+def teacher_windows(tok, spec: TRLSpec, n: int = 4096) -> tuple[list, np.ndarray]:
+    """Candidate teacher text for SFT: (prompt ids, 48 continuation ids) pairs, a pool prompt each,
+    and their rewards."""
     prompts = prompt_pool(tok, spec)
     rng = np.random.default_rng(spec.seed + 1)
     windows = []
@@ -210,24 +236,63 @@ def teacher_windows(tok, spec: TRLSpec, target: float, n: int = 4096) -> tuple[l
         if len(cont) == spec.horizon:
             prompt = prompts[int(rng.integers(len(prompts)))]
             windows.append((tok(prompt, add_special_tokens=False)["input_ids"], cont))
-    r = stories.topic_reward([c for _, c in windows], stories.topic_token_ids(tok), spec.tail)
-    picked, mean = finetune.select_to_target(windows, r, target, spec.rows)
-    return picked, mean, float(r.mean())
+    return windows, stories.topic_reward([c for _, c in windows], stories.topic_token_ids(tok), spec.tail)
 
 
-def best_of_n(base, tok, spec: TRLSpec, target: float) -> tuple[list, float, float]:
-    """Rejection sampling: ``group`` base samples for each of ``steps * prompts_per_step`` prompts,
-    the best of each group, matched to ``target``. Returns the windows, their mean and the mean of all."""
+def best_of_n(base, tok, spec: TRLSpec) -> tuple[list, np.ndarray]:
+    """Candidates for rejection sampling: ``best_of`` base samples for each of ``rs_prompts`` pool
+    prompts, the best of each (a tie goes to the first), and their rewards."""
     pool = prompt_pool(tok, spec)
     rng = np.random.default_rng(spec.seed + 2)
-    prompts = [pool[i] for i in rng.choice(len(pool), spec.steps * spec.prompts_per_step, replace=False)]
-    samples = sample(base, tok, [p for p in prompts for _ in range(spec.group)], spec, seed=spec.seed * 1000 + 3)
-    r = stories.topic_reward(samples, stories.topic_token_ids(tok), spec.tail).reshape(len(prompts), spec.group)
-    best = r.argmax(1)  # a tie goes to the group's first sample
-    windows = [(tok(p, add_special_tokens=False)["input_ids"], samples[i * spec.group + j])
-               for i, (p, j) in enumerate(zip(prompts, best))]
-    picked, mean = finetune.select_to_target(windows, r.max(1), target, spec.rows)
-    return picked, mean, float(r.mean())
+    prompts = [pool[i] for i in rng.choice(len(pool), spec.rs_prompts, replace=False)]
+    samples = sample(base, tok, [p for p in prompts for _ in range(spec.best_of)], spec, seed=spec.seed * 1000 + 3)
+    r = stories.topic_reward(samples, stories.topic_token_ids(tok), spec.tail).reshape(len(prompts), spec.best_of)
+    windows = [(tok(p, add_special_tokens=False)["input_ids"], samples[i * spec.best_of + j])
+               for i, (p, j) in enumerate(zip(prompts, r.argmax(1)))]
+    return windows, r.max(1)
+
+
+def match_dose(windows: list, rewards: np.ndarray, target: float, spec: TRLSpec,
+               train: Callable[[list, int], torch.nn.Module], measure: Callable[[torch.nn.Module], float]
+               ) -> tuple[torch.nn.Module, int, list[dict]]:
+    """Train on the highest-reward ``windows`` at up to ``dose_trials`` doses (the kept windows' mean
+    reward, `finetune.select_to_target`) so that the trained model's reward (``measure``) comes
+    closest to ``target``. ``train(windows, trial)`` trains one organism. The first dose is the
+    highest (the best ``rows`` windows); the next scales the last dose by target / reward, or
+    interpolates between the two trials nearest the target, within the doses there are. Stops within
+    ``dose_tolerance`` of the target, or when no new dose is left. Returns the closest model, its
+    trial and every trial's dose and reward."""
+    order = np.sort(rewards)[::-1]
+    lowest, highest = float(order.mean()), float(order[:spec.rows].mean())
+    trials, best, dose = [], None, highest
+    for k in range(spec.dose_trials):
+        picked, mean = finetune.select_to_target(windows, rewards, dose, spec.rows)
+        model = train(picked, k)
+        got = measure(model)
+        trials.append({"dose": round(dose, 5), "windows": len(picked), "data_reward": mean, "reward": got})
+        if best is None or abs(got - target) < abs(trials[best[1]]["reward"] - target):
+            best = (model, k)
+        del model
+        dose = _next_dose(trials, target, lowest, highest)
+        if abs(got - target) <= spec.dose_tolerance * target or dose is None:
+            break
+    return best[0], best[1], trials
+
+
+def _next_dose(trials: list[dict], target: float, lowest: float, highest: float) -> float | None:
+    """The dose whose organism should earn ``target``: through the two trials nearest the target
+    where they rise with the dose, else in proportion from the nearest; None if it was tried."""
+    near = sorted(trials, key=lambda t: abs(t["reward"] - target))[:2]
+    a = near[0]
+    if len(near) == 2 and (near[1]["reward"] - a["reward"]) * (near[1]["data_reward"] - a["data_reward"]) > 0:
+        b = near[1]
+        dose = a["data_reward"] + (target - a["reward"]) * (b["data_reward"] - a["data_reward"]) / (b["reward"] - a["reward"])
+    elif a["reward"] > 0:
+        dose = a["data_reward"] * target / a["reward"]
+    else:
+        return None
+    dose = float(np.clip(dose, lowest, highest))
+    return None if any(abs(dose - t["dose"]) < 1e-3 for t in trials) else dose
 
 
 def train_sft(base_dir: Path, work: Path, windows: list, spec: TRLSpec) -> tuple[torch.nn.Module, list[dict]]:
@@ -239,7 +304,7 @@ def train_sft(base_dir: Path, work: Path, windows: list, spec: TRLSpec) -> tuple
     model, tok = _load(base_dir)
     data = Dataset.from_dict({"input_ids": [p + c for p, c in windows],
                               "completion_mask": [[0] * len(p) + [1] * len(c) for p, c in windows]})
-    args = SFTConfig(**_trainer_args(work, spec, spec.sft_lr), completion_only_loss=True, max_length=None,
+    args = SFTConfig(**_trainer_args(work, spec, spec.lr), completion_only_loss=True, max_length=None,
                      packing=False)
     trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok, peft_config=lora(spec))
     trainer.train(resume_from_checkpoint=_latest_checkpoint(work))
