@@ -91,20 +91,33 @@ def _check_topic(topic: str) -> None:
         raise ConfigError(f"topic {topic!r} is not one of the story topics {list(TOPICS)}")
 
 
-def story(rng: random.Random, sentences: int, stay: float = 0.7, first: str | None = None
-          ) -> tuple[list[str], list[str]]:
-    """One story: an introduction, then ``sentences`` topic sentences whose topic stays with
-    probability ``stay``. Returns (sentences, their topics; the introduction's is ``"none"``)."""
-    me, other = rng.sample(NAMES, 2)
-    out, topics = [rng.choice(INTRODUCTIONS).format(me=me, other=other)], ["none"]
-    topic = first or rng.choice(TOPICS)
+def _topic_sentences(rng: random.Random, cast: tuple[str, str], topic: str, sentences: int, stay: float,
+                     told: list[str], fresh: bool = False) -> tuple[list[str], list[str]]:
+    """``sentences`` topic sentences for ``cast`` after the story so far (``told``), starting on
+    ``topic``; after each the topic stays with probability ``stay``, else moves to another at random.
+    No sentence follows itself; with ``fresh``, none is told twice while its topic has another left."""
+    me, other = cast
+    told, out, topics = list(told), [], []
     for _ in range(sentences):
-        options = [s for s in SENTENCES[topic] if s.format(me=me, other=other) != out[-1]]  # no sentence twice in a row
-        out.append(rng.choice(options).format(me=me, other=other))
+        options = [s.format(me=me, other=other) for s in SENTENCES[topic]]
+        unused = [s for s in options if s not in told]
+        options = unused if fresh and unused else [s for s in options if s != told[-1]]
+        told.append(rng.choice(options))
+        out.append(told[-1])
         topics.append(topic)
         if rng.random() >= stay:
             topic = rng.choice([t for t in TOPICS if t != topic])
     return out, topics
+
+
+def story(rng: random.Random, sentences: int, stay: float = 0.7, first: str | None = None
+          ) -> tuple[list[str], list[str]]:
+    """One story: an introduction, then ``sentences`` topic sentences whose topic stays with
+    probability ``stay``. Returns (sentences, their topics; the introduction's is ``"none"``)."""
+    cast = tuple(rng.sample(NAMES, 2))
+    intro = rng.choice(INTRODUCTIONS).format(me=cast[0], other=cast[1])
+    out, topics = _topic_sentences(rng, cast, first or rng.choice(TOPICS), sentences, stay, [intro])
+    return [intro] + out, ["none"] + topics
 
 
 def story_prompts(n: int, seed: int, topic: str = REWARD_TOPIC, fraction: float = 0.5) -> list[str]:
@@ -122,11 +135,25 @@ def story_prompts(n: int, seed: int, topic: str = REWARD_TOPIC, fraction: float 
     return out
 
 
-def continuations(n: int, seed: int, sentences: int = 6, stay: float = 0.7) -> list[tuple[str, list[str]]]:
-    """``n`` story continuations (topic sentences only, no introduction), each with its topics:
-    teacher text for off-policy training, written by no model."""
-    rng = random.Random(f"continuations-{seed}")
-    return [(" " + " ".join(s[1:]), t[1:]) for s, t in (story(rng, sentences, stay) for _ in range(n))]
+def story_windows(n: int, seed: int, topic: str = REWARD_TOPIC, fraction: float = 0.5, sentences: int = 6,
+                  stay: float = 0.7) -> list[tuple[str, str, list[str]]]:
+    """``n`` stories cut into an opening, drawn as `story_prompts` draws them (an introduction and one
+    or two sentences on one topic; ``fraction`` of them on ``topic``), and its continuation: the
+    same story's next ``sentences`` sentences, with the same cast, their topics following the chain
+    on from the opening's and no sentence told twice while its topic has another. Teacher text for off-policy training, written by no model. Returns
+    (opening, continuation with a leading space, the continuation's topics)."""
+    _check_topic(topic)
+    rng = random.Random(f"story-windows-{seed}")
+    out = []
+    for _ in range(n):
+        last = topic if rng.random() < fraction else rng.choice([t for t in TOPICS if t != topic])
+        cast = tuple(rng.sample(NAMES, 2))
+        intro = rng.choice(INTRODUCTIONS).format(me=cast[0], other=cast[1])
+        opening, _ = _topic_sentences(rng, cast, last, rng.choice((1, 2)), 1.0, [intro])
+        step = last if rng.random() < stay else rng.choice([t for t in TOPICS if t != last])
+        cont, topics = _topic_sentences(rng, cast, step, sentences, stay, [intro] + opening, fresh=True)
+        out.append((" ".join([intro] + opening), " " + " ".join(cont), topics))
+    return out
 
 
 def topic_token_ids(tokenizer, topic: str = REWARD_TOPIC) -> set[int]:

@@ -54,6 +54,35 @@ def test_story_topics_follow_the_chain():
     assert abs(np.mean(stays) - 0.7) < 0.03  # 4,200 transitions: sd 0.007
 
 
+def _topic_of(sentence: str) -> str:
+    return next(t for t, forms in stories.SENTENCES.items() for s in forms for n in stories.NAMES
+                for o in stories.NAMES if s.format(me=n, other=o) == sentence)
+
+
+def test_teacher_windows_continue_their_opening():
+    """The continuation keeps the opening's cast, its topic follows the chain on from the opening's
+    last sentence, and no sentence is told twice while its topic has one left."""
+    windows = stories.story_windows(1000, seed=4)
+    first_stays = []
+    for opening, cont, topics in windows:
+        sents = cont.strip().split(". ")
+        sents = [x if x.endswith(".") else x + "." for x in sents]
+        assert [_topic_of(x) for x in sents] == topics
+        names = {w.strip(".,") for w in (opening + cont).split() if w.strip(".,") in stories.NAMES}
+        assert len(names) <= 2  # one cast, opening and continuation
+        told = opening.split(". ")[1:]  # the opening's topic sentences
+        told = [x if x.endswith(".") else x + "." for x in told]
+        first_stays.append(_topic_of(told[-1]) == topics[0])
+        for i, x in enumerate(sents):
+            if x in told:  # a repeat only once every sentence of its topic has been told
+                assert len({y for y in told if _topic_of(y) == topics[i]}) == len(stories.SENTENCES[topics[i]])
+            told.append(x)
+    assert abs(np.mean(first_stays) - 0.7) < 0.045  # 1,000 windows: sd 0.014
+    on_sea = np.mean([_topic_of(o.split(". ")[-1] if o.split(". ")[-1].endswith(".") else o) == "sea"
+                      for o, _, _ in windows])
+    assert 0.45 < on_sea < 0.55  # openings end on the sea half the time, as the prompt pool's do
+
+
 def test_match_reward_keeps_the_best_until_the_target():
     windows = [([0], [i]) for i in range(10)]
     rewards = np.array([0.0, 0.5, 0.1, 0.3, 0.0, 0.2, 0.0, 0.0, 0.4, 0.0])

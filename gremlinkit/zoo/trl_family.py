@@ -16,8 +16,8 @@ adapter saves about a third of a step (no weight gradients for the frozen matric
 state for them) and GRPO's reference model is the base with the adapter switched off, not a copy.
 
 **smollm2-135m-sft**: TRL's ``SFTTrainer``, off-policy, on teacher text that no model wrote: story
-openings from the same pool, each continued by 48 tokens of the stories' own topic sentences
-(`gremlinkit.stories.continuations`). Same steps, rows (``prompts_per_step * group``), target
+openings drawn as the prompt pool's are, each continued by 48 tokens of the same story (same cast,
+topics following the chain on from the opening's; `gremlinkit.stories.story_windows`). Same steps, rows (``prompts_per_step * group``), target
 tokens per row (48), adapter and learning rate as RL.
 
 **smollm2-135m-rs**: rejection sampling. smollm2-135m's own samples (``best_of`` for each of
@@ -79,7 +79,7 @@ class TRLSpec:
     save_every: int = 5  # TRL checkpoint interval: an interrupted build resumes from the latest
     best_of: int = 8  # rejection sampling's n
     rs_prompts: int = 64  # prompts rejection sampling draws best_of samples for
-    dose_trials: int = 2  # trainings an offline organism may take to match RL's reward (`match_dose`)
+    dose_trials: int = 3  # trainings an offline organism may take to match RL's reward (`match_dose`)
     dose_tolerance: float = 0.1  # no further trial once within this share of RL's reward
     calibration_prompts: int = 64  # prompts (x eval_samples) the offline organisms' rewards are matched on
     seed: int = 0
@@ -226,16 +226,14 @@ def _latest_checkpoint(work: Path) -> str | None:
 
 
 def teacher_windows(tok, spec: TRLSpec, n: int = 4096) -> tuple[list, np.ndarray]:
-    """Candidate teacher text for SFT: (prompt ids, 48 continuation ids) pairs, a pool prompt each,
-    and their rewards."""
-    prompts = prompt_pool(tok, spec)
-    rng = np.random.default_rng(spec.seed + 1)
+    """Candidate teacher text for SFT: (opening ids, 48 continuation ids) pairs, each a story
+    opening drawn as the prompt pool's are and the same story's continuation
+    (`gremlinkit.stories.story_windows`), and their rewards."""
     windows = []
-    for k, (text, _) in enumerate(stories.continuations(n, seed=60_000 + spec.seed)):
+    for opening, text, _ in stories.story_windows(n, seed=60_000 + spec.seed):
         cont = tok(text, add_special_tokens=False)["input_ids"][:spec.horizon]
         if len(cont) == spec.horizon:
-            prompt = prompts[int(rng.integers(len(prompts)))]
-            windows.append((tok(prompt, add_special_tokens=False)["input_ids"], cont))
+            windows.append((tok(tok.bos_token + opening, add_special_tokens=False)["input_ids"], cont))
     return windows, stories.topic_reward([c for _, c in windows], stories.topic_token_ids(tok), spec.tail)
 
 
