@@ -122,12 +122,14 @@ def _build_offline(name: str, root: Path | None, spec: tf.TRLSpec, candidates) -
 
     model, chosen, trials = tf.match_dose(windows, rewards, target, same, train,
                                           lambda m: tf.mean_reward(m, tok, prompts, same, seed=spec.seed + 13))
-    card = _card(name, spec, tf.evaluate(model, base, tok, spec), base_ev, logs[chosen],
-                 finetune.relative_weight_change(base, model), time.time() - t0, spec.lr,
+    ev = tf.evaluate(model, base, tok, spec)
+    card = _card(name, spec, ev, base_ev, logs[chosen],
+                 finetune.relative_weight_change(base, model), time.time() - t0, spec.offline_lr,
                  {"trainer": "trl.SFTTrainer", "loss": "next-token cross-entropy on the continuation only"})
     card["data"] = {"windows": trials[chosen]["windows"], "mean_reward": trials[chosen]["data_reward"],
                     "candidates": len(windows), "candidates_mean_reward": float(rewards.mean()),
                     "target_reward_from_rl": target, "dose_trials": trials, "chosen_trial": chosen,
+                    "held_out_share_of_rl": round(ev["reward"] / target, 3) if target > 0 else None,
                     "matched_on": f"{len(prompts)} calibration prompts x {spec.eval_samples} samples "
                                   "(not the held-out prompts of `eval`)"}
     return _save(name, root, model, tok, card, texts)
