@@ -29,7 +29,7 @@ organisms: $(STAMP)
 	$(PY) -m gremlinkit zoo build --missing
 
 # The smollm2 family: smollm2-135m fine-tuned with TRL (GRPO, SFT, rejection sampling), built once
-# into the cache (about 34 minutes on 2 cores); an interrupted build resumes from TRL's checkpoints.
+# into the cache (about 27 minutes on 2 cores); an interrupted build resumes from TRL's checkpoints.
 real-organisms: real-model
 	$(PY) -m gremlinkit zoo build --family smollm2 --missing
 
