@@ -140,8 +140,9 @@ def story_windows(n: int, seed: int, topic: str = REWARD_TOPIC, fraction: float 
     """``n`` stories cut into an opening, drawn as `story_prompts` draws them (an introduction and one
     or two sentences on one topic; ``fraction`` of them on ``topic``), and its continuation: the
     same story's next ``sentences`` sentences, with the same cast, their topics following the chain
-    on from the opening's and no sentence told twice while its topic has another. Teacher text for off-policy training, written by no model. Returns
-    (opening, continuation with a leading space, the continuation's topics)."""
+    on from the opening's and no sentence told twice while its topic has another. Teacher text for
+    off-policy training, written by no model. Returns (opening, continuation with a leading space,
+    the continuation's topics)."""
     _check_topic(topic)
     rng = random.Random(f"story-windows-{seed}")
     out = []

@@ -31,9 +31,8 @@ for SFT. The text is the base's own but never re-sampled from the model being tr
 **Matched to RL's reward by the dose of their data** (`match_dose`). What an offline organism
 earns is not its data's reward: 17 steps of SFT carry only part of the data's reward into the model
 (measured at RL's learning rate: 0.6-0.8 of it for teacher text, at most 0.35 for the base's best
-samples). So the
-data's reward (the dose: the mean reward of the highest-reward windows kept) is set by up to
-``dose_trials`` trainings. The first takes the highest dose there is (the best ``rows`` windows);
+samples). So the data's reward (the dose: the mean reward of the highest-reward windows kept) is
+set by up to ``dose_trials`` trainings. The first takes the highest dose there is (the best ``rows`` windows);
 each next one scales the dose by how far the last organism fell from RL's held-out reward (or
 interpolates between two trials), and the organism closest to it wins. The organisms' rewards are
 read on calibration prompts (another seed), never on the held-out prompts that their cards report.
@@ -292,7 +291,8 @@ def _next_dose(trials: list[dict], target: float, lowest: float, highest: float)
     a = near[0]
     if len(near) == 2 and (near[1]["reward"] - a["reward"]) * (near[1]["data_reward"] - a["data_reward"]) > 0:
         b = near[1]
-        dose = a["data_reward"] + (target - a["reward"]) * (b["data_reward"] - a["data_reward"]) / (b["reward"] - a["reward"])
+        slope = (b["data_reward"] - a["data_reward"]) / (b["reward"] - a["reward"])
+        dose = a["data_reward"] + (target - a["reward"]) * slope
     elif a["reward"] > 0:
         dose = a["data_reward"] * target / a["reward"]
     else:
