@@ -21,6 +21,7 @@ Where an intervention applies:
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Sequence, Union
@@ -85,7 +86,7 @@ def _vector(vector: Any) -> torch.Tensor:
 def steer(vector: Any, coeff: float, site: str, pos: Positions = "all", *, rows: Rows = None,
           step: int | None = None) -> VectorEdit:
     """Add ``coeff * vector`` to the residual at ``site``."""
-    if not torch.isfinite(torch.tensor(float(coeff))):
+    if not math.isfinite(float(coeff)):
         raise InterventionError(f"steering coefficient {coeff!r} is not finite")
     return VectorEdit(pos=pos, rows=rows, step=step, site=site, kind="steer", vector=_vector(vector),
                       coeff=float(coeff))

@@ -260,15 +260,15 @@ def search(subject, unit: Unit, sign: int, method: str, cfg: SignFlipConfig, res
     gen = torch.Generator().manual_seed(cfg.seed * 10_007 + restart * 101 + unit.index)
     allowed = torch.nonzero(_allowed(subject)).flatten().cpu()  # candidate ids are host-side inputs, as prompts are
     prefix, suffix = _bos(subject) if prefix is None else prefix, suffix or []
-    free = allowed[torch.randint(len(allowed), (cfg.prompt_length,), generator=gen)]
+    free = allowed[torch.randint(len(allowed), (cfg.prompt_length,), generator=gen, device="cpu")]
     lo, hi = len(prefix), len(prefix) + cfg.prompt_length
     current = host_ids(prefix + free.tolist() + suffix)
     with torch.no_grad():
         best = float(sign * unit_value(subject, unit, [current])[0])
-    trace = []
+    trace, rows = [], torch.arange(cfg.batch_candidates, device="cpu")  # candidates are host-side, as prompts are
     for _ in range(cfg.n_steps):
         cands = current.repeat(cfg.batch_candidates, 1)  # (B, T)
-        where = torch.randint(lo, hi, (cfg.batch_candidates,), generator=gen)
+        where = torch.randint(lo, hi, (cfg.batch_candidates,), generator=gen, device="cpu")
         if method == "gcg":
             oh = subject.one_hot([current]).requires_grad_()
             value = (sign * unit_value(subject, unit, [current], embeddings=subject.embed(oh))).sum()
@@ -277,11 +277,11 @@ def search(subject, unit: Unit, sign: int, method: str, cfg: SignFlipConfig, res
             (grad,) = torch.autograd.grad(value, oh)
             grad = grad[0].masked_fill(~_allowed(subject), float("inf"))  # (T, V)
             top = (-grad).topk(cfg.top_k, dim=-1).indices  # (T, k): steepest descent substitutions
-            pick = torch.randint(cfg.top_k, (cfg.batch_candidates,), generator=gen)
-            cands[torch.arange(cfg.batch_candidates), where] = top[where.to(top.device), pick.to(top.device)].cpu()
+            pick = torch.randint(cfg.top_k, (cfg.batch_candidates,), generator=gen, device="cpu")
+            cands[rows, where] = top[where.to(top.device), pick.to(top.device)].cpu()
         else:
-            cands[torch.arange(cfg.batch_candidates), where] = allowed[
-                torch.randint(len(allowed), (cfg.batch_candidates,), generator=gen)]
+            swap = torch.randint(len(allowed), (cfg.batch_candidates,), generator=gen, device="cpu")
+            cands[rows, where] = allowed[swap]
         with torch.no_grad():
             scores = sign * unit_value(subject, unit, cands)
         k = int(scores.argmin())
