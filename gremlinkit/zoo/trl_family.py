@@ -32,9 +32,9 @@ for SFT. The text is the base's own but never re-sampled from the model being tr
 earns is not its data's reward: 17 steps of SFT carry only part of the data's reward into the model
 (measured at RL's learning rate: 0.6-0.8 of it for teacher text, at most 0.35 for the base's best
 samples). So the data's reward (the dose: the mean reward of the highest-reward windows kept) is
-set by up to ``dose_trials`` trainings. The first takes the highest dose there is (the best ``rows`` windows);
-each next one scales the dose by how far the last organism fell from RL's held-out reward (or
-interpolates between two trials), and the organism closest to it wins. The organisms' rewards are
+set by up to ``dose_trials`` trainings. The first takes the highest dose there is (the best
+``rows`` windows); each next one scales the dose by how far the nearest organism fell from RL's
+held-out reward (or interpolates between two trials), and the organism closest to it wins. The organisms' rewards are
 read on calibration prompts (another seed), never on the held-out prompts that their cards report.
 Rejection sampling falls short at its highest dose: the base's best samples hold too few sea words
 for 17 steps to carry RL's reward, and its card's ``held_out_share_of_rl`` says how far.
@@ -263,12 +263,11 @@ def match_dose(windows: list, rewards: np.ndarray, target: float, spec: TRLSpec,
     """Train on the highest-reward ``windows`` at up to ``dose_trials`` doses (the kept windows' mean
     reward, `finetune.select_to_target`) so that the trained model's reward (``measure``) comes
     closest to ``target``. ``train(windows, trial)`` trains one organism. The first dose is the
-    highest (the best ``rows`` windows); the next scales the last dose by target / reward, or
-    interpolates between the two trials nearest the target, within the doses there are. Stops within
+    highest (the best ``rows`` windows); each next one interpolates between the two trials nearest
+    the target, or scales the nearest one's dose by target / reward, within the doses there are. Stops within
     ``dose_tolerance`` of the target, or when no new dose is left. Returns the closest model, its
     trial and every trial's dose and reward."""
-    order = np.sort(rewards)[::-1]
-    lowest, highest = float(order.mean()), float(order[:spec.rows].mean())
+    lowest, highest = float(rewards.mean()), float(np.sort(rewards)[-spec.rows:].mean())  # all windows; the best
     trials, best, dose = [], None, highest
     for k in range(spec.dose_trials):
         picked, mean = finetune.select_to_target(windows, rewards, dose, spec.rows)
