@@ -270,9 +270,10 @@ class Subject:
     def check_sae(self, prompts: Prompts) -> dict[str, float]:
         """Explained variance, L0 and the next-token loss increase when the SAE is spliced in.
 
-        Every real token counts; a BOS (when the batch has one) is left out, as in training. A wrong
-        site mapping shows as a low explained variance and a large loss increase. Statistics are
-        taken in float32 whatever the model's dtype.
+        Every real token counts; a BOS (when the batch has one) is left out, as in training. The
+        explained variance comes pooled over every token and without the massive activations
+        (`gremlinkit.interventions.reconstruction_fit`). A wrong site mapping shows as a low explained
+        variance and a large loss increase. Statistics are taken in float32 whatever the model's dtype.
         """
         site = self.sae_site
         batch = self.batch(prompts)
@@ -287,11 +288,10 @@ class Subject:
             spliced_logits = self.model.output.logits.save()
             acts, codes = x.save(), codes.save()
         xs, fs = acts[keep].float(), codes[keep]  # (N, d), (N, d_sae)
-        ev = 1 - (self.sae.decode(fs).float() - xs).pow(2).sum() / (xs - xs.mean(0)).pow(2).sum()
         ids = batch.to_prompt_index(batch.input_ids)
         clean = _next_token_loss(clean_logits, ids, batch.lengths)
         spliced = _next_token_loss(batch.to_prompt_index(spliced_logits), ids, batch.lengths)
-        return {"explained_variance": float(ev), "l0": float((fs > 0).sum(-1).float().mean()),
+        return {**ivmod.reconstruction_fit(xs, self.sae.decode(fs)), "l0": float((fs > 0).sum(-1).float().mean()),
                 "dead_fraction": float(1 - (fs > 0).any(0).float().mean()), "tokens": int(keep.sum()),
                 "ce_loss_clean": clean, "ce_loss_spliced": spliced, "ce_loss_increase": spliced - clean}
 

@@ -1,5 +1,6 @@
 """Interventions on toy-base: exact zeros, batched = one at a time, paired sampling, gradients, errors."""
 
+import numpy as np
 import pytest
 import torch
 from sae_lens import SAE
@@ -169,6 +170,23 @@ def test_check_sae_equals_a_plain_pytorch_splice(toy):
     assert report["ce_loss_clean"] == pytest.approx(losses["clean"], abs=2e-5)
     assert report["ce_loss_spliced"] == pytest.approx(losses["spliced"], abs=2e-5)
     assert losses["spliced"] - losses["clean"] > 2e-4  # so a splice that did nothing would fail above
+
+
+def test_reconstruction_fit_leaves_out_planted_massive_activations():
+    """Two rows scaled 40x (massive activations, reconstructed almost exactly) lift the pooled
+    explained variance towards 1; the typical figure equals numpy's over the other rows."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 24))
+    x[[3, 250]] *= 40
+    x_hat = x + rng.normal(scale=0.5, size=x.shape) * np.where(np.arange(400) % 247 == 3, 0.01, 1)[:, None]
+    fit = iv.reconstruction_fit(torch.tensor(x), torch.tensor(x_hat))
+    rest = np.setdiff1d(np.arange(400), [3, 250])
+    want = 1 - ((x_hat[rest] - x[rest]) ** 2).sum() / ((x[rest] - x[rest].mean(0)) ** 2).sum()
+    assert fit["massive_tokens"] == 2
+    assert fit["explained_variance_typical"] == pytest.approx(want, abs=1e-5)
+    assert fit["explained_variance"] > want + 0.05  # what the two rows hide
+    plain = iv.reconstruction_fit(torch.tensor(x[rest]), torch.tensor(x_hat[rest]))
+    assert plain["massive_tokens"] == 0 and plain["explained_variance"] == pytest.approx(want, abs=1e-5)
 
 
 def test_check_sae_exposes_a_wrong_site(toy):

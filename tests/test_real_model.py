@@ -14,7 +14,7 @@ import torch
 import gremlinkit
 from gremlinkit import interventions as iv
 from gremlinkit.zoo import registry
-from gremlinkit.zoo.real import heldout_texts
+from gremlinkit.zoo.real import HELDOUT_STORIES_FILE, heldout_texts
 
 PROMPTS = ["The old sailor looked at the sea and said", "Python is a programming language that"]
 SITE = "blocks.15.hook_resid_pre"
@@ -162,9 +162,10 @@ def test_one_hot_gradients_in_the_model_dtype(smol, smol_bf16, which):
 
 
 def test_sae_card_figures_recomputed_on_the_shipped_heldout_text(smol):
-    """Explained variance, L0 and the loss increase from `check_sae` on 16 of the 64 held-out windows,
-    against the card's figures over all 64. Tolerances: EV 0.03 and loss increase 0.06, the spread
-    measured across the four 16-window quarters (EV 0.805-0.840, loss increase 0.109-0.196)."""
+    """Explained variance, L0 and the loss increase from `check_sae` on 16 of the 64 held-out
+    documentation windows, against the card's figures over all 64. Tolerances: EV 0.03 and loss
+    increase 0.06, the spread measured across the four 16-window quarters (EV 0.789-0.821, loss
+    increase 0.162-0.250; the card: 0.803 and 0.204)."""
     path = registry.path("smollm2-135m-sae")
     card = json.loads((path / "card.json").read_text())["heldout_metrics"]
     texts = heldout_texts(path)
@@ -172,7 +173,20 @@ def test_sae_card_figures_recomputed_on_the_shipped_heldout_text(smol):
     assert got["explained_variance"] == pytest.approx(card["explained_variance"], abs=0.03)
     assert got["l0"] == pytest.approx(card["l0"], abs=0.5)
     assert got["ce_loss_increase"] == pytest.approx(card["ce_loss_increase"], abs=0.06)
-    assert card["explained_variance"] >= 0.8 and card["dead_fraction"] <= 0.10 and card["ce_loss_increase"] <= 0.25
+    assert card["explained_variance"] >= 0.78 and card["dead_fraction"] <= 0.10 and card["ce_loss_increase"] <= 0.25
+
+
+def test_sae_reads_the_shipped_heldout_story_text(smol):
+    """The text the census reads: 16 of the 48 held-out story openings continued by smollm2-135m
+    (shipped beside the SAE), against the card's figures over all 48. Without massive activations
+    the explained variance is at least 0.75 (the census's floor); the thirds measured 0.833-0.842
+    (the card: 0.839), the loss increase 0.183-0.254 (0.218). Tolerances 0.02 and 0.06."""
+    path = registry.path("smollm2-135m-sae")
+    card = json.loads((path / "card.json").read_text())["heldout_story_metrics"]
+    got = smol.check_sae(heldout_texts(path, HELDOUT_STORIES_FILE)[:16])
+    assert got["explained_variance_typical"] == pytest.approx(card["explained_variance_typical"], abs=0.02)
+    assert got["ce_loss_increase"] == pytest.approx(card["ce_loss_increase"], abs=0.06)
+    assert card["explained_variance_typical"] >= 0.75 and card["ce_loss_increase"] <= 0.3
 
 
 def test_sae_explained_variance_from_transformers_hidden_states(smol):

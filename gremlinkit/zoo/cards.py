@@ -30,7 +30,8 @@ def headline(c: dict) -> dict[str, float]:
     if "sae_transfer" in c:
         out.update(base_sae_explained_variance=c["sae_transfer"]["explained_variance"])
     if "sae_fit" in c:  # a TRL organism: its family's SAE on held-out story text
-        out.update(sae_explained_variance=c["sae_fit"]["explained_variance"])
+        fit = c["sae_fit"]
+        out.update(sae_explained_variance=fit.get("explained_variance_typical", fit["explained_variance"]))
     if "heldout_metrics" in c:
         m = c["heldout_metrics"]
         out.update(explained_variance=m["explained_variance"], l0=m["l0"], dead_fraction=m["dead_fraction"])

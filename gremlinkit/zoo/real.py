@@ -90,12 +90,14 @@ def windows(tok, paragraphs: list[str], length: int, n: int | None, seed: int, b
 
 
 HELDOUT_FILE = "heldout.jsonl"  # beside an SAE: the held-out windows its card was measured on
+HELDOUT_STORIES_FILE = "heldout_stories.jsonl"  # beside the smollm2 SAE: the held-out story windows
 
 
-def write_heldout(directory: Path, texts: list[str]) -> None:
-    (directory / HELDOUT_FILE).write_text("".join(json.dumps(t) + "\n" for t in texts))
+def write_heldout(directory: Path, texts: list[str], name: str = HELDOUT_FILE) -> None:
+    (directory / name).write_text("".join(json.dumps(t) + "\n" for t in texts))
 
 
-def heldout_texts(directory: Path) -> list[str]:
-    """The held-out windows shipped beside an SAE, as text (each was a BOS and ``context - 1`` tokens)."""
-    return [json.loads(line) for line in (Path(directory) / HELDOUT_FILE).read_text().splitlines()]
+def heldout_texts(directory: Path, name: str = HELDOUT_FILE) -> list[str]:
+    """The held-out texts shipped beside an SAE: ``heldout.jsonl``, windows that were a BOS and
+    ``context - 1`` tokens; ``heldout_stories.jsonl``, story openings with a continuation."""
+    return [json.loads(line) for line in (Path(directory) / name).read_text().splitlines()]

