@@ -140,7 +140,9 @@ def build_sft(root: Path | None, spec: tf.TRLSpec) -> dict:
 
 
 def build_rs(root: Path | None, spec: tf.TRLSpec) -> dict:
-    return _build_offline("smollm2-135m-rs", root, spec, tf.best_of_n)
+    name = "smollm2-135m-rs"
+    return _build_offline(name, root, spec, lambda base, tok, s: tf.best_of_n(base, tok, s, _work(name, root) /
+                                                                              "candidates.json"))
 
 
 BUILDERS = {"smollm2-135m-rl": build_rl, "smollm2-135m-sft": build_sft, "smollm2-135m-rs": build_rs}
