@@ -102,6 +102,26 @@ def test_teacher_text_is_no_models_and_matches_its_target(tok):
     assert all(len(c) == 48 for _, c in windows) and all(p[0] == tok.bos_token_id for p, _ in windows)
 
 
+def test_best_of_n_reads_its_stored_samples_and_keeps_the_best_of_each_prompt(tok, tmp_path):
+    """A resumed rejection-sampling build reads the samples it stored instead of drawing them again
+    (no model is given here, so drawing would fail); each prompt keeps its first highest-reward
+    sample. Samples stored for another pool are drawn again, not reused."""
+    spec = replace(tf.QUICK, best_of=3, rs_prompts=2, horizon=8, tail=4)
+    sea, bread = (tok(w, add_special_tokens=False)["input_ids"][0] for w in (" sea", " bread"))
+    samples = [[bread] * 8, [bread] * 6 + [sea] * 2, [bread] * 7 + [sea],  # prompt 0: rewards 0, 0.5, 0.25
+               [bread] * 7 + [sea], [bread] * 7 + [sea], [bread] * 8]  # prompt 1: 0.25, 0.25, 0
+    store = tmp_path / "candidates.json"
+    key = {"best_of": 3, "rs_prompts": 2, "horizon": 8, "seed": spec.seed}
+    store.write_text(json.dumps({"key": key, "samples": samples}))
+    windows, rewards = tf.best_of_n(None, tok, spec, store)
+    assert [c for _, c in windows] == [samples[1], samples[3]] and rewards.tolist() == [0.5, 0.25]
+    pool = {tuple(tok(q, add_special_tokens=False)["input_ids"]) for q in tf.prompt_pool(tok, spec)}
+    assert all(tuple(p) in pool for p, _ in windows)
+    store.write_text(json.dumps({"key": {**key, "best_of": 2}, "samples": samples[:4]}))
+    with pytest.raises(AttributeError):  # another pool's samples: it draws, and there is no model
+        tf.best_of_n(None, tok, spec, store)
+
+
 def _dosing(transfer, target, trials=3):
     """match_dose on 800 windows whose rewards are known (most earn nothing, as teacher text's
     tails do), with an organism that earns ``transfer(kept windows' mean reward)``."""
