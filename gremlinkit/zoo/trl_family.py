@@ -84,7 +84,7 @@ class TRLSpec:
     eval_prompts: int = 64
     eval_samples: int = 2  # per held-out prompt
     save_every: int = 5  # TRL checkpoint interval: an interrupted build resumes from the latest
-    best_of: int = 8  # rejection sampling's n
+    best_of: int = 8  # rejection sampling's n (a larger pool earned no more; see the module's docstring)
     rs_prompts: int = 64  # prompts rejection sampling draws best_of samples for
     dose_trials: int = 3  # trainings an offline organism may take to match RL's reward (`match_dose`)
     dose_tolerance: float = 0.1  # no further trial once within this share of RL's reward
