@@ -93,4 +93,5 @@ def sae_metrics(sae: SAE, acts: torch.Tensor, batch_size: int = 4096) -> dict[st
         recon[start:start + batch_size] = sae.decode(f)
         fired |= (f > 0).any(0)
         l0_sum += (f > 0).sum().item()
-    return {**reconstruction_fit(acts, recon), "l0": l0_sum / len(acts), "dead_fraction": 1 - fired.float().mean().item()}
+    return {**reconstruction_fit(acts, recon), "l0": l0_sum / len(acts),
+            "dead_fraction": 1 - fired.float().mean().item()}
