@@ -388,15 +388,13 @@ def story_stream(n_stories: int, seed: int) -> list[str]:
 def continued_openings(subject, n: int, length: int, seed: int) -> list[list[int]]:
     """``n`` windows of ``length`` tokens: a BOS, an English story opening (`stories.story_prompts`)
     and the subject's own continuation (temperature 1) to the window's end."""
-    from dataclasses import replace as _replace
-
     from gremlinkit import stories
     from gremlinkit.zoo import trl_family as tf
 
     tok, model = subject.tokenizer, subject.model._module
     openings = [tok(tok.bos_token + p, add_special_tokens=False)["input_ids"][:length // 2]
                 for p in stories.story_prompts(n, seed=seed)]
-    spec = _replace(tf.TRLSpec(), horizon=length - min(map(len, openings)))  # enough for the shortest opening
+    spec = dataclasses.replace(tf.TRLSpec(), horizon=length - min(map(len, openings)))  # enough for the shortest opening
     comps = tf.sample(model, tok, [tok.decode(o) for o in openings], spec, seed=seed, batch=64)
     return [(o + c)[:length] for o, c in zip(openings, comps)]
 
@@ -447,7 +445,7 @@ def build_smollm2_sae(root: Path | None, spec: BuildSpec) -> dict:
                  "train_words": sum(len(p.split()) for p in train_text),
                  "heldout_words": sum(len(p.split()) for p in held_text),
                  "split": "documentation: one source file in ten held out, by a hash of its path; stories: the "
-                          "family's held-out openings (seed 75000), never drawn for training",
+                          "family's held-out openings, drawn with another seed (75000) than any training text",
                  "heldout_sample": f"{real.HELDOUT_FILE}: the {rs.heldout_windows} held-out documentation windows "
                                    f"measured below, as text, one JSON string a line; {real.HELDOUT_STORIES_FILE}: "
                                    "the held-out story windows, likewise"},
