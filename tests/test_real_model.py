@@ -173,7 +173,7 @@ def test_sae_card_figures_recomputed_on_the_shipped_heldout_text(smol):
     assert got["explained_variance"] == pytest.approx(card["explained_variance"], abs=0.03)
     assert got["l0"] == pytest.approx(card["l0"], abs=0.5)
     assert got["ce_loss_increase"] == pytest.approx(card["ce_loss_increase"], abs=0.06)
-    assert card["explained_variance"] >= 0.78 and card["dead_fraction"] <= 0.10 and card["ce_loss_increase"] <= 0.25
+    assert card["explained_variance"] >= 0.8 and card["dead_fraction"] <= 0.10 and card["ce_loss_increase"] <= 0.25
 
 
 def test_sae_reads_the_shipped_heldout_story_text(smol):
