@@ -26,6 +26,13 @@ from typing import Any
 GROUP = "gremlinkit.providers"
 
 
+def fit_explained_variance(fit: dict) -> float | None:
+    """The explained variance an SAE fit on a card is judged by: without massive activations
+    (``explained_variance_typical``, `gremlinkit.interventions.reconstruction_fit`) where the card
+    has it, else the pooled figure; None if neither."""
+    return fit.get("explained_variance_typical", fit.get("explained_variance"))
+
+
 @dataclass(frozen=True)
 class Entry:
     """A named artefact: ``path`` is a local HF model or sae_lens directory."""
@@ -50,9 +57,8 @@ class Member:
 
     def figure(self, key: str) -> float:
         """A headline figure from the card: ``reward``, ``kl_to_base``, ``weight_change``, ``rl_steps``,
-        ``horizon``, ``sae_explained_variance`` (without massive activations where the card has it,
-        `gremlinkit.interventions.reconstruction_fit`); 0 for the base where it is 0 by definition,
-        NaN where the card has none."""
+        ``horizon``, ``sae_explained_variance`` (`fit_explained_variance`); 0 for the base where it is 0
+        by definition, NaN where the card has none."""
         c, base = self.card, self.method == "base"
         weight = c.get("weight_change", {})
         sae = c.get("sae_fit") or c.get("sae_transfer") or {}
@@ -62,7 +68,7 @@ class Member:
                                                                               0.0 if base else None)),
                   "rl_steps": c.get("training", {}).get("steps", 0) if self.method == "on-policy RL" else 0,
                   "horizon": c.get("reward", {}).get("horizon", 0),
-                  "sae_explained_variance": sae.get("explained_variance_typical", sae.get("explained_variance"))}
+                  "sae_explained_variance": fit_explained_variance(sae)}
         if key not in values:
             raise KeyError(f"no figure {key!r}: a member has {sorted(values)}")
         return float("nan") if values[key] is None else float(values[key])

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from gremlinkit.providers import fit_explained_variance
 from gremlinkit.zoo import registry
 
 
@@ -30,8 +31,7 @@ def headline(c: dict) -> dict[str, float]:
     if "sae_transfer" in c:
         out.update(base_sae_explained_variance=c["sae_transfer"]["explained_variance"])
     if "sae_fit" in c:  # a TRL organism: its family's SAE on held-out story text
-        fit = c["sae_fit"]
-        out.update(sae_explained_variance=fit.get("explained_variance_typical", fit["explained_variance"]))
+        out.update(sae_explained_variance=fit_explained_variance(c["sae_fit"]))
     if "heldout_metrics" in c:
         m = c["heldout_metrics"]
         out.update(explained_variance=m["explained_variance"], l0=m["l0"], dead_fraction=m["dead_fraction"])
