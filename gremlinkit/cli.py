@@ -77,11 +77,18 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from gremlinkit import harness
+    from gremlinkit import harness, series
 
+    print("\n".join(series.plan(harness.discover(Path(args.notebooks)), args.smoke)), flush=True)
+    if args.plan:
+        return 0
     index, entries = harness.run_series(Path(args.notebooks), Path(args.runs), smoke=args.smoke)
     failed = sum(not e.passed for e in entries)
-    print(f"{len(entries) - failed}/{len(entries)} notebooks passed; executed notebooks and index: {index}")
+    if args.docs:
+        copied = series.copy_to_docs([e.run.executed for e in entries if e.passed], Path(args.docs), Path(args.runs))
+        print(f"{len(copied)} executed notebooks copied into {args.docs}")
+    print(f"{len(entries) - failed}/{len(entries)} notebooks passed. Rendered notebooks and their metrics: {index}")
+    print("The documentation, with every notebook rendered: make docs, then .venv/bin/mkdocs serve")
     return 1 if failed else 0
 
 
@@ -120,6 +127,8 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--notebooks", default="notebooks")
     d.add_argument("--runs", default="runs")
     d.add_argument("--smoke", action="store_true")
+    d.add_argument("--plan", action="store_true", help="print what would run, with expected times, and stop")
+    d.add_argument("--docs", metavar="DIR", help="copy the executed notebooks into DIR (the site's docs/notebooks)")
     d.set_defaults(func=_demo)
     return p
 

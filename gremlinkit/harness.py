@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import html
 import importlib
 import json
 import os
@@ -203,16 +202,20 @@ def run_series(notebook_dir: Path, runs_dir: Path, smoke: bool = False,
 
 
 def _write_index(run_dir: Path, entries: list[SeriesEntry]) -> None:
-    items, md = [], [f"# gremlinkit notebook series, {run_dir.name}", ""]
+    """``index.html`` (each notebook rendered as HTML, with its key metrics against its reference)
+    and ``index.md`` (one line per notebook, every metric)."""
+    from gremlinkit import series
+
+    pages, md = [], [f"# gremlinkit notebook series, {run_dir.name}", ""]
     for e in entries:
         r = e.run
-        rel = r.executed.relative_to(run_dir)
         verdict = "pass" if e.passed else "FAIL: " + "; ".join(e.problems)
+        page = series.render_html(r.executed).relative_to(run_dir).as_posix() if r.executed.exists() else None
+        ref = reference(r.notebook) if reference_path(r.notebook).exists() else None
+        pages.append({"name": r.notebook.name, "page": page, "seconds": r.seconds, "verdict": verdict,
+                      "rows": series.metrics_table(r.metrics, ref)})
         metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.metrics.items())
-        items.append(f"<li><a href='{html.escape(str(rel))}'>{html.escape(r.notebook.name)}</a> "
-                     f"({r.seconds:.0f} s, {html.escape(verdict)}): {html.escape(metrics)}</li>")
-        md.append(f"- [{r.notebook.name}]({rel}) ({r.seconds:.0f} s, {verdict}): {metrics}")
+        md.append(f"- [{r.notebook.name}]({page}) ({r.seconds:.0f} s, {verdict}): {metrics}")
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "index.html").write_text(
-        f"<html><body><h1>gremlinkit notebook series, {run_dir.name}</h1><ul>{''.join(items)}</ul></body></html>\n")
+    (run_dir / "index.html").write_text(series.index_html(f"gremlinkit notebook series, {run_dir.name}", pages))
     (run_dir / "index.md").write_text("\n".join(md) + "\n")

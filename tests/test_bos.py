@@ -1,9 +1,9 @@
-"""The BOS policy, on a GPT-2-architecture stand-in for the README's ``gpt2`` example.
+"""The BOS policy, on a GPT-2-architecture stand-in for the ``gpt2`` example of Getting started.
 
 GPT-2's tokenizer adds no BOS, while pretrained GPT-2 SAEs (``gpt2-small-res-jb``) were trained
 with ``prepend_bos=True``. The stand-in is a tiny random GPT-2 with a byte-level BPE tokenizer built
 the same way (``<|endoftext|>`` as BOS and EOS, no post-processor), and a sae_lens SAE whose
-metadata sets ``prepend_bos``. It is loaded through `gremlinkit.load` exactly as the README's
+metadata sets ``prepend_bos``. It is loaded through `gremlinkit.load` exactly as Getting started's
 example is; only the SAE comes from a local directory instead of the hub (the ``gpt2_like``
 fixture in ``conftest.py``).
 """
