@@ -157,7 +157,7 @@ class SeriesEntry:
         peak = self.run.metrics.get("peak_rss_mb")
         rss = f"{peak:5.0f} MB" if peak is not None else "      -"
         verdict = "pass" if self.passed else f"FAIL: {self.problems[0]}"
-        return f"{self.run.notebook.name:<28} {self.run.seconds:5.0f} s  {rss}  {verdict}"
+        return f"{self.run.notebook.name:<40} {self.run.seconds:5.0f} s  {rss}  {verdict}"
 
 
 def reference_is_smoke(notebook: Path) -> bool:

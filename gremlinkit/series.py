@@ -11,6 +11,7 @@ reference. ``make docs-notebooks`` copies the executed notebooks into ``docs/not
 from __future__ import annotations
 
 import html
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,9 @@ def render_html(executed: Path) -> Path:
     """``executed`` rendered beside it as HTML, outputs and charts included (nbconvert, lab template)."""
     from nbconvert import HTMLExporter
 
-    body, _ = HTMLExporter(template_name="lab").from_notebook_node(nbformat.read(executed, as_version=4))
+    with warnings.catch_warnings():  # papermill keeps the source's cells, which predate cell ids
+        warnings.simplefilter("ignore", nbformat.validator.MissingIDFieldWarning)
+        body, _ = HTMLExporter(template_name="lab").from_notebook_node(nbformat.read(executed, as_version=4))
     out = executed.with_suffix(".html")
     out.write_text(body)
     return out
@@ -67,10 +70,9 @@ def index_html(title: str, entries: list[dict]) -> str:
     parts = [f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head><body>",
              f"<h1>{html.escape(title)}</h1>"]
     for e in entries:
-        link = html.escape(e["page"]) if e.get("page") else None
         name = html.escape(e["name"])
-        parts.append(f"<h2>{f'<a href={chr(39)}{link}{chr(39)}>{name}</a>' if link else name}</h2>"
-                     f"<p>{e['seconds']:.0f} s, {html.escape(e['verdict'])}</p>")
+        heading = f"<a href='{html.escape(e['page'])}'>{name}</a>" if e.get("page") else name
+        parts.append(f"<h2>{heading}</h2><p>{e['seconds']:.0f} s, {html.escape(e['verdict'])}</p>")
         if e["rows"]:
             cells = "".join(f"<tr><td>{html.escape(a)}</td><td>{html.escape(b)}</td><td>{html.escape(c)}</td></tr>"
                             for a, b, c in e["rows"])
@@ -80,17 +82,49 @@ def index_html(title: str, entries: list[dict]) -> str:
 
 def copy_to_docs(executed: list[Path], docs_dir: Path, run_root: Path) -> list[Path]:
     """Copy executed notebooks into ``docs_dir`` for the site, with the run's absolute paths in
-    papermill's injected cell written relative to the run's root."""
+    papermill's injected cell written relative to the folder that holds ``run_root``."""
     docs_dir.mkdir(parents=True, exist_ok=True)
     out = []
     for path in executed:
         nb = nbformat.read(path, as_version=4)
         for cell in nb.cells:
             if "injected-parameters" in cell.metadata.get("tags", []):
-                cell.source = cell.source.replace(str(run_root.resolve()) + "/", "")
+                cell.source = cell.source.replace(str(run_root.resolve().parent) + "/", "")
         nb.metadata.pop("papermill", None)
+        _widgets_as_static_outputs(nb)
         target = docs_dir / path.name
         nbformat.write(nb, target)
         out.append(target)
     return out
 
+
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+
+
+def _widgets_as_static_outputs(nb) -> None:
+    """After each widget's output, the outputs its saved state holds (its ``Output`` children's
+    charts and text), so that a page read without a kernel or the widgets' JavaScript shows them."""
+    state = nb.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
+
+    def held(model_id: str, seen: set) -> list:
+        if model_id in seen or model_id not in state:
+            return []
+        seen.add(model_id)
+        model = state[model_id]
+        if model["model_name"] == "OutputModel":
+            return list(model["state"].get("outputs", []))
+        refs = [c for c in model["state"].get("children", []) if isinstance(c, str)]
+        return [o for ref in refs for o in held(ref.removeprefix("IPY_MODEL_"), seen)]
+
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        out = []
+        for o in cell.outputs:
+            out.append(o)
+            view = o.get("data", {}).get(WIDGET_VIEW)
+            if view:
+                out += [nbformat.from_dict(s) for s in held(view["model_id"], set())]
+        cell.outputs = out

@@ -1,11 +1,12 @@
 """The documentation: its examples run as written, the site builds strictly, and it reads in a browser.
 
 The examples are the ``python`` blocks of the home page and of "Getting started" (run together), and
-those of the exploration and findings pages (run together, in the site's order). The one hub example, ``gremlinkit.load("gpt2", sae=("gpt2-small-res-jb", "blocks.8.hook_resid_pre"))``,
-runs against an offline stand-in of the hub: a Hugging Face cache holding a small random GPT-2
-(9 layers, width 768, a byte-level BPE tokenizer that adds no BOS, as GPT-2's does) under ``gpt2``,
-and a sae_lens SAE under the release's own repository and folder, with ``HF_HUB_OFFLINE=1``. So the
-real loading code (nnsight's ``TransformersModel("gpt2")``, sae_lens's ``SAE.from_pretrained``) runs
+those of the exploration and findings pages (run together, in the site's order). The one hub
+example, ``gremlinkit.load("gpt2", sae=("gpt2-small-res-jb", "blocks.8.hook_resid_pre"))``, runs
+against an offline stand-in of the hub: a Hugging Face cache holding a small random GPT-2 (9 layers,
+width 768, a byte-level BPE tokenizer that adds no BOS, as GPT-2's does) under ``gpt2``, and a
+sae_lens SAE under the release's own repository and folder, with ``HF_HUB_OFFLINE=1``. So the real
+loading code (nnsight's ``TransformersModel("gpt2")``, sae_lens's ``SAE.from_pretrained``) runs
 unchanged; only the weights are stand-ins.
 """
 
@@ -115,9 +116,11 @@ def site(tmp_path_factory) -> Path:
     return out
 
 
-def test_the_readme_links_resolve():
+def test_the_readme_is_a_front_door_whose_links_resolve():
     text = (ROOT / "README.md").read_text()
     assert len(text.splitlines()) <= 150, "the README is a front door: 150 lines at most"
+    example = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert example and all(b in python_blocks(["index.md"]) for b in example), "the example is the home page's"
     links = [u for u in re.findall(r"\]\(([^)\s]+)\)", text) if not u.startswith(("http://", "https://"))]
     assert len(links) >= 10
     missing = [u for u in links if not (ROOT / u.split("#")[0]).exists()]
@@ -133,7 +136,8 @@ def test_every_notebook_has_an_executed_page_in_step_with_its_source():
     assert [p.name for p in NOTEBOOK_PAGES] == [p.name for p in sources]
     for page, source in zip(NOTEBOOK_PAGES, sources):
         executed, stripped = nbformat.read(page, 4), nbformat.read(source, 4)
-        code = [c.source for c in executed.cells if c.cell_type == "code" and "injected-parameters" not in c.metadata.get("tags", [])]
+        code = [c.source for c in executed.cells
+                if c.cell_type == "code" and "injected-parameters" not in c.metadata.get("tags", [])]
         assert code == [c.source for c in stripped.cells if c.cell_type == "code"], f"{page.name} is stale"
         outputs = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs]
         assert all(c.execution_count for c in executed.cells if c.cell_type == "code"), f"{page.name} is not executed"
@@ -221,7 +225,7 @@ def test_the_site_in_a_browser(site):
 
             page.goto(f"{url}/")
             page.locator("label.md-search__icon, .md-search__input").first.click()
-            page.locator("input.md-search__input").fill("half-life")
+            page.keyboard.type("half-life", delay=50)  # keystrokes, as a reader types
             result = page.locator(".md-search-result__item").first
             result.wait_for(timeout=30_000)
             assert "half-life" in page.locator(".md-search-result").inner_text().lower()

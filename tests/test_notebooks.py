@@ -117,3 +117,25 @@ def test_demo_prints_one_line_per_notebook_and_goes_on_after_a_failure(tmp_path,
     assert "without encryption" not in out + err  # the kernel's start-up chatter goes to its own log
     assert "without encryption" in (tmp_path / "runs" / "latest" / "00_ok" / harness.KERNEL_LOG).read_text()
     assert index.exists() and "planted failure" in (index.parent / "index.md").read_text()
+    page = index.read_text()  # each notebook rendered as HTML, linked from the index
+    assert "href='00_ok/00_ok.html'" in page and "<svg" not in page
+    assert "print" in (index.parent / "00_ok" / "00_ok.html").read_text()  # its code, as a page
+
+
+def test_the_demo_plan_gives_each_notebook_its_last_measured_time():
+    from gremlinkit import series
+
+    lines = series.plan(NOTEBOOKS, smoke=False)
+    seconds = {nb.name: harness.reference(nb)["seconds"]["default"] for nb in NOTEBOOKS}
+    assert len(lines) == 1 + len(seconds)
+    for name, s in seconds.items():
+        assert any(line.split()[0] == name and line.split()[1] == f"~{s:.0f}" for line in lines[1:]), name
+    assert f"about {sum(seconds.values()) / 60:.0f} min" in lines[0]
+
+
+def test_the_demo_index_table_reads_metrics_against_their_reference():
+    from gremlinkit import series
+
+    ref = {"metrics": {"a": {"value": 0.5, "atol": 0.1}, "b": {"max": 1500}, "c": {"equals": "x"}}}
+    rows = series.metrics_table({"a": 0.52, "b": 900.0}, ref)
+    assert rows == [("a", "0.52", "0.5 ± 0.1"), ("b", "900", "max 1500"), ("c", "-", "x")]
