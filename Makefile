@@ -35,7 +35,7 @@ real-organisms: real-model
 
 # The demo prints its plan (what it builds and runs, with the last measured times) before it starts.
 demo: $(STAMP)
-	@echo "make demo: converts smollm2-135m once (about 20 s), builds notebook 04's organisms once (about 10 min)."
+	@echo "make demo: where missing, converts smollm2-135m (about 20 s) and builds notebook 04's organisms (about 10 min); then:"
 	$(PY) -m gremlinkit demo --plan
 	$(MAKE) real-model organisms
 	$(PY) -m gremlinkit demo --notebooks notebooks --runs runs

@@ -47,6 +47,7 @@ class RealSAESpec:
 class BuildSpec:
     train_docs: int = 6000
     heldout_docs: int = 400
+    transfer_docs: int = 200  # held-out stories on which toy-base's SAE is fitted to each fine-tune
     sae_docs: int = 4000
     corpus_seed: int = 0
     heldout_seed: int = 1
@@ -59,7 +60,8 @@ class BuildSpec:
 
 
 FULL = BuildSpec()
-QUICK = BuildSpec(train_docs=1500, heldout_docs=200, sae_docs=600, lm=lm.LMSpec(steps=100, batch_size=8, seq_len=128),
+QUICK = BuildSpec(train_docs=1500, heldout_docs=200, transfer_docs=24, sae_docs=600,
+                  lm=lm.LMSpec(steps=100, batch_size=8, seq_len=128),
                   sae=SAESpec(training_tokens=300_000),
                   finetune=finetune.FinetuneSpec(steps=8, prompts_per_step=4, eval_prompts=16),
                   dose=finetune.DoseSpec(step_scale=1 / 40),
@@ -189,7 +191,7 @@ def _sae_transfer(root: Path | None, name: str, spec: BuildSpec) -> dict[str, fl
     from gremlinkit.subject import load
 
     subject = load(registry.path(name, root), sae=registry.path("toy-base-sae", root), device="cpu")
-    docs = lm.encode_docs(corpus_mod.generate(spec.heldout_docs // 2, spec.heldout_seed), subject.tokenizer)
+    docs = lm.encode_docs(corpus_mod.generate(spec.transfer_docs, spec.heldout_seed), subject.tokenizer)
     return subject.check_sae([torch.from_numpy(d) for d in docs])
 
 
