@@ -158,6 +158,7 @@ def _internal_links(site: Path) -> list[tuple[Path, str]]:
     return links
 
 
+@pytest.mark.slow
 def test_no_internal_link_of_the_site_is_broken(site):
     links = _internal_links(site)
     assert len(links) > 500
@@ -174,6 +175,7 @@ def test_no_internal_link_of_the_site_is_broken(site):
     assert not broken, broken[:20]
 
 
+@pytest.mark.slow
 def test_the_zoo_page_is_written_from_the_cards(site):
     """Each shipped artefact's row carries its card's headline figures, as `gremlinkit.zoo.cards` reads them."""
     from gremlinkit.zoo import cards
