@@ -17,6 +17,8 @@ from typing import Any
 
 import nbformat
 
+from gremlinkit.results import atomic_write_text
+
 KEY_METRICS = 6  # metrics per notebook in the index's table
 
 
@@ -48,7 +50,7 @@ def render_html(executed: Path) -> Path:
         warnings.simplefilter("ignore", nbformat.validator.MissingIDFieldWarning)
         body, _ = HTMLExporter(template_name="lab").from_notebook_node(nbformat.read(executed, as_version=4))
     out = executed.with_suffix(".html")
-    out.write_text(body)
+    atomic_write_text(out, body)
     return out
 
 
@@ -93,10 +95,9 @@ def copy_to_docs(executed: list[Path], docs_dir: Path, run_root: Path) -> list[P
         nb.metadata.pop("papermill", None)
         _widgets_as_static_outputs(nb)
         target = docs_dir / path.name
-        nbformat.write(nb, target)
+        atomic_write_text(target, nbformat.writes(nb).rstrip("\n") + "\n")  # as nbformat.write ends it
         out.append(target)
     return out
-
 
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
