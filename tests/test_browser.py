@@ -14,6 +14,7 @@ offline) and is skipped, with the reason, only when that install fails.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import shutil
 import socket
@@ -22,6 +23,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 from conftest import install_debian_package
@@ -49,6 +51,29 @@ def chromium() -> str:
     if not found:
         pytest.skip("apt-get installed chromium, but no chromium executable is on PATH")
     return found
+
+
+def screenshots(name: str) -> Path:
+    """Where a browser test saves its screenshots: ``test-output/<name>/`` (or ``$GREMLINKIT_TEST_OUTPUT``)."""
+    shots = Path(os.environ.get("GREMLINKIT_TEST_OUTPUT", ROOT / "test-output")) / name
+    shots.mkdir(parents=True, exist_ok=True)
+    return shots
+
+
+@contextlib.contextmanager
+def browser_page(width: int) -> Iterator:
+    """A page in headless Debian chromium (installed if missing); fails the test if the page raised."""
+    exe = chromium()
+    from playwright.sync_api import sync_playwright
+
+    errors: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, headless=True, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": width, "height": 1000})
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        yield page
+        browser.close()
+    assert not errors, f"page errors: {errors}"
 
 
 def _free_port() -> int:
@@ -123,17 +148,9 @@ def _wait_for_all_cells(page, timeout_s: float) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_notebook_05_in_jupyterlab(lab):
-    exe = chromium()
-    from playwright.sync_api import sync_playwright
-
     url, token = lab
-    shots = Path(os.environ.get("GREMLINKIT_TEST_OUTPUT", ROOT / "test-output")) / "browser"
-    shots.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=exe, headless=True, args=CHROMIUM_FLAGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
+    shots = screenshots("browser")
+    with browser_page(1400) as page:
         page.goto(f"{url}/lab/tree/notebooks/{NOTEBOOK}?token={token}")
         page.wait_for_selector(".jp-NotebookPanel .jp-Notebook .jp-CodeCell", timeout=120_000)
         # The status bar reads "Python 3 (ipykernel) | Idle" once the kernel has started.
@@ -186,5 +203,3 @@ def test_notebook_05_in_jupyterlab(lab):
         viewer = page.locator(".gk-scan-viewer").first
         viewer.scroll_into_view_if_needed()
         viewer.screenshot(path=str(shots / "05-scan-viewer.png"))
-        browser.close()
-    assert not errors, f"page errors: {errors}"

@@ -195,24 +195,15 @@ def test_the_site_in_a_browser(site):
     import http.server
     import threading
 
-    from test_browser import CHROMIUM_FLAGS, chromium
-
-    exe = chromium()
-    from playwright.sync_api import sync_playwright
+    from test_browser import browser_page, screenshots
 
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
-    shots = Path(os.environ.get("GREMLINKIT_TEST_OUTPUT", ROOT / "test-output")) / "docs"
-    shots.mkdir(parents=True, exist_ok=True)
+    shots = screenshots("docs")
     try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=exe, headless=True, args=CHROMIUM_FLAGS)
-            page = browser.new_page(viewport={"width": 1300, "height": 1000})
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-
+        with browser_page(1300) as page:
             page.goto(f"{url}/notebooks/03_persistence_scan/")
             chart = page.locator(".jp-OutputArea-output img, .jp-OutputArea-output svg").first
             chart.scroll_into_view_if_needed()
@@ -232,7 +223,5 @@ def test_the_site_in_a_browser(site):
             result.wait_for(timeout=30_000)
             assert "half-life" in page.locator(".md-search-result").inner_text().lower()
             page.screenshot(path=str(shots / "search.png"))
-            browser.close()
     finally:
         server.shutdown()
-    assert not errors, f"page errors: {errors}"
