@@ -55,6 +55,44 @@ def test_probe_recovers_a_planted_linear_signal_and_reads_zero_on_noise():
     assert null["r2"] < 0.02 and null["r2_low"] < 0
 
 
+@pytest.mark.parametrize("signal", [0.05, 0.3, 3.0])  # weak to strong: the chosen penalty moves from high to low
+def test_the_penalty_search_chooses_what_grid_search_chooses(signal):
+    """`best_alpha` fits every penalty at once; sklearn's `GridSearchCV` over the same pipeline, folds
+    and scoring is the reference."""
+    from sklearn.linear_model import Ridge
+    from sklearn.model_selection import GridSearchCV, GroupKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(120 * 4, 40))
+    y = signal * x[:, :5].sum(1) + rng.normal(size=len(x))
+    groups = np.repeat(np.arange(120), 4)
+    search = GridSearchCV(make_pipeline(StandardScaler(), Ridge()), {"ridge__alpha": agents.ALPHAS},
+                          cv=GroupKFold(n_splits=3), scoring="r2").fit(x, y, groups=groups)
+    assert agents.best_alpha(x, y, groups) == search.best_params_["ridge__alpha"]
+
+
+def test_the_r2_interval_scores_each_resample_of_whole_rows():
+    """Every resample scored at once equals `r2_score` on each resample drawn in turn; a resample
+    with a constant target is left out."""
+    from sklearn.metrics import r2_score
+
+    rng = np.random.default_rng(2)
+    groups = np.repeat(np.arange(5), 3)
+    target = np.repeat([0.0, 1.0, 0.0, 1.0, 1.0], 3)  # five rows: about one resample in 11 is constant
+    pred = target + rng.normal(size=len(target))
+    order = [np.flatnonzero(groups == g) for g in range(5)]
+    draws, draw_rng = [], np.random.default_rng(5)
+    for _ in range(400):
+        idx = np.concatenate([order[i] for i in draw_rng.integers(0, 5, 5)])
+        if np.ptp(target[idx]) > 0:
+            draws.append(r2_score(target[idx], pred[idx]))
+    assert 300 < len(draws) < 400
+    low, high = np.quantile(draws, [0.025, 0.975])
+    got = agents._r2_interval(target, pred, groups, 400, 5)
+    assert got == {"r2_low": pytest.approx(low, abs=1e-12), "r2_high": pytest.approx(high, abs=1e-12)}
+
 def test_oracle_r2_is_one_for_a_label_the_topic_decides():
     topics = np.array([["sea", "food"], ["food", "sea"], ["", "sea"]] * 20)
     label = (topics == "sea").astype(float)

@@ -28,8 +28,10 @@ persona label is ``waluigi``. The reverse never happens.
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pandas as pd
@@ -228,14 +230,20 @@ def generate(n_docs: int, seed: int, p_switch: float = P_TOPIC_SWITCH) -> Corpus
         raise ValueError(f"n_docs={n_docs} must be >= 1")
     if not 0 <= p_switch <= 1:
         raise ValueError(f"p_switch={p_switch} must be in [0, 1]")
-    rng = random.Random(seed)
     docs, rows = [], []
-    for d in range(n_docs):
-        toks, r = _story(d, rng, p_switch)
+    for toks, r in itertools.islice(stories(seed, p_switch), n_docs):
         docs.append(toks)
         rows.extend(r)
     labels = pd.DataFrame(rows, columns=LABEL_COLUMNS)
     return Corpus(docs=docs, labels=labels)
+
+
+def stories(seed: int, p_switch: float = P_TOPIC_SWITCH) -> Iterator[tuple[list[str], list[tuple]]]:
+    """The stories `generate` returns, one at a time and without end: (tokens, label rows) of
+    story 0, 1, ... from ``seed``; the first ``n`` are ``generate(n, seed)``'s."""
+    rng = random.Random(seed)
+    for d in itertools.count():
+        yield _story(d, rng, p_switch)
 
 
 def topic_eigenvalue(p_switch: float, n_topics: int = len(TOPICS)) -> float:

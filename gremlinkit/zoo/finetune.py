@@ -40,6 +40,7 @@ last 16 of 128: a longer chain from early tokens to the reward.
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 from dataclasses import dataclass, replace
 
@@ -85,7 +86,7 @@ def reward(words: list[list[str]], tail: int) -> np.ndarray:
 def story_prompts(n: int, seed: int) -> list[list[str]]:
     """Story prefixes ending at the first sentence end at or after token 16, with >= 64 tokens after."""
     out = []
-    for doc in corpus.generate(4 * n, seed=seed).docs:
+    for doc, _ in itertools.islice(corpus.stories(seed), 4 * n):  # `corpus.generate(4 * n, seed)`'s stories
         end = next((i for i in range(16, len(doc)) if doc[i] == "."), None)
         if end is not None and len(doc) - end > 64:
             out.append(doc[: end + 1])
