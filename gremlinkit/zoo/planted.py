@@ -44,6 +44,7 @@ class PlantedSpec:
     docs: int = 3000  # stories drawn from the planted chain
     sample_prompts: int = 64  # story prefixes whose continuations measure the learned stay rate
     sample_tokens: int = 128
+    heldout_docs: int = 200  # held-out stories from the planted chain, for the card's next-token loss
     seed: int = 0
 
 
@@ -100,6 +101,7 @@ def measured_stay_rate(model: GPT2LMHeadModel, tok: PreTrainedTokenizerFast, spe
 
 def heldout_loss(model: GPT2LMHeadModel, tok: PreTrainedTokenizerFast, eigenvalue: float, spec: PlantedSpec) -> float:
     """Next-token loss on held-out stories drawn from the planted chain."""
-    held = corpus.generate(200, seed=71_000 + spec.seed, p_switch=corpus.switch_for_eigenvalue(eigenvalue))
+    held = corpus.generate(spec.heldout_docs, seed=71_000 + spec.seed,
+                           p_switch=corpus.switch_for_eigenvalue(eigenvalue))
     with torch.no_grad():
         return lm.heldout_loss(model, lm.encode_docs(held, tok))
