@@ -9,7 +9,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo docs docs-notebooks test test-fast test-organisms zoo real-model organisms real-organisms benchmark mutation clean-venv
+.PHONY: demo docs docs-notebooks support-table test test-fast test-organisms zoo real-model organisms real-organisms benchmark mutation clean-venv
 
 # uv installs the same pinned set as pip would, several times faster. It does not read pip's
 # configuration, so pip's find-links (where a local torch wheel may lie) is passed on to it.
@@ -51,6 +51,10 @@ docs: $(STAMP)
 # The site renders executed copies of the notebooks' default runs, kept in docs/notebooks/.
 docs-notebooks: real-model organisms
 	$(PY) -m gremlinkit demo --notebooks notebooks --runs runs --docs docs/notebooks
+
+# The README's table of model families, from the self-check on each family's tiny checkpoint.
+support-table: $(STAMP)
+	$(PY) tools/support_table.py
 
 # Tests run on TEST_WORKERS pytest-xdist workers, one torch thread each (one per core here: three
 # workers on two cores measured slower, 14:11 of pytest against 11:06). A worker that runs out of

@@ -130,7 +130,32 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--plan", action="store_true", help="print what would run, with expected times, and stop")
     d.add_argument("--docs", metavar="DIR", help="copy the executed notebooks into DIR (the site's docs/notebooks)")
     d.set_defaults(func=_demo)
+    c = sub.add_parser("check", help="the self-check: sites, edits, generation and the SAE on one checkpoint")
+    c.add_argument("model", help="zoo name, local model directory or hub id")
+    c.add_argument("--sae", help="zoo name, local sae_lens directory, or RELEASE/SAE_ID (default: the zoo's own)")
+    c.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: CUDA when available)")
+    c.add_argument("--dtype", help="float32, bfloat16 or float16 (default: the checkpoint's own)")
+    c.add_argument("--all", action="store_true", help="print every row, not only one line per check")
+    c.set_defaults(func=_check)
     return p
+
+
+def _check(args: argparse.Namespace) -> int:
+    import time
+
+    from gremlinkit import check, load
+
+    t0 = time.time()
+    sae = args.sae
+    if sae and "/" in sae and not Path(sae).exists():
+        sae = tuple(sae.split("/", 1))  # a pretrained release and the SAE's id in it
+    subject = load(args.model, sae=sae, device=args.device, dtype=args.dtype)
+    report = check.run(subject)
+    print(f"{subject!r}")
+    print((report if args.all else check.summary(report)).to_string(index=False))
+    failed = int((~report.passed & (report.level == "error")).sum())
+    print(f"{'FAILED' if failed else 'ok'}: {len(report)} checks, {failed} failed, in {time.time() - t0:.1f} s")
+    return 1 if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:

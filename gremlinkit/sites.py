@@ -35,11 +35,20 @@ class Layout:
     attn: str
     mlp: str
     mid_norm: str | None  # module whose *input* is resid_mid; None where blocks are parallel
-    mlp_pre: str  # module (inside the MLP) whose output is the pre-activation
+    mlp_pre: str | None  # module (inside the MLP) whose output is the pre-activation; None: no such site
+    notes: str = ""  # what a site means where the family differs from GPT-2's block
+    post_norms: bool = False  # the block norms attn_out and mlp_out before adding them to the stream
 
 
 _LLAMA = Layout("model.layers", "model.embed_tokens", None, "model.norm", "self_attn", "mlp",
-                "post_attention_layernorm", "gate_proj")
+                "post_attention_layernorm", "gate_proj", "mlp.hook_pre is the gate projection's output")
+# Gemma 2 and 3 norm the attention output before adding it, so resid_mid enters the pre-MLP norm.
+_GEMMA = Layout("model.layers", "model.embed_tokens", None, "model.norm", "self_attn", "mlp",
+                "pre_feedforward_layernorm", "gate_proj",
+                "hook_attn_out and hook_mlp_out are read before the post-attention and post-MLP norms that "
+                "the block adds", post_norms=True)
+_MOE = "hook_mlp_out is the sparse block's output: the routed experts' weighted sum{}; no mlp.hook_pre (each " \
+       "expert has its own)"
 LAYOUTS: dict[str, Layout] = {
     "gpt2": Layout("transformer.h", "transformer.wte", "transformer.wpe", "transformer.ln_f", "attn", "mlp", "ln_2",
                    "c_fc"),
@@ -47,10 +56,24 @@ LAYOUTS: dict[str, Layout] = {
                        "mlp", "post_attention_layernorm", "dense_h_to_4h"),
     "llama": _LLAMA,
     "qwen2": _LLAMA,
+    "qwen3": _LLAMA,
     "mistral": _LLAMA,
-    # Gemma 2 norms the attention output before adding it, so resid_mid enters the pre-MLP norm.
-    "gemma2": Layout("model.layers", "model.embed_tokens", None, "model.norm", "self_attn", "mlp",
-                     "pre_feedforward_layernorm", "gate_proj"),
+    "smollm3": _LLAMA,
+    "olmo": _LLAMA,
+    "stablelm": _LLAMA,
+    "gemma2": _GEMMA,
+    "gemma3_text": _GEMMA,
+    # Phi-3 fuses the gate and up projections into one module, so no module's output is the gate alone.
+    "phi3": Layout("model.layers", "model.embed_tokens", None, "model.norm", "self_attn", "mlp",
+                   "post_attention_layernorm", None, "no mlp.hook_pre: gate and up projections are one fused module"),
+    # OLMo 2 norms after attention and after the MLP, not before: resid_mid is the MLP's own input.
+    "olmo2": Layout("model.layers", "model.embed_tokens", None, "model.norm", "self_attn", "mlp", "mlp",
+                    "gate_proj", "hook_attn_out and hook_mlp_out are read before the post-norms that the block adds",
+                    post_norms=True),
+    "qwen2_moe": Layout("model.layers", "model.embed_tokens", None, "model.norm", "self_attn", "mlp",
+                        "post_attention_layernorm", None, _MOE.format(" plus the gated shared expert")),
+    "mixtral": Layout("model.layers", "model.embed_tokens", None, "model.norm", "self_attn", "mlp",
+                      "post_attention_layernorm", None, _MOE.format("")),
 }
 
 # Within a block, sites are reached in this order; reads in one trace must follow it.
@@ -76,7 +99,8 @@ class SiteMap:
 
     def __init__(self, model_type: str, n_layers: int, parallel_residual: bool = False):
         if model_type not in LAYOUTS:
-            raise SiteError(f"architecture {model_type!r} has no site layout; known: {sorted(LAYOUTS)}")
+            raise SiteError(f"architecture {model_type!r} has no site layout (gremlinkit.sites.LAYOUTS maps "
+                            f"{', '.join(sorted(LAYOUTS))}); add a Layout row for it, see docs/getting-started.md")
         self.model_type, self.n_layers = model_type, n_layers
         self.layout = LAYOUTS[model_type]
         self.parallel_residual = parallel_residual
@@ -91,7 +115,8 @@ class SiteMap:
         out = ["hook_embed"] + (["hook_pos_embed"] if self.layout.pos_embed else [])
         for layer in range(self.n_layers):
             out += [f"blocks.{layer}.{h}" for h in _BLOCK_HOOKS
-                    if h != "hook_resid_mid" or not self.parallel_residual]
+                    if (h != "hook_resid_mid" or not self.parallel_residual)
+                    and (h != "mlp.hook_pre" or self.layout.mlp_pre is not None)]
         return out + ["ln_final.hook_normalized"]
 
     def resolve(self, name: str) -> Site:

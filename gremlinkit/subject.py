@@ -339,7 +339,7 @@ def default_device() -> str:
 
 def load(name_or_path: str | Path, *, sae: Any = None, device: str | torch.device | None = None,
          dtype: torch.dtype | str | None = None, bos: bool | None = None, remote: bool = False,
-         sae_dtype: torch.dtype | None = None, zoo_root: Path | None = None) -> Subject:
+         sae_dtype: torch.dtype | None = None, zoo_root: Path | None = None, validate: bool = False) -> Subject:
     """Load a model by a provider's name (the zoo's), local HF directory or hub id, with an optional SAE.
 
     ``device=None`` is CUDA when available, else the CPU; ``dtype=None`` is the checkpoint's own
@@ -348,6 +348,10 @@ def load(name_or_path: str | Path, *, sae: Any = None, device: str | torch.devic
 
     A zoo model comes with its zoo SAE unless ``sae=False``. Hub ids go through nnsight's own
     loading path (``TransformersModel``), exactly as local directories do.
+
+    ``validate=True`` runs the self-check (`gremlinkit.check`: sites against transformers' hidden
+    states, edits, generation, the SAE's fit) and raises one `gremlinkit.check.CheckError` listing
+    every failure; turn it on for a checkpoint or SAE gremlinkit has not read before.
     """
     from nnsight import TransformersModel
 
@@ -369,7 +373,12 @@ def load(name_or_path: str | Path, *, sae: Any = None, device: str | torch.devic
         kwargs["dtype"] = dtype
     model = TransformersModel(str(source), task="text-generation", **kwargs)
     sae_obj = load_sae(sae, device=device, dtype=sae_dtype, root=zoo_root) if sae not in (None, False) else None
-    return Subject(model, sae_obj, name=Path(name).name if Path(name).exists() else name, remote=remote, bos=bos)
+    subject = Subject(model, sae_obj, name=Path(name).name if Path(name).exists() else name, remote=remote, bos=bos)
+    if validate:
+        from gremlinkit import check
+
+        check.raise_on_failure(check.run(subject))
+    return subject
 
 
 def _dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:

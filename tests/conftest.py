@@ -6,8 +6,9 @@ import pytest
 import torch
 from sae_lens import SAE, StandardSAEConfig
 from sae_lens.saes.sae import SAEMetadata
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoModelForCausalLM, GPT2Config, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, GPT2Config
+
+from gremlinkit import tiny
 
 # Two cores here. With several pytest-xdist workers (`make test`), or mutation testing's forked
 # workers (see the Makefile), each process and the kernels and scripts it starts use one thread.
@@ -25,20 +26,14 @@ def toy():
     return gremlinkit.load("toy-base")
 
 
-TEXTS = ["The old sailor looked at the sea.", "A kind scholar wrote a long letter to her friend."]
-EOT = "<|endoftext|>"
+TEXTS, EOT = tiny.TEXTS, tiny.EOT
 
 
 @pytest.fixture(scope="session")
 def gpt2_like(tmp_path_factory):
     """(model directory, SAE directory) of a GPT-2-style model whose tokenizer prepends nothing."""
     root = tmp_path_factory.mktemp("gpt2-like")  # an offline stand-in for the hub's gpt2
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(TEXTS * 20, trainers.BpeTrainer(vocab_size=300, special_tokens=[EOT],
-                                                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=EOT, eos_token=EOT)
+    tok = tiny.tokenizer()  # byte-level BPE; adds no BOS
     torch.manual_seed(0)
     cfg = GPT2Config(vocab_size=len(tok), n_layer=2, n_head=4, n_embd=32, n_positions=64,
                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)

@@ -1,42 +1,25 @@
-"""The site map on tiny random models of every supported family, against transformers' own outputs.
-
-Each family gets a byte-level BPE tokenizer that adds no BOS (as GPT-2's, Pythia's and Llama 3's
-do), and runs in float32 and in bfloat16.
+"""The site map on tiny random models (`gremlinkit.tiny`) of six families, in depth, against
+transformers' own outputs, in float32 and in bfloat16. Every family the map covers passes the
+self-check (tests/test_check.py).
 """
 
 import pytest
 import torch
-from transformers import (AutoModelForCausalLM, Gemma2Config, GPT2Config, GPTNeoXConfig, LlamaConfig,
-                          Qwen2Config)
+from transformers import AutoModelForCausalLM
 
 import gremlinkit
 from gremlinkit import interventions as iv
+from gremlinkit import tiny
 
-N_LAYERS, D, VOCAB = 3, 32, 300  # VOCAB covers the gpt2_like tokenizer (conftest.py)
-SMALL = dict(vocab_size=VOCAB, num_hidden_layers=N_LAYERS, num_attention_heads=4, intermediate_size=64,
-             max_position_embeddings=64, hidden_size=D, pad_token_id=0, bos_token_id=0, eos_token_id=0)
-CONFIGS = {
-    "gpt2": lambda: GPT2Config(vocab_size=VOCAB, n_layer=N_LAYERS, n_head=4, n_embd=D, n_positions=64,
-                               pad_token_id=0, bos_token_id=0, eos_token_id=0),
-    "gpt_neox": lambda: GPTNeoXConfig(**SMALL, use_parallel_residual=True),
-    "gpt_neox_sequential": lambda: GPTNeoXConfig(**SMALL, use_parallel_residual=False),
-    "llama": lambda: LlamaConfig(**SMALL, num_key_value_heads=2),
-    "qwen2": lambda: Qwen2Config(**SMALL, num_key_value_heads=2),
-    "gemma2": lambda: Gemma2Config(**SMALL, num_key_value_heads=2, head_dim=8),
-}
+N_LAYERS, D = tiny.N_LAYERS, tiny.D_MODEL
+# The families checked here in depth; every family the map covers passes the self-check (test_check.py).
+CONFIGS = ["gpt2", "gpt_neox", "gpt_neox_sequential", "llama", "qwen2", "gemma2"]
 PROMPTS = ["The old sailor looked at the sea.", "A kind scholar wrote."]
 
 
-@pytest.fixture(scope="module", params=list(CONFIGS))
-def tiny(request, tmp_path_factory, gpt2_like):
-    from transformers import AutoTokenizer
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp(request.param)
-    AutoModelForCausalLM.from_config(CONFIGS[request.param]()).eval().save_pretrained(path)
-    tok = AutoTokenizer.from_pretrained(gpt2_like[0])
-    assert len(tok) <= VOCAB
-    tok.save_pretrained(path)
+@pytest.fixture(scope="module", params=CONFIGS)
+def small(request, tmp_path_factory):
+    path = tiny.build(request.param, tmp_path_factory.mktemp(request.param))
     return request.param, gremlinkit.load(path, device="cpu")
 
 
@@ -47,8 +30,8 @@ def _hidden_states(subject, prompt):
             ids, output_hidden_states=True).hidden_states
 
 
-def test_sites_equal_output_hidden_states(tiny):
-    family, subject = tiny
+def test_sites_equal_output_hidden_states(small):
+    family, subject = small
     for i, prompt in enumerate(PROMPTS):
         hs = _hidden_states(subject, prompt)
         n = hs[0].shape[1]
@@ -62,9 +45,9 @@ def test_sites_equal_output_hidden_states(tiny):
         torch.testing.assert_close(acts["ln_final.hook_normalized"][i, :n], hs[N_LAYERS][0], atol=1e-5, rtol=0)
 
 
-def test_block_sites_add_up(tiny):
+def test_block_sites_add_up(small):
     """resid_post = resid_pre + attn_out + mlp_out, through resid_mid where blocks are sequential."""
-    family, subject = tiny
+    family, subject = small
     L = 1
     if family == "gemma2":  # Gemma 2 norms both outputs before adding them: no simple identity
         pytest.skip("gemma2 applies post-attention and post-MLP norms")
@@ -78,8 +61,8 @@ def test_block_sites_add_up(tiny):
         torch.testing.assert_close(a[f"blocks.{L}.hook_resid_mid"], pre + attn, atol=1e-5, rtol=0)
 
 
-def test_gpt2_embeddings_sum_to_resid_pre_0(tiny):
-    family, subject = tiny
+def test_gpt2_embeddings_sum_to_resid_pre_0(small):
+    family, subject = small
     if family != "gpt2":
         pytest.skip("only GPT-2 has learned position embeddings")
     a = subject.activations_at(PROMPTS, ["hook_embed", "hook_pos_embed", "blocks.0.hook_resid_pre"])
@@ -89,8 +72,8 @@ def test_gpt2_embeddings_sum_to_resid_pre_0(tiny):
                                a["blocks.0.hook_resid_pre"][0, :n], atol=1e-5, rtol=0)
 
 
-def test_steering_moves_logits_and_a_zero_steer_does_not(tiny):
-    _, subject = tiny
+def test_steering_moves_logits_and_a_zero_steer_does_not(small):
+    _, subject = small
     base = subject.run(PROMPTS)
     v = torch.randn(D)
     site = "blocks.1.hook_resid_post"
@@ -100,9 +83,9 @@ def test_steering_moves_logits_and_a_zero_steer_does_not(tiny):
     assert delta[:, :2].max() == 0 and delta[:, 2].min() > 0  # causal: nothing before position 2 moves
 
 
-def test_bf16_agrees_with_fp32_and_a_zero_edit_is_exact(tiny):
+def test_bf16_agrees_with_fp32_and_a_zero_edit_is_exact(small):
     """Sites and a steering edit's effect in bfloat16 against float32: relative L2 error < 0.05."""
-    family, subject = tiny
+    family, subject = small
     half = gremlinkit.load(subject.model.config._name_or_path, device="cpu", dtype=torch.bfloat16)
     assert not half.prepends_bos and half.dtype == torch.bfloat16
     site = f"blocks.{N_LAYERS - 1}.hook_resid_post"
