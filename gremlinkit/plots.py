@@ -135,8 +135,11 @@ def layer_profile(scores: pd.DataFrame, *, metric: str = "auroc_pooled",
 
 def dose_response(dose: pd.DataFrame, *, metrics: tuple[str, ...] = ("negative_rate", "positive_rate"),
                   title: str = "Steering along the trait direction (toward its positive pole)") -> alt.Chart:
-    """Mean and 95% CI over prompts against the steering coefficient, one panel per metric group."""
+    """Mean and 95% CI over prompts against the steering coefficient, one panel per metric group
+    (with no sweep, the title says so over an empty chart)."""
     data = dose[dose.metric.isin(metrics)]
+    if not len(data):
+        return alt.Chart(pd.DataFrame({"x": []}), title=f"{title}: no steering sweep").mark_point()
     base = alt.Chart(data, title=title).encode(
         x=alt.X("coefficient:Q", title="steering coefficient"), color=alt.Color("metric:N"))
     band = base.mark_errorband().encode(y=alt.Y("low:Q", title="mean over prompts"), y2="high:Q")

@@ -146,7 +146,7 @@ def trait_cosines(vectors: dict[tuple[str, str], np.ndarray]) -> pd.DataFrame:
             if sa == sb and ta < tb:
                 rows.append({"trait_a": ta, "trait_b": tb, "site": sa, "layer": int(sa.split(".")[1]),
                              "cosine": _cos(va, vb)})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["trait_a", "trait_b", "site", "layer", "cosine"])
 
 
 def persona_axis(subject, sites: list[str], texts: dict[str, list[str]]) -> pd.DataFrame:
@@ -247,7 +247,8 @@ def dose_response(sweep: pd.DataFrame, seed: int) -> pd.DataFrame:
 class PersonaResults(Result):
     """``pairs``: the probed prompts; ``scores``: tidy separation per trait, site, method and metric;
     ``cosines``: between traits; ``axis``: the persona axis (persona world only, else empty);
-    ``dose``: steering dose-response of the studied trait; ``vectors``: diff-of-means per (trait, site)."""
+    ``dose``: steering dose-response of the studied trait; ``vectors``: diff-of-means per (trait, site);
+    ``skipped``: what the world gave nothing to measure, one sentence each."""
 
     trait: str
     steer_site: str
@@ -258,6 +259,7 @@ class PersonaResults(Result):
     dose: pd.DataFrame
     vectors: dict
     metrics: dict = field(default_factory=dict)
+    skipped: list = field(default_factory=list)
 
 
 def run(cfg: PersonaConfig, subject=None) -> PersonaResults:
@@ -275,14 +277,36 @@ def run(cfg: PersonaConfig, subject=None) -> PersonaResults:
     steer_site = cfg.steer_site if cfg.steer_site != "auto" else f"blocks.{best_readout(scores, trait)[1]}.hook_resid_post"
     axis = persona_axis(subject, sites, world.axis) if world.axis else pd.DataFrame(columns=["site", "layer", "cosine"])
     dose = pd.DataFrame(columns=["metric", "coefficient", "mean", "low", "high"])
-    if trait in world.lexicons and world.generation:
+    skipped = [] if pairs.trait.nunique() > 1 else [f"cosines between traits: the {world.name} world has one trait"]
+    if not world.generation:
+        skipped.append(f"the steering sweep: the {world.name} world has no generation prompts")
+    elif trait not in world.lexicons:
+        skipped.append(f"the steering sweep: the {world.name} world has no lexicon for {trait}")
+    else:
         v = vectors[(trait, steer_site)]
         sweep = pd.concat([steering_sweep(subject, v, steer_site, world, trait, cfg),
                            logit_shift(subject, v, steer_site, world, trait, cfg)])
         dose = dose_response(sweep, cfg.seed)
-    res = PersonaResults(trait, steer_site, pairs, scores, trait_cosines(vectors), axis, dose, vectors)
+    res = PersonaResults(trait, steer_site, pairs, scores, trait_cosines(vectors), axis, dose, vectors,
+                         skipped=skipped)
     res.metrics = metrics(res)
     return res
+
+
+def cosine_table(res: PersonaResults) -> pd.DataFrame:
+    """Cosines between the traits' directions, a row per pair of traits and a column per layer; or
+    one row saying why there are none."""
+    if not len(res.cosines):
+        return pd.DataFrame({"skipped": [s for s in res.skipped if s.startswith("cosines")] or ["no cosines"]})
+    return res.cosines.pivot_table(index=["trait_a", "trait_b"], columns="layer", values="cosine").round(2)
+
+
+def dose_table(res: PersonaResults) -> pd.DataFrame:
+    """The steering sweep's mean per metric (rows) and coefficient (columns); or one row saying why
+    there was none."""
+    if not len(res.dose):
+        return pd.DataFrame({"skipped": [s for s in res.skipped if "steering" in s] or ["no steering sweep"]})
+    return res.dose.pivot_table(index="metric", columns="coefficient", values="mean").round(3)
 
 
 def best_readout(scores: pd.DataFrame, trait: str) -> tuple[str, int]:
