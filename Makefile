@@ -9,7 +9,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo docs docs-notebooks support-table test test-fast test-organisms zoo real-model organisms real-organisms benchmark mutation clean-venv
+.PHONY: demo docs docs-notebooks support-table test test-fast test-organisms zoo real-model organisms \
+        real-organisms benchmark mutation clean-venv
 
 # uv installs the same pinned set as pip would, several times faster. It does not read pip's
 # configuration, so pip's find-links (where a local torch wheel may lie) is passed on to it.
