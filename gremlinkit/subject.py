@@ -38,6 +38,8 @@ class Subject:
         self.prepends_bos = resolve_bos(self.tokenizer, bos, _sae_prepend_bos(sae))
         self.sae = None
         self._sae_site: str | None = None
+        self._sae_context: int | None = None  # the SAE's training context (its metadata's context_size)
+        self._warned_context = False
         if sae is not None:
             self._attach(sae, None, warn_bos=False)  # resolve_bos has already named any conflict
 
@@ -90,9 +92,10 @@ class Subject:
         if warn_bos and prepend is not None and prepend != self.prepends_bos:
             warnings.warn(f"this subject has prepends_bos={self.prepends_bos}, but the SAE was trained with "
                           f"prepend_bos={prepend}: load with bos={prepend} to match it", stacklevel=2)
+        context = _sae_context_size(sae)
         if not self.remote and sae.W_enc.device != self.device:
             sae = copy.deepcopy(sae).to(self.device)
-        self.sae, self._sae_site = sae, hook
+        self.sae, self._sae_site, self._sae_context, self._warned_context = sae, hook, context, False
 
     @property
     def d_sae(self) -> int:
@@ -100,7 +103,16 @@ class Subject:
 
     # ----------------------------------------------------------------- reading
     def batch(self, prompts: Prompts) -> Batch:
-        return make_batch(prompts, self.tokenizer, max_length=self.n_ctx, bos=self.prepends_bos, device=self.device)
+        batch = make_batch(prompts, self.tokenizer, max_length=self.n_ctx, bos=self.prepends_bos, device=self.device)
+        self._check_context(batch.input_ids.shape[1], "a read")
+        return batch
+
+    def _check_context(self, tokens: int, what: str) -> None:
+        """Warn once per SAE when ``what`` reaches past the context the SAE was trained on."""
+        if self._sae_context is not None and tokens > self._sae_context and not self._warned_context:
+            self._warned_context = True
+            warnings.warn(f"{what} of {tokens} tokens passes the SAE's training context of {self._sae_context} "
+                          f"(its metadata's context_size): its features are less reliable past it", stacklevel=3)
 
     def _resolve(self, names: Sequence[str]) -> list[sitemod.Site]:
         return sorted((self.site_map.resolve(n) for n in names), key=lambda s: s.order)
@@ -232,6 +244,7 @@ class Subject:
         if self.n_ctx is not None and width + max_new_tokens > self.n_ctx:
             raise InputError(f"prompt width {width} + max_new_tokens={max_new_tokens} "
                              f"exceeds the model's context of {self.n_ctx}")
+        self._check_context(width + max_new_tokens, "a generation")
         plan = self._plan(interventions, batch, extra=max_new_tokens)
         for r in record:
             if r not in FEATURE_RECORDS:
@@ -306,6 +319,17 @@ def _sae_prepend_bos(sae: Any) -> bool | None:
     meta = getattr(getattr(sae, "cfg", None), "metadata", None)
     value = getattr(meta, "prepend_bos", None)
     return None if value is None else bool(value)
+
+
+def _sae_context_size(sae: Any) -> int | None:
+    """The context an SAE was trained on (its metadata's ``context_size``), or None where unstated."""
+    value = getattr(getattr(getattr(sae, "cfg", None), "metadata", None), "context_size", None)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SiteError(f"the SAE's metadata has context_size={value!r}: it must be a positive number of tokens "
+                        f"(the context the SAE was trained on), or absent")
+    return value
 
 
 def load_sae(spec: Any, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import gremlinkit
 from gremlinkit.errors import InputError, SiteError
 from gremlinkit.zoo import registry
 
@@ -117,3 +118,45 @@ def test_zoo_names_resolve_through_the_provider_entry_point(tmp_path):
     assert entry.path == registry.path("toy-rl") and entry.default_sae == "toy-base-sae" and entry.world == "persona"
     assert providers.find("gpt2") is None and providers.find(str(tmp_path)) is None
     assert set(providers.worlds()) == {"persona"}
+
+
+def _sae_with_context(tmp_path, context):
+    """The gpt2-like model's SAE, saved with ``context_size`` in its sae_lens metadata."""
+    from sae_lens import SAE, StandardSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    path = tmp_path / f"sae-context-{context}"
+    meta = SAEMetadata(hook_name="blocks.1.hook_resid_pre", prepend_bos=True, context_size=context)
+    SAE.from_dict(StandardSAEConfig(d_in=32, d_sae=64, metadata=meta).to_dict()).save_model(path)
+    return path
+
+
+def test_an_sae_warns_once_when_a_read_passes_its_training_context(gpt2_like, tmp_path):
+    import warnings
+
+    model, _ = gpt2_like
+    short = "The old sailor looked at the sea."
+    plain = gremlinkit.load(model, device="cpu", bos=True)
+    width, longer = (plain.batch([t]).input_ids.shape[1] for t in (short, short + " " + short))
+    subject = gremlinkit.load(model, sae=_sae_with_context(tmp_path, width), device="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        subject.features([short])  # exactly the SAE's context: no warning
+    with pytest.warns(UserWarning, match=rf"a read of {longer} tokens passes the SAE's training context of {width}"):
+        subject.features([short + " " + short])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per SAE
+        subject.features([short + " " + short])
+        subject.generate([short], 4)
+    roomy = gremlinkit.load(model, sae=_sae_with_context(tmp_path, 64), device="cpu")  # the negative control
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        roomy.features([short + " " + short])
+    fresh = gremlinkit.load(model, sae=_sae_with_context(tmp_path, width), device="cpu")
+    with pytest.warns(UserWarning, match=rf"a generation of {width + 4} tokens passes"):
+        fresh.generate([short], 4)
+
+
+def test_an_sae_context_size_of_zero_is_refused(gpt2_like, tmp_path):
+    with pytest.raises(SiteError, match=r"context_size=0: it must be a positive number of tokens"):
+        gremlinkit.load(gpt2_like[0], sae=_sae_with_context(tmp_path, 0), device="cpu")
