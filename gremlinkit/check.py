@@ -193,12 +193,13 @@ def _edits(subject: Any, prompts: list[str], _acts: dict) -> list[dict]:
     from gremlinkit import interventions as iv
 
     site = f"blocks.{subject.site_map.n_layers // 2}.hook_resid_post"
-    generator = torch.Generator().manual_seed(0)
-    direction = torch.randn(subject.d_model, generator=generator)
+    generator = torch.Generator(device=subject.device).manual_seed(0)
+    direction = torch.randn(subject.d_model, generator=generator, device=subject.device)
     scale = float(subject.activations(prompts, site).float().norm(dim=-1).mean())  # the stream's own size
+    vector = direction / direction.norm() * scale
     base = subject.run(prompts)
-    zero = subject.run(prompts, [iv.steer(direction, 0.0, site)])
-    moved = subject.run(prompts, [iv.steer(direction / direction.norm() * scale, 1.0, site, pos=1, rows=[0])])
+    zero = subject.run(prompts, [iv.steer(vector, 0.0, site)])
+    moved = subject.run(prompts, [iv.steer(vector, 1.0, site, pos=1, rows=[0])])
     delta = (moved.float() - base.float()).abs().amax(-1)  # (batch, positions)
     inside = float(delta[0, 1])
     outside = float(max(delta[0, :1].max(), delta[1:].max()))
@@ -207,7 +208,7 @@ def _edits(subject: Any, prompts: list[str], _acts: dict) -> list[dict]:
             _row("edit moves the logits it names", site, inside, "> 0 at position 1 of row 0",
                  inside > 0 and math.isfinite(inside)),
             _row("edit leaves other rows and earlier positions", site, outside, "== 0", outside == 0),
-            *_generation(subject, prompts, site, direction / direction.norm() * scale)]
+            *_generation(subject, prompts, site, vector)]
 
 
 def _generation(subject: Any, prompts: list[str], site: str, vector: torch.Tensor) -> list[dict]:

@@ -11,50 +11,44 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import transformers as tf
+
 N_LAYERS, D_MODEL, VOCAB = 3, 32, 300
 TEXTS = ["The old sailor looked at the sea.", "A kind scholar wrote a long letter to her friend."]
 EOT = "<|endoftext|>"
 
 
-def _configs() -> dict[str, Callable[[], Any]]:
-    import transformers as tf
-
-    small = dict(vocab_size=VOCAB, num_hidden_layers=N_LAYERS, num_attention_heads=4, intermediate_size=64,
-                 max_position_embeddings=64, hidden_size=D_MODEL, pad_token_id=0, bos_token_id=0, eos_token_id=0)
-    gqa = dict(small, num_key_value_heads=2)
-    return {
-        "gpt2": lambda: tf.GPT2Config(vocab_size=VOCAB, n_layer=N_LAYERS, n_head=4, n_embd=D_MODEL, n_positions=64,
-                                      pad_token_id=0, bos_token_id=0, eos_token_id=0),
-        "gpt_neox": lambda: tf.GPTNeoXConfig(**small, use_parallel_residual=True),
-        "gpt_neox_sequential": lambda: tf.GPTNeoXConfig(**small, use_parallel_residual=False),
-        "llama": lambda: tf.LlamaConfig(**gqa),
-        "mistral": lambda: tf.MistralConfig(**gqa),
-        "qwen2": lambda: tf.Qwen2Config(**gqa),
-        "qwen3": lambda: tf.Qwen3Config(**gqa, head_dim=8),
-        "gemma2": lambda: tf.Gemma2Config(**gqa, head_dim=8),
-        "gemma3_text": lambda: tf.Gemma3TextConfig(**gqa, head_dim=8),
-        "phi3": lambda: tf.Phi3Config(**gqa),
-        "olmo": lambda: tf.OlmoConfig(**gqa),
-        "olmo2": lambda: tf.Olmo2Config(**gqa),
-        "stablelm": lambda: tf.StableLmConfig(**gqa),
-        "smollm3": lambda: tf.SmolLM3Config(**gqa),
-        "qwen2_moe": lambda: tf.Qwen2MoeConfig(**gqa, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
-                                               shared_expert_intermediate_size=32),
-        "mixtral": lambda: tf.MixtralConfig(**gqa, num_local_experts=4, num_experts_per_tok=2),
-    }
-
-
-# `_configs`'s keys, named here so that listing them imports nothing
-FAMILIES = ["gpt2", "gpt_neox", "gpt_neox_sequential", "llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text",
-            "phi3", "olmo", "olmo2", "stablelm", "smollm3", "qwen2_moe", "mixtral"]
+_SMALL = dict(vocab_size=VOCAB, num_hidden_layers=N_LAYERS, num_attention_heads=4, intermediate_size=64,
+              max_position_embeddings=64, hidden_size=D_MODEL, pad_token_id=0, bos_token_id=0, eos_token_id=0)
+_GQA = dict(_SMALL, num_key_value_heads=2)
+CONFIGS: dict[str, Callable[[], Any]] = {
+    "gpt2": lambda: tf.GPT2Config(vocab_size=VOCAB, n_layer=N_LAYERS, n_head=4, n_embd=D_MODEL, n_positions=64,
+                                  pad_token_id=0, bos_token_id=0, eos_token_id=0),
+    "gpt_neox": lambda: tf.GPTNeoXConfig(**_SMALL, use_parallel_residual=True),
+    "gpt_neox_sequential": lambda: tf.GPTNeoXConfig(**_SMALL, use_parallel_residual=False),
+    "llama": lambda: tf.LlamaConfig(**_GQA),
+    "mistral": lambda: tf.MistralConfig(**_GQA),
+    "qwen2": lambda: tf.Qwen2Config(**_GQA),
+    "qwen3": lambda: tf.Qwen3Config(**_GQA, head_dim=8),
+    "gemma2": lambda: tf.Gemma2Config(**_GQA, head_dim=8),
+    "gemma3_text": lambda: tf.Gemma3TextConfig(**_GQA, head_dim=8),
+    "phi3": lambda: tf.Phi3Config(**_GQA),
+    "olmo": lambda: tf.OlmoConfig(**_GQA),
+    "olmo2": lambda: tf.Olmo2Config(**_GQA),
+    "stablelm": lambda: tf.StableLmConfig(**_GQA),
+    "smollm3": lambda: tf.SmolLM3Config(**_GQA),
+    "qwen2_moe": lambda: tf.Qwen2MoeConfig(**_GQA, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+                                           shared_expert_intermediate_size=32),
+    "mixtral": lambda: tf.MixtralConfig(**_GQA, num_local_experts=4, num_experts_per_tok=2),
+}
+FAMILIES = list(CONFIGS)
 
 
 def config(family: str) -> Any:
     """The tiny transformers config of ``family`` (a name in `FAMILIES`)."""
-    configs = _configs()
-    if family not in configs:
+    if family not in CONFIGS:
         raise ValueError(f"no tiny checkpoint for family {family!r}; there is one for {', '.join(FAMILIES)}")
-    return configs[family]()
+    return CONFIGS[family]()
 
 
 def tokenizer() -> Any:

@@ -29,12 +29,11 @@ def replaced(text: str, table: str) -> str:
 
 def main() -> int:
     from gremlinkit import check
+    from gremlinkit.results import atomic_write_text
 
     with tempfile.TemporaryDirectory() as tmp:
         table = check.support(Path(tmp))
-    tmp_readme = README.with_suffix(".md.tmp")
-    tmp_readme.write_text(replaced(README.read_text(), check.support_markdown(table)))
-    tmp_readme.replace(README)
+    atomic_write_text(README, replaced(README.read_text(), check.support_markdown(table)))
     failed = table[~table[["float32", "bfloat16", "generation with edits"]].apply(
         lambda c: c.str.startswith("pass")).all(axis=1)]
     print(f"{len(table)} families, {len(failed)} failing: {', '.join(failed.family) or 'none'}")
