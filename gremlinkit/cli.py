@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from gremlinkit.errors import GremlinkitError
 
@@ -92,7 +93,8 @@ def _demo(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(census: bool = False) -> argparse.ArgumentParser:
+    """The command line; ``census`` adds the census command's flags (importing its config)."""
     p = argparse.ArgumentParser(prog="gremlinkit", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     zoo = sub.add_parser("zoo", help="the embedded model zoo").add_subparsers(dest="zoo_command", required=True)
@@ -137,6 +139,11 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--dtype", help="float32, bfloat16 or float16 (default: the checkpoint's own)")
     c.add_argument("--all", action="store_true", help="print every row, not only one line per check")
     c.set_defaults(func=_check)
+    if census:
+        _add_census(sub)
+    else:  # the census's flags come from its config: torch is imported only when the command runs
+        sub.add_parser("census", help="notebook 04's gremlin census, here or on Ray workers, resumable "
+                       "(gremlinkit census --help for its flags)")
     return p
 
 
@@ -158,8 +165,41 @@ def _check(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _census(args: argparse.Namespace) -> int:
+    import logging
+    import time
+
+    from gremlinkit.experiments import census
+
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    cfg = census.from_command_line(args.models, args.out, args)
+    t0 = time.time()
+    res = census.run(cfg)
+    print(res.counts.to_string(index=False))
+    print(res.verdict)
+    print(f"census of {', '.join(cfg.scanned)} written to {cfg.output_dir} in {time.time() - t0:.1f} s "
+          f"({cfg.backend} backend{f', {cfg.workers} workers' if cfg.backend == 'ray' else ''})")
+    return 0
+
+
+def _add_census(sub: Any) -> None:
+    """``gremlinkit census``, with a flag for every field of its config."""
+    from gremlinkit.experiments.census import CensusConfig
+    from gremlinkit.params import add_flags
+
+    c = sub.add_parser("census", help="notebook 04's gremlin census, here or on Ray workers, resumable",
+                       description="Notebook 04's gremlin census. Every field of its config is a flag; "
+                       "rerunning the same command resumes it.")
+    c.add_argument("--models", nargs="+", metavar="MODEL", help="the base model first, then the models compared "
+                   "with it (default: toy-base toy-sft toy-rl)")
+    c.add_argument("--out", required=True, type=Path, help="the run's directory: tables, metrics and scan units")
+    add_flags(c, CensusConfig, skip=("model", "models", "output_dir"))
+    c.set_defaults(func=_census)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser(census=argv[:1] == ["census"]).parse_args(argv)
     try:
         return args.func(args)
     except GremlinkitError as e:

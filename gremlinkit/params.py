@@ -114,3 +114,68 @@ class Scope:
 
     def config(self, cls: type[C]) -> C:
         return from_params(cls, self.params(), require_all=True)
+
+
+# --------------------------------------------------------------------------- command-line flags
+
+
+def _word(text: str) -> Any:
+    """One command-line word as a parameter value: an int or a float where it reads as one."""
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """The comment after each field of the dataclass ``cls`` (and its bases) in its source: what
+    the field is, as the notebook's parameters cell says it."""
+    import inspect
+    import re
+
+    out = {}
+    for klass in reversed(cls.__mro__):
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        out.update(re.findall(r"^    (\w+): [^=\n]+=.*?  # (.+)$", source, re.M))
+    return out
+
+
+def add_flags(parser: Any, cls: type, skip: typing.Iterable[str] = ()) -> None:
+    """A ``--name`` flag (underscores as dashes) for every field of the config ``cls`` but ``skip``:
+    lists take several words (none for an empty list), booleans come as ``--name`` / ``--no-name``."""
+    import argparse
+
+    hints, comments = typing.get_type_hints(cls), field_comments(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        hint, flag = hints[f.name], "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_text = f"{comments.get(f.name, f.name)} (default: {default!r})".replace("%", "%%")
+        if hint is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif typing.get_origin(hint) is list or hint is list or hint is Any:
+            parser.add_argument(flag, nargs="*", type=_word, default=None, metavar="VALUE", help=help_text)
+        else:
+            parser.add_argument(flag, type=hint if hint in (int, float) else str, default=None, help=help_text)
+
+
+def from_flags(cls: type[C], namespace: Any, **given: Any) -> C:
+    """Build ``cls`` from the flags of `add_flags` that were given (and ``given``), checked as
+    `from_params` checks a notebook's parameters. A field that takes any value (``features``)
+    reads one word as itself ("live", "random-8") and several as a list."""
+    hints = typing.get_type_hints(cls)
+    params = dict(given)
+    for f in dataclasses.fields(cls):
+        value = getattr(namespace, f.name, None)
+        if value is None or f.name in given:
+            continue
+        if hints[f.name] is Any and len(value) == 1 and isinstance(value[0], str):
+            value = value[0]
+        params[f.name] = value
+    return from_params(cls, params)

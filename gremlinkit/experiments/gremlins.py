@@ -73,8 +73,9 @@ import pandas as pd
 from scipy.stats import binomtest, fisher_exact
 
 from gremlinkit import stats
+from gremlinkit.workers import runner as scan_runner
 from gremlinkit.experiments import persistence, zoo_tour
-from gremlinkit.results import Result, atomic_write_text
+from gremlinkit.results import Result, atomic_write_text, write_metrics, write_table
 from gremlinkit.errors import ConfigError
 from gremlinkit.params import check_choice, check_range
 
@@ -89,7 +90,7 @@ class GremlinConfig(persistence.PersistenceConfig):
     below, plus the controls and series that make it a test."""
 
     models: list = field(default_factory=lambda: ["toy-sft", "toy-rl"])  # fine-tunes compared with the base `model`
-    features: Any = "random-32"  # the census: "random-N", "top-N" or a list of ids (ignored when full)
+    features: Any = "random-32"  # the census: "random-N", "top-N", "live" (every live one) or a list of ids
     scale: float = 48.0  # added to the feature when intervention is "add"
     horizon: int = 96  # tokens followed after the edit
     n_prompts: int = 128  # held-out stories per feature
@@ -101,9 +102,15 @@ class GremlinConfig(persistence.PersistenceConfig):
     dose_models: list = field(default_factory=lambda: list(DOSE_MODELS))  # RL dose series and toy-rs ([]: skip)
     dose_prompts: int = 64  # prompts per feature in the dose series (the census's first ones)
     ablate_prompts: int = 64  # stories per feature for the ablation where each feature fires (0: skip)
+    backend: str = "local"  # where the scans' units run: "local" (this process) or "ray" (Ray workers)
+    workers: int = 2  # Ray workers (actors), each loading every model once
+    address: str = ""  # a running Ray cluster to join ("auto", "HOST:PORT", "ray://HOST:PORT"); "": start one here
+    threads: int = 0  # torch threads per worker; 0: this process's setting locally, 1 per Ray worker
+    gpus_per_worker: float = 0.0  # GPUs each Ray worker holds (0.5: two workers share one)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self.runner()  # checks the backend's fields, and that a cluster answers at ``address``
         check_choice("mode", self.mode, ["on_policy"])
         check_range("n_prompts", self.n_prompts, 2, 4096)
         check_range("dose_prompts", self.dose_prompts, 2, self.n_prompts)
@@ -124,6 +131,10 @@ class GremlinConfig(persistence.PersistenceConfig):
     def smoke(cls) -> "GremlinConfig":
         return cls(features="random-3", horizon=96, n_prompts=48, n_bootstrap=30, planted_seeds=1, dose_models=[],
                    dose_prompts=32, ablate_prompts=8)
+
+    def runner(self, subjects: dict | None = None):
+        """Where the scans' units run (`gremlinkit.workers`): a context manager."""
+        return scan_runner(self.backend, self.workers, self.address, self.threads, self.gpus_per_worker, subjects)
 
     def scan_config(self) -> persistence.PersistenceConfig:
         """The census scan itself: this config's `PersistenceConfig` fields, every live feature when
@@ -242,10 +253,12 @@ MIN_SENSITIVITY = 0.8  # the planted control must be detected in this share of s
 PLANTED = ("toy-planted-null", "toy-planted-50", "toy-planted-90")  # from null to strongest
 
 
-def planted_controls(cfg: GremlinConfig, base, control: int, census_size: int, load=None) -> pd.DataFrame:
+def planted_controls(cfg: GremlinConfig, base, control: int, census_size: int, load=None, runner=None
+                     ) -> pd.DataFrame:
     """Scan the control feature in every planted organism and in the base model (the corpus's own
     chain), and every topic's feature in the null, once per scan seed. One row per (model, feature,
-    seed): the truth, the p-value, whether it is detected at the census's bar, and the half-life."""
+    seed): the truth, the p-value, whether it is detected at the census's bar, and the half-life.
+    ``runner`` runs the scans' units (`gremlinkit.workers`; default: in this process)."""
     from gremlinkit import load as load_subject
     from gremlinkit import providers
 
@@ -264,7 +277,8 @@ def planted_controls(cfg: GremlinConfig, base, control: int, census_size: int, l
         features = sorted(topics) if name == PLANTED[0] else [control]
         for seed in range(cfg.planted_seeds):
             scan_cfg = dataclasses.replace(cfg.scan_config(), model=name, models=[], features=features, seed=seed)
-            summary = persistence.summarize(persistence.scan(scan_cfg, {name: subject}), cfg.n_bootstrap, seed)
+            summary = persistence.summarize(persistence.scan(scan_cfg, {name: subject}, runner), cfg.n_bootstrap,
+                                            seed)
             for r in summary.itertuples():
                 rows.append({"model": name, "eigenvalue": eigen, "truth_half_life": truth, "feature": r.feature,
                              "topic": topics.get(r.feature, ""), "seed": seed, "p_value": r.p_value,
@@ -331,9 +345,10 @@ def dose_row(name: str, summary: pd.DataFrame, control: int | None, n_bootstrap:
 
 
 def rl_dose_series(cfg: GremlinConfig, scan: pd.DataFrame, features: list[int], control: int | None,
-                   load=None) -> pd.DataFrame:
+                   load=None, runner=None) -> pd.DataFrame:
     """The persistence statistic of every main model (their scan's first ``dose_prompts`` prompts)
-    and every dose organism (scanned alike), one row per organism with its training (`organism`)."""
+    and every dose organism (scanned alike), one row per organism with its training (`organism`).
+    ``runner`` runs the scans' units (`gremlinkit.workers`; default: in this process)."""
     from gremlinkit import load as load_subject
 
     load = load or (lambda name: load_subject(name, sae=cfg.sae_name(), **cfg.load_kwargs()))
@@ -344,7 +359,7 @@ def rl_dose_series(cfg: GremlinConfig, scan: pd.DataFrame, features: list[int], 
     for model, g in head.groupby("model", sort=False, observed=True):
         rows.append(dose_row(str(model), g, control, DOSE_BOOTSTRAP, cfg.seed))
     for name in cfg.dose_models:
-        one = persistence.scan(dataclasses.replace(scan_cfg, model=name, models=[]), {name: load(name)})
+        one = persistence.scan(dataclasses.replace(scan_cfg, model=name, models=[]), {name: load(name)}, runner)
         rows.append(dose_row(Path(name).name, persistence.summarize(one, cfg.n_bootstrap, cfg.seed), control,
                               DOSE_BOOTSTRAP, cfg.seed))
     return pd.DataFrame(rows)
@@ -385,20 +400,46 @@ def census_table(summary: pd.DataFrame, labels: pd.DataFrame, added: pd.DataFram
     return out[CENSUS_COLUMNS].sort_values(["model", "role", "feature"], ignore_index=True)
 
 
-def run(cfg: GremlinConfig, subjects: dict | None = None) -> GremlinResults:
-    from gremlinkit import load, providers
+def check_models(cfg: GremlinConfig):
+    """The base model's family, once every model the run names is known and built; else one error
+    naming each unknown model and what is accepted."""
+    from gremlinkit import providers
 
     family = providers.family(cfg.model)  # before any scan: a missing organism fails now, saying how to build it
-    family.require([m for m in cfg.dose_models if m in family.names])
+    named = [*cfg.scanned, *cfg.dose_models]
+    unknown = [m for m in named if m not in family.names and providers.find(m) is None and not Path(m).is_dir()
+               and m.count("/") != 1]
+    if unknown:
+        raise ConfigError(f"unknown model(s) {', '.join(map(repr, unknown))}: name a model of the {family.name} "
+                          f"family ({', '.join(family.names)}), a local model directory or a hub id (org/name)")
+    family.require([m for m in named if m in family.names])
+    return family
 
-    subjects = subjects or {m: load(m, sae=cfg.sae_name(), **cfg.load_kwargs()) for m in cfg.scanned}
-    base = subjects[cfg.model]
+
+def run(cfg: GremlinConfig, subjects: dict | None = None) -> GremlinResults:
+    """The census, its natural and planted controls, the dose series and the behavioural form. The
+    scans' units run where ``cfg.backend`` says; ``subjects`` are loaded models to use (the others
+    are loaded where their units run)."""
+    check_models(cfg)
     scan_cfg = cfg.scan_config()
+    subjects = dict(subjects or {})
+    if cfg.model not in subjects:
+        subjects[cfg.model] = persistence.load_subject(scan_cfg, cfg.model)
+    base = subjects[cfg.model]
     prompts, _ = persistence.scan_prompts(scan_cfg, base)
     census = persistence.choose_features(base, prompts, scan_cfg.features, cfg.seed)
     controls = [persistence.topic_feature(base, cfg.control_topic, seed=cfg.seed)] if cfg.control_topic else []
     census = [f for f in census if f not in controls]  # a control is scanned once, and not counted
-    scan = persistence.scan(dataclasses.replace(scan_cfg, features=census + controls), subjects)
+    planted, power, dose, ablated = pd.DataFrame(), None, pd.DataFrame(), None
+    with cfg.runner(subjects) as runner:
+        scan = persistence.scan(dataclasses.replace(scan_cfg, features=census + controls), subjects, runner)
+        if cfg.planted_seeds:
+            planted = planted_controls(cfg, base, controls[0], len(census), runner=runner)
+            power = planted_power(planted, controls[0])
+        if cfg.dose_models:
+            dose = rl_dose_series(cfg, scan, census, controls[0] if controls else None, runner=runner)
+        if cfg.ablate_prompts:
+            ablated = persistence.scan(cfg.ablation_config(census + controls), subjects, runner)
     summary = persistence.summarize(scan, cfg.n_bootstrap, cfg.seed)
     order = {Path(m).name: i for i, m in enumerate(cfg.scanned)}  # base first, as the models were given
     summary = summary.sort_values(["model", "feature"], key=lambda c: c.map(order) if c.name == "model" else c,
@@ -406,17 +447,10 @@ def run(cfg: GremlinConfig, subjects: dict | None = None) -> GremlinResults:
     summary.insert(2, "role", np.where(summary.feature.isin(controls), "natural control", "census"))
     table = counts(summary, cfg.seed)
     control = summary[summary.role == "natural control"].reset_index(drop=True)
-    planted, power, dose = pd.DataFrame(), None, pd.DataFrame()
-    if cfg.planted_seeds:
-        planted = planted_controls(cfg, base, controls[0], len(census))
-        power = planted_power(planted, controls[0])
-    if cfg.dose_models:
-        dose = rl_dose_series(cfg, scan, census, controls[0] if controls else None)
     story = cfg.story()
     words = reward_word_ids(base.tokenizer, story)
-    added, ablated = persistence.behaviour(scan, words), None
-    if cfg.ablate_prompts:
-        ablated = persistence.behaviour(persistence.scan(cfg.ablation_config(census + controls), subjects), words)
+    added = persistence.behaviour(scan, words)
+    ablated = persistence.behaviour(ablated, words) if ablated is not None else None
     sentence, tests = verdict(table, control=control, base=Path(cfg.model).name, power=power)
     labels = zoo_tour.feature_summary(*zoo_tour.corpus_features(base, zoo_tour.heldout_corpus(200, cfg.seed, story),
                                                                 story))
@@ -424,6 +458,15 @@ def run(cfg: GremlinConfig, subjects: dict | None = None) -> GremlinResults:
                          control, story.topic_half_life(), planted, power, dose)
     res.metrics.update(metrics(res))
     return res
+
+
+def write(res: GremlinResults, output_dir: str) -> None:
+    """The run's tables (summary, counts, planted, rl_dose as parquet; census.csv) and metrics.json,
+    each written atomically into ``output_dir``."""
+    for name in ("summary", "counts", "planted", "rl_dose"):
+        write_table(getattr(res, name), Path(output_dir) / f"{name}.parquet")
+    write_census(res, output_dir)
+    write_metrics(output_dir, res.metrics)
 
 
 def write_census(res: GremlinResults, output_dir: str) -> Path:

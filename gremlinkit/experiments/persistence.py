@@ -58,9 +58,11 @@ sea-topic feature of toy-base's SAE is found persistent with a half-life of 25-3
 **SAEs across models.** The SAE given in ``sae`` (default: toy-base's) is shared by every model
 in one scan, so the same feature ids mean the same directions everywhere.
 
-Scans are cut into chunks of ``chunk_size`` interventions; each chunk is written atomically to
-``output_dir/scan-<config hash>/`` as soon as it is done, so an interrupted scan resumes where it
-stopped and the same seed always gives the same DataFrame.
+Scans are cut into units of ``chunk_size`` interventions (`Unit`), each one batched forward or
+generation, run in this process or on Ray workers (`gremlinkit.workers`). Each unit is written
+atomically to ``output_dir/scan-<config hash>/`` as soon as it is done, so an interrupted scan
+resumes where it stopped; a unit's rows depend on its key alone, so the same seed always gives the
+same DataFrame, whoever ran which unit.
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ from gremlinkit import interventions as iv
 from gremlinkit.errors import ConfigError
 from gremlinkit.stats import ATOL, half_life, half_life_interval, tail_start, tail_test
 from gremlinkit.params import Placement, check_choice, check_range
-from gremlinkit.results import Result, own_feature_rows, to_numpy, write_table
+from gremlinkit.results import Result, own_feature_rows, to_numpy
 
 MODES = ("teacher_forced", "on_policy")
 FDR_Q = 0.05  # Benjamini-Hochberg level over the features of one scan
@@ -96,6 +98,9 @@ COLUMNS = ["model", "feature", "prompt_id", "position", "mode", "lag", "baseline
            "baseline_post", "intervened_post", "delta_post", "diverged", "token", "intervened_token"]
 BEHAVIOUR_WINDOW = (16, 48)  # lags at which the behavioural form of persistence is read
 ACTIVE_WINDOW = 32  # "active:N" edits each feature at its first firing among tokens N .. N + 31
+# Fields that say where and how a scan runs, not what it computes: left out of the scan's key, so a
+# scan resumes across them. (chunk_size is in the key: it cuts the units, and each unit's batch.)
+EXECUTION_FIELDS = ("backend", "workers", "address", "threads", "gpus_per_worker")
 
 
 @dataclass(frozen=True)
@@ -184,8 +189,8 @@ class PersistenceConfig(Placement):
     def scan_key(self) -> str:
         """Hash of everything that changes the scan's rows (not where it is written)."""
         d = dataclasses.asdict(self)
-        for k in ("output_dir", "n_bootstrap", "chunk_size"):
-            d.pop(k)
+        for k in ("output_dir", "n_bootstrap", *EXECUTION_FIELDS):
+            d.pop(k, None)
         d["scan_version"] = SCAN_VERSION
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -415,29 +420,87 @@ def _long_table(model, mode, units, base, inter, record_all) -> pd.DataFrame:
     return df[COLUMNS + (["measured"] if record_all else [])]
 
 
-def scan(cfg: PersistenceConfig, subjects: dict | None = None) -> pd.DataFrame:
-    """Run (or resume) the scan; returns the tidy table with columns ``COLUMNS`` (+ ``measured``)."""
-    from gremlinkit import load
+@dataclass(frozen=True)
+class Unit:
+    """One unit of a scan's work: the ``chunk_size`` interventions from ``start`` on (a few
+    prompts x a run of features, in `_units`' prompt-major order) in one model and mode. Its rows
+    depend on its key alone (the noise streams come from the prompt and position), never on which
+    worker runs it or when."""
 
-    sae = cfg.sae_name() if subjects is None else None
-    subjects = subjects or {m: load(m, sae=sae, **cfg.load_kwargs()) for m in cfg.scanned}
-    first = subjects[cfg.model]
+    model: str
+    mode: str
+    start: int
+
+    @property
+    def key(self) -> str:
+        return f"{Path(self.model).name}-{self.mode}-{self.start:06d}"
+
+
+@dataclass
+class Plan:
+    """Everything a scan's units need, fixed before any of them runs: the config, the prompts, and
+    every (feature, prompt_id, position) intervention."""
+
+    cfg: PersistenceConfig
+    prompts: list[torch.Tensor]
+    interventions: list[tuple[int, int, int]]
+
+    @property
+    def directory(self) -> Path:
+        return Path(self.cfg.output_dir) / f"scan-{self.cfg.scan_key()}"
+
+    def units(self) -> list[Unit]:
+        return [Unit(m, mode, start) for m in self.cfg.scanned for mode in self.cfg.modes
+                for start in range(0, len(self.interventions), self.cfg.chunk_size)]
+
+    def chunk(self, unit: Unit) -> list[tuple[int, int, int]]:
+        return self.interventions[unit.start: unit.start + self.cfg.chunk_size]
+
+    def path(self, unit: Unit) -> Path:
+        return self.directory / f"{unit.key}.parquet"
+
+
+def plan(cfg: PersistenceConfig, first) -> Plan:
+    """The scan's prompts and interventions, chosen with ``first`` (the subject of ``cfg.model``)."""
     prompts, positions = scan_prompts(cfg, first)
     features = choose_features(first, prompts, cfg.features, cfg.seed)
     units = _units(features, positions) if cfg.active_start is None else \
         _active_units(first, prompts, features, cfg.active_start)
-    scan_dir = Path(cfg.output_dir) / f"scan-{cfg.scan_key()}"
-    jobs = [(m, mode, start) for m in cfg.scanned for mode in cfg.modes
-            for start in range(0, len(units), cfg.chunk_size)]
-    tables = []
-    for model, mode, start in tqdm(jobs, desc="persistence scan", unit="chunk"):
-        path = scan_dir / f"{Path(model).name}-{mode}-{start:06d}.parquet"
-        if not path.exists():
-            chunk = units[start: start + cfg.chunk_size]
-            base, inter = _scan_chunk(subjects[model], cfg, mode, prompts, chunk)
-            write_table(_long_table(Path(model).name, mode, chunk, base, inter, cfg.record_all), path)
-        tables.append(pd.read_parquet(path))
-    table = pd.concat(tables, ignore_index=True)
+    return Plan(cfg, prompts, units)
+
+
+def run_unit(subject, cfg: PersistenceConfig, prompts: list[torch.Tensor], unit: Unit,
+             chunk: list[tuple[int, int, int]]) -> pd.DataFrame:
+    """The tidy rows of one unit (`COLUMNS`), computed in ``subject`` (the unit's model)."""
+    base, inter = _scan_chunk(subject, cfg, unit.mode, prompts, chunk)
+    return _long_table(Path(unit.model).name, unit.mode, chunk, base, inter, cfg.record_all)
+
+
+def load_subject(cfg: PersistenceConfig, model: str):
+    """``model`` as a scan reads it: with the scan's shared SAE, on its device and in its dtype."""
+    from gremlinkit import load
+
+    return load(model, sae=cfg.sae_name(), **cfg.load_kwargs())
+
+
+def scan(cfg: PersistenceConfig, subjects: dict | None = None, runner=None) -> pd.DataFrame:
+    """Run (or resume) the scan; returns the tidy table with columns ``COLUMNS`` (+ ``measured``).
+
+    ``subjects`` maps model names to loaded subjects (a missing one is loaded when needed). The
+    units not on disk yet are run by ``runner`` (`gremlinkit.workers`: in this process by default,
+    or on Ray workers), each written atomically as it finishes."""
+    from gremlinkit import workers
+
+    subjects = dict(subjects or {})
+    if cfg.model not in subjects:
+        subjects[cfg.model] = load_subject(cfg, cfg.model)
+    the_plan = plan(cfg, subjects[cfg.model])
+    units = the_plan.units()
+    todo = [u for u in units if not the_plan.path(u).exists()]
+    if todo:
+        with tqdm(total=len(units), initial=len(units) - len(todo), desc="persistence scan", unit="unit") as bar:
+            (runner or workers.Local()).run(the_plan, todo, bar, subjects)
+    table = pd.concat([pd.read_parquet(the_plan.path(u)) for u in units], ignore_index=True)
     return table.astype({"model": "category", "mode": "category"})  # two labels over millions of rows
 
 
