@@ -27,6 +27,8 @@ def main(k: int = 128) -> dict[str, float]:
     def timed(fn) -> float:
         t0 = time.perf_counter()
         fn()
+        if torch.cuda.is_available():  # kernels run asynchronously: wait for them
+            torch.cuda.synchronize()
         return time.perf_counter() - t0
 
     subject.run(prompts[:2], edits[:2])  # warm-up

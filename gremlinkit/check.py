@@ -256,9 +256,9 @@ def _sae(subject: Any, prompts: list[str], _acts: dict) -> list[dict]:
 SUPPORT_COLUMNS = ["family", "transformers class", "sites", "float32", "bfloat16", "generation with edits", "notes"]
 
 
-def support(root: Path, families: list[str] | None = None) -> pd.DataFrame:
+def support(root: Path, families: list[str] | None = None, device: str = "cpu") -> pd.DataFrame:
     """Each family's tiny random checkpoint (`gremlinkit.tiny`), built under ``root`` and checked in
-    float32 and bfloat16: the README's support table, one row per family."""
+    float32 and bfloat16 on ``device``: the README's support table, one row per family."""
     from gremlinkit import load, tiny
 
     rows = []
@@ -266,7 +266,7 @@ def support(root: Path, families: list[str] | None = None) -> pd.DataFrame:
         path = tiny.build(family, Path(root) / family)
         reports = {}
         for dtype in (torch.float32, torch.bfloat16):
-            subject = load(path, device="cpu", dtype=dtype, sae=False)
+            subject = load(path, device=device, dtype=dtype, sae=False)
             reports[dtype] = run(subject)
         generation = pd.concat([r[r.check.str.startswith("generation")] for r in reports.values()])
         rows.append({"family": family.replace("_sequential", " (sequential)"),

@@ -392,7 +392,9 @@ def load(name_or_path: str | Path, *, sae: Any = None, device: str | torch.devic
         bos = entry.bos if bos is None else bos
     else:
         source = name_or_path
-    kwargs = {} if remote else {"dispatch": True, "device_map": device}
+    # `device`, not `device_map`: transformers' pipeline (through which nnsight loads) moves a model
+    # loaded with device_map="cpu" or "cuda:1" onto the first GPU when there is one.
+    kwargs = {} if remote else {"dispatch": True, "device": device}
     if dtype is not None:
         kwargs["dtype"] = dtype
     model = TransformersModel(str(source), task="text-generation", **kwargs)

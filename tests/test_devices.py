@@ -11,7 +11,12 @@ positions) cannot run fake and is covered by the CUDA tests, which run where a G
 
 import pytest
 import torch
-from torch._subclasses.fake_tensor import FakeTensorDeviceMismatchError, FakeTensorMode
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+try:
+    from torch._subclasses.fake_tensor import FakeTensorDeviceMismatchError
+except ImportError:  # torch before 2.13 raises a plain RuntimeError for a device mismatch
+    FakeTensorDeviceMismatchError = RuntimeError
 
 import gremlinkit
 from gremlinkit import interventions as iv
@@ -94,8 +99,9 @@ def test_the_check_can_fail_a_cpu_tensor_meeting_the_device_is_caught(fake_toy):
 
 @cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cuda_subject_matches_the_cpu(toy, dtype):
+def test_cuda_subject_matches_the_cpu(dtype):
     """Every public call on CUDA, against the CPU fp32 subject (relative L2 < 0.05 in bf16, 1e-4 in fp32)."""
+    toy = gremlinkit.load("toy-base", device="cpu")
     gpu = gremlinkit.load("toy-base", device="cuda", dtype=dtype)
     assert gpu.device.type == "cuda" and gpu.sae.W_enc.device.type == "cuda"
     tol = 1e-4 if dtype == torch.float32 else 0.05
@@ -112,3 +118,15 @@ def test_cuda_subject_matches_the_cpu(toy, dtype):
     oh = gpu.one_hot(PROMPTS[:1]).requires_grad_()
     gpu.run(PROMPTS[:1], embeddings=gpu.embed(oh))[0, -1, 9].float().backward()
     assert oh.grad.device.type == "cuda"
+
+
+def test_a_subject_stays_on_the_device_asked_for_when_a_gpu_is_present(monkeypatch):
+    """transformers' pipeline puts a model it did not place itself on the first GPU when one is
+    present. Here it is told a GPU is present (none is); a CPU subject must stay on the CPU, with
+    the pipeline's own device the same, and never try to reach CUDA (which would raise here)."""
+    from transformers.pipelines import base
+
+    monkeypatch.setattr(base, "is_torch_cuda_available", lambda: True)
+    subject = gremlinkit.load("toy-base", device="cpu")
+    assert subject.device.type == "cpu" and subject.model.pipeline.device == torch.device("cpu")
+    assert {p.device.type for p in subject.model._module.parameters()} == {"cpu"}
