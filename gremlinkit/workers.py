@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import socket
 import time
 from collections import OrderedDict, defaultdict, deque
@@ -218,7 +219,8 @@ class RayPool:
             try:
                 table, info = ray.get(ref)
             except (RayTaskError, RayActorError) as e:
-                raise WorkerError(f"unit {unit.key} failed on worker {i}:\n{e}") from None
+                trace = re.sub(r"\x1b\[[0-9;]*m", "", str(e))  # Ray colours the worker's traceback
+                raise WorkerError(f"unit {unit.key} failed on worker {i}:\n{trace}") from None
             write_table(table, plan.path(unit))
             stats = done[i]
             stats["units"] += 1
