@@ -5,10 +5,11 @@
    worker and Ray with two (one thread each). Scan times exclude the cluster's start (timed apart,
    once per pool) and include the workers' model loading. Prints Ray's overhead over the local
    backend, the speed-up of two workers over one, and whether the three tables are identical.
-2. **One unit's cost** at the census's settings (256 interventions, horizon 96, on-policy): on
-   smollm2-135m where it is built (bfloat16; float32 too on the CPU); on a GPU, also on random-weight
-   models of smollm2-135m's shape and of a 2B model's (Gemma 2 2B's dimensions and vocabulary) with a
-   16,384-feature SAE: a unit's cost depends on the shapes, not on the weights' values.
+2. **One unit's cost** at the census's settings (horizon 96, on-policy; units of 64 interventions
+   on the CPU, 256 and 2,048 on a GPU): on smollm2-135m where it is built (bfloat16; float32 too on
+   the CPU); on a GPU, also on random-weight models of smollm2-135m's shape and of a 2B model's
+   (Gemma 2 2B's dimensions and vocabulary) with a 16,384-feature SAE: a unit's cost depends on the
+   shapes, not on the weights' values.
 3. **A projection** of a full census onto N workers from those unit costs.
 
     .venv/bin/python benchmarks/bench_census.py [--part backends|units|all]
@@ -118,7 +119,8 @@ def units(chunk_sizes: tuple[int, ...] = (256,)) -> dict[str, float]:
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     torch.set_num_threads(torch.get_num_threads() if cuda else 2)
-    print(f"one unit: {UNIT['chunk_size']} interventions, horizon {UNIT['horizon']}, on-policy, on {device}"
+    sizes = ", ".join(map(str, chunk_sizes))
+    print(f"units of {sizes} interventions, horizon {UNIT['horizon']}, on-policy, on {device}"
           + ("" if cuda else f" ({torch.get_num_threads()} threads)"))
     costs = {}
     try:
@@ -126,10 +128,11 @@ def units(chunk_sizes: tuple[int, ...] = (256,)) -> dict[str, float]:
     except Exception:  # not built here (e.g. on a GPU machine the weights did not travel to)
         where = None
         print("  smollm2-135m is not built here: its shape stands in for it below")
-    if where is not None:
+    if where is not None:  # on the CPU one unit of each size, no warm-up: a unit takes minutes there
         for dtype in ([torch.bfloat16] if cuda else [torch.bfloat16, torch.float32]):
             subject = gremlinkit.load("smollm2-135m", device=device, dtype=dtype)
-            costs[f"smollm2-135m {dtype}"] = unit_cost(subject, "smollm2-135m", *((3, 1) if cuda else (1, 0)))
+            costs[f"smollm2-135m {dtype}"] = min(unit_cost(subject, "smollm2-135m", *((3, 1) if cuda else (1, 0)),
+                                                           chunk_size=n) for n in chunk_sizes)
             del subject
     if cuda:  # smollm2-135m's config and tokenizer, with or without its weights
         tok = tf.AutoTokenizer.from_pretrained(registry.path("smollm2-135m"))
@@ -163,7 +166,8 @@ def projection(costs: dict[str, float], speedup: float | None) -> None:
         print(f"  (measured scaling, 2 workers over 1 on 2 CPU cores: {speedup:.2f}x)")
 
 
-def main(part: str = "all", chunk_sizes: tuple[int, ...] = (256,)) -> None:
+def main(part: str = "all", chunk_sizes: tuple[int, ...] | None = None) -> None:
+    chunk_sizes = chunk_sizes or ((256, 2048) if torch.cuda.is_available() else (64,))
     speedup = backends()["speedup"] if part in ("backends", "all") else None
     if part in ("units", "all"):
         projection(units(chunk_sizes), speedup)
@@ -173,6 +177,7 @@ def main(part: str = "all", chunk_sizes: tuple[int, ...] = (256,)) -> None:
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--part", choices=["backends", "units", "all"], default="all")
-    p.add_argument("--chunk-sizes", type=int, nargs="+", default=[256], help="unit sizes timed on a GPU")
+    p.add_argument("--chunk-sizes", type=int, nargs="+", help="unit sizes timed (default: 256 and 2048 on a GPU, "
+                   "64 on the CPU)")
     args = p.parse_args()
-    main(args.part, tuple(args.chunk_sizes))
+    main(args.part, tuple(args.chunk_sizes or ()))

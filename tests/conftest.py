@@ -80,7 +80,7 @@ def _start_binder_build(config) -> None:
 # The longest tests (minutes each on 2 cores), started first so that no worker is left with one at the end.
 LONGEST = ("tests/test_zoo.py::test_quick_build", "tests/test_trl_family.py::test_quick_build",
            "tests/test_notebooks.py::test_reference_run",
-           "tests/test_browser.py", "tests/test_zoo.py::test_quick_real_sae")
+           "tests/test_browser.py", "tests/test_zoo.py::test_quick_real_sae", "tests/test_workers.py::test_ray")
 
 
 def pytest_collection_modifyitems(session, config, items):

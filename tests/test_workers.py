@@ -24,24 +24,12 @@ from gremlinkit.experiments import persistence as ps
 
 @pytest.fixture(scope="module")
 def cluster():
-    """One local Ray cluster for the module, with a CPU for each worker of the two pools below."""
+    """One local Ray cluster, with a CPU for each worker of a one-worker and a two-worker pool."""
     import ray
 
     ray.init(num_cpus=3, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
     yield
     ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def one_worker(cluster):
-    with workers.RayPool(workers=1, threads=1) as pool:
-        yield pool
-
-
-@pytest.fixture(scope="module")
-def two_workers(cluster):
-    with workers.RayPool(workers=2, threads=1) as pool:
-        yield pool
 
 
 def _cfg(out, **kw) -> ps.PersistenceConfig:
@@ -55,52 +43,51 @@ def _units_on_disk(cfg) -> list:
     return sorted((Path(cfg.output_dir) / f"scan-{cfg.scan_key()}").glob("*.parquet"))
 
 
-def test_ray_gives_the_local_table_bit_for_bit_with_one_worker_two_and_a_worker_killed(toy, one_worker, two_workers,
-                                                                                         tmp_path):
+def _killed_mid_run(pool, cfg, toy) -> tuple[pd.DataFrame, int, list, list]:
+    """Scan on ``pool`` while its first worker is killed (SIGKILL) once the first unit is written;
+    returns the table, the units written at the kill, and the workers' pids before and after."""
+    before, out = pool.pids(), {}
+    run = threading.Thread(target=lambda: out.update(table=ps.scan(cfg, {"toy-base": toy}, pool)))
+    run.start()
+    while not _units_on_disk(cfg) and run.is_alive():
+        time.sleep(0.02)
+    written = len(_units_on_disk(cfg))
+    os.kill(before[0], signal.SIGKILL)  # it has units in flight
+    run.join()
+    return out["table"], written, before, pool.pids()
+
+
+@pytest.mark.slow  # one Ray cluster and three worker processes: one test, so that one pytest worker starts them
+def test_ray_workers_give_the_local_table_bit_for_bit_through_a_kill_a_resume_and_a_failing_unit(toy, cluster,
+                                                                                                  tmp_path):
     cfg = _cfg(tmp_path / "local")
     local = ps.scan(cfg, {"toy-base": toy}, workers.Local(threads=1))
-    one = ps.scan(dataclasses.replace(cfg, output_dir=str(tmp_path / "one")), {"toy-base": toy}, one_worker)
+    with workers.RayPool(workers=1, threads=1) as one_worker:
+        one = ps.scan(dataclasses.replace(cfg, output_dir=str(tmp_path / "one")), {"toy-base": toy}, one_worker)
+        # a unit that raises names itself, its worker and the worker's traceback
+        plan = ps.plan(dataclasses.replace(cfg, features=[5], n_prompts=2, chunk_size=1), toy)
+        broken = dataclasses.replace(plan, cfg=dataclasses.replace(plan.cfg, model="no-such-model"))
+        bar = type("Bar", (), {"update": lambda *a: None, "set_postfix_str": lambda *a: None})()
+        with pytest.raises(workers.WorkerError) as err:
+            one_worker.run(broken, broken.units(), bar)
     killed_cfg = dataclasses.replace(cfg, output_dir=str(tmp_path / "two"))
-    before = two_workers.pids()
-    out = {}
-    run = threading.Thread(target=lambda: out.update(table=ps.scan(killed_cfg, {"toy-base": toy}, two_workers)))
-    run.start()
-    while not _units_on_disk(killed_cfg) and run.is_alive():
-        time.sleep(0.02)
-    written_at_kill = len(_units_on_disk(killed_cfg))
-    os.kill(before[0], signal.SIGKILL)  # mid-run: it has units in flight
-    run.join()
-    after = two_workers.pids()
+    with workers.RayPool(workers=2, threads=1) as two_workers:
+        two, written_at_kill, before, after = _killed_mid_run(two_workers, killed_cfg, toy)
+        units = _units_on_disk(killed_cfg)
+        kept = {p: p.stat().st_mtime_ns for p in units[::2]}
+        for p in units[1::2]:  # an interrupted run: every other unit never written
+            p.unlink()
+        resumed = ps.scan(killed_cfg, {"toy-base": toy}, two_workers)
     assert 0 < written_at_kill < 16, "the worker was killed mid-run"
     assert after[0] != before[0] and after[1] == before[1], "Ray restarted the killed worker alone"
-    for table in (one, out["table"]):
+    for table in (one, two, resumed):
         pd.testing.assert_frame_equal(table, local, check_exact=True)
     keys = ["feature", "prompt_id", "position", "lag"]
-    assert len(local) == 8 * 8 * 17 and not out["table"].duplicated(keys).any()  # every row once, none twice
-
-
-def test_a_resumed_ray_scan_redoes_only_the_missing_units(toy, two_workers, tmp_path):
-    cfg = _cfg(tmp_path, features=[5, 9], n_prompts=4, chunk_size=2)
-    full = ps.scan(cfg, {"toy-base": toy}, two_workers)
-    units = _units_on_disk(cfg)
-    kept = {p: p.stat().st_mtime_ns for p in units[::2]}
-    for p in units[1::2]:  # an interrupted run: every other unit never written
-        p.unlink()
-    resumed = ps.scan(cfg, {"toy-base": toy}, two_workers)
-    pd.testing.assert_frame_equal(resumed, full, check_exact=True)
-    assert all(p.stat().st_mtime_ns == t for p, t in kept.items()), "finished units are not redone"
-    assert len(_units_on_disk(cfg)) == len(units)
-
-
-def test_a_failing_unit_names_itself_and_the_workers_traceback(toy, one_worker, tmp_path):
-    cfg = _cfg(tmp_path, features=[5], n_prompts=2, chunk_size=1)
-    plan = ps.plan(cfg, toy)
-    broken = dataclasses.replace(plan, cfg=dataclasses.replace(cfg, model="no-such-model"))
-    bar = type("Bar", (), {"update": lambda *a: None, "set_postfix_str": lambda *a: None})()
-    with pytest.raises(workers.WorkerError) as err:
-        one_worker.run(broken, broken.units(), bar)
-    assert "unit no-such-model-on_policy-000000 failed on worker 0" in str(err.value)
+    assert len(local) == 8 * 8 * 17 and not two.duplicated(keys).any()  # every row once, none twice
+    assert all(p.stat().st_mtime_ns == t for p, t in kept.items()), "a resume does not redo finished units"
+    assert len(_units_on_disk(killed_cfg)) == len(units) == 16
     trace = str(err.value)
+    assert "unit no-such-model-on_policy-000000 failed on worker 0" in trace
     assert 'workers.py", line' in trace and "in sae_name" in trace and "\x1b[" not in trace  # the worker's frames
     assert "model 'no-such-model' has no SAE of its own" in trace
 
@@ -154,3 +141,15 @@ def test_a_resume_with_other_settings_is_refused_naming_them(tmp_path):
     census.claim(dataclasses.replace(cfg, features="random-4", backend="ray", workers=4))  # where it runs may change
     with pytest.raises(ConfigError, match=r"features: 'random-4' on disk, 'random-5' now.*horizon: 96 on disk, 64"):
         census.claim(dataclasses.replace(cfg, features="random-5", horizon=64))
+
+
+def test_a_census_on_a_world_without_topic_stories_runs_without_its_topic_controls():
+    """smollm2-135m reads English, which has no topic chain to be a control's truth: the census asks
+    for the controls to be turned off, and then needs no story at all."""
+    with pytest.raises(ConfigError, match=r"control_topic='sea': the world of 'smollm2-135m' has no stories"):
+        gremlins.GremlinConfig(model="smollm2-135m", models=[], dose_models=[])
+    cfg = gremlins.GremlinConfig(model="smollm2-135m", models=["smollm2-135m-rl"], dose_models=[], control_topic="",
+                                 planted_seeds=0)
+    assert cfg.story() is None and gremlins.roles(cfg) == ("smollm2-135m-rl", ("smollm2-135m",))
+    with pytest.raises(ConfigError, match=r"'toy-rl-20'.* not in the smollm2 family of 'smollm2-135m'"):
+        gremlins.check_models(dataclasses.replace(cfg, dose_models=["toy-rl-20"]))

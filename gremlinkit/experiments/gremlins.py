@@ -116,16 +116,23 @@ class GremlinConfig(persistence.PersistenceConfig):
         check_range("dose_prompts", self.dose_prompts, 2, self.n_prompts)
         check_range("ablate_prompts", self.ablate_prompts, 0, 4096)
         check_range("horizon", self.horizon, persistence.BEHAVIOUR_WINDOW[1], 200)  # the behavioural form's window
-        check_choice("control_topic", self.control_topic, ["", *self.story().topics])
+        story = self.story()
+        if story is None and self.control_topic:
+            raise ConfigError(f"parameter control_topic={self.control_topic!r}: the world of {self.model!r} has no "
+                              "stories with topics, whose chain is the control's truth; set control_topic='' and "
+                              "planted_seeds=0 to run the census without them")
+        check_choice("control_topic", self.control_topic, ["", *(story.topics if story else [])])
         check_range("planted_seeds", self.planted_seeds, 0, 100)
         if self.planted_seeds and not self.control_topic:
             raise ConfigError("parameter planted_seeds needs a control_topic: the planted controls scan its feature")
 
     def story(self):
-        """The story source of the base model's world: its topics, their chain and the reward."""
+        """The story source of the base model's world (its topics, their chain and the reward), or
+        None for a world without one: then the census runs without its topic controls, feature
+        labels and reward words."""
         from gremlinkit import worlds
 
-        return worlds.story(self.world, self.model)
+        return worlds.resolve(self.world, self.model).story
 
     @classmethod
     def smoke(cls) -> "GremlinConfig":
@@ -190,7 +197,8 @@ def verdict(table: pd.DataFrame, rl: str = "toy-rl", controls: tuple[str, ...] =
     controls: a sensitivity under ``MIN_SENSITIVITY`` is "no power" too."""
     row = table.set_index("model")
     if rl not in row.index or any(c not in row.index for c in controls):
-        return "inconclusive: the comparison needs toy-rl, toy-base and toy-sft", {}
+        return (f"inconclusive: the comparison needs an on-policy RL model ({rl or 'none is scanned'}) beside "
+                f"{', '.join(controls)}"), {}
     k_rl, n_rl = row.loc[rl, "persistent"], row.loc[rl, "scanned"]
     more, fewer = {}, {}
     for c in controls:
@@ -400,6 +408,20 @@ def census_table(summary: pd.DataFrame, labels: pd.DataFrame, added: pd.DataFram
     return out[CENSUS_COLUMNS].sort_values(["model", "role", "feature"], ignore_index=True)
 
 
+NO_LABELS = pd.DataFrame(columns=["feature", "label", "label_value", "purity"])  # a world without labelled stories
+
+
+def roles(cfg: GremlinConfig) -> tuple[str | None, tuple[str, ...]]:
+    """The scanned model trained by on-policy RL (the first, by its family's record; None if none
+    is) and the models it is compared with: every other scanned model."""
+    from gremlinkit import providers
+
+    names = [Path(m).name for m in cfg.scanned]
+    family = providers.family(cfg.model)
+    rl = next((m for m in names if m in family.names and family.member(m).method == "on-policy RL"), None)
+    return rl, tuple(m for m in names if m != rl)
+
+
 def check_models(cfg: GremlinConfig):
     """The base model's family, once every model the run names is known and built; else one error
     naming each unknown model and what is accepted."""
@@ -412,6 +434,11 @@ def check_models(cfg: GremlinConfig):
     if unknown:
         raise ConfigError(f"unknown model(s) {', '.join(map(repr, unknown))}: name a model of the {family.name} "
                           f"family ({', '.join(family.names)}), a local model directory or a hub id (org/name)")
+    foreign = [m for m in named if m not in family.names and providers.find(m) is not None]
+    if foreign:
+        raise ConfigError(f"model(s) {', '.join(map(repr, foreign))} are not in the {family.name} family of "
+                          f"{cfg.model!r}, whose SAE the census shares; its members: {', '.join(family.names)} "
+                          "(dose_models=[] skips the dose series)")
     family.require([m for m in named if m in family.names])
     return family
 
@@ -448,14 +475,15 @@ def run(cfg: GremlinConfig, subjects: dict | None = None) -> GremlinResults:
     table = counts(summary, cfg.seed)
     control = summary[summary.role == "natural control"].reset_index(drop=True)
     story = cfg.story()
-    words = reward_word_ids(base.tokenizer, story)
+    words = reward_word_ids(base.tokenizer, story) if story else []
     added = persistence.behaviour(scan, words)
     ablated = persistence.behaviour(ablated, words) if ablated is not None else None
-    sentence, tests = verdict(table, control=control, base=Path(cfg.model).name, power=power)
+    rl, others = roles(cfg)
+    sentence, tests = verdict(table, rl, others, control=control, base=Path(cfg.model).name, power=power)
     labels = zoo_tour.feature_summary(*zoo_tour.corpus_features(base, zoo_tour.heldout_corpus(200, cfg.seed, story),
-                                                                story))
+                                                                story)) if story else NO_LABELS
     res = GremlinResults(scan, summary, census_table(summary, labels, added, ablated), table, sentence, tests,
-                         control, story.topic_half_life(), planted, power, dose)
+                         control, story.topic_half_life() if story else float("nan"), planted, power, dose)
     res.metrics.update(metrics(res))
     return res
 
