@@ -169,12 +169,15 @@ def _census(args: argparse.Namespace) -> int:
     import logging
     import time
 
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     from gremlinkit.experiments import census
 
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     cfg = census.from_command_line(args.models, args.out, args)
     t0 = time.time()
-    res = census.run(cfg)
+    with logging_redirect_tqdm():  # each worker's throughput, printed above the progress bar
+        res = census.run(cfg)
     print(res.counts.to_string(index=False))
     print(res.verdict)
     print(f"census of {', '.join(cfg.scanned)} written to {cfg.output_dir} in {time.time() - t0:.1f} s "
@@ -189,7 +192,8 @@ def _add_census(sub: Any) -> None:
 
     c = sub.add_parser("census", help="notebook 04's gremlin census, here or on Ray workers, resumable",
                        description="Notebook 04's gremlin census. Every field of its config is a flag; "
-                       "rerunning the same command resumes it.")
+                       "--workers or --address without --backend runs it on Ray workers; rerunning the same "
+                       "command resumes it.")
     c.add_argument("--models", nargs="+", metavar="MODEL", help="the base model first, then the models compared "
                    "with it (default: toy-base toy-sft toy-rl)")
     c.add_argument("--out", required=True, type=Path, help="the run's directory: tables, metrics and scan units")

@@ -95,6 +95,11 @@ class Local:
     def __exit__(self, *exc) -> None:
         return None
 
+    def preload(self, cfg, models: list[str]) -> None:
+        """Load ``models`` now, as ``cfg`` reads them (those given at construction are kept)."""
+        for model in models:
+            self.subjects.get(cfg, model)
+
     def run(self, plan, units: list, bar, subjects: dict | None = None) -> None:
         """Compute and write each of ``units`` of ``plan``; ``subjects`` are loaded models to use."""
         from gremlinkit.experiments import persistence
@@ -117,6 +122,12 @@ class ScanWorker:
         self.subjects = _Subjects()
 
     def pid(self) -> int:
+        return os.getpid()
+
+    def load(self, cfg, models: list[str]) -> int:
+        """Load ``models`` as ``cfg`` reads them, before any unit needs them; returns the pid."""
+        for model in models:
+            self.subjects.get(cfg, model)
         return os.getpid()
 
     def run_unit(self, shared: tuple, unit, chunk: list) -> tuple[Any, dict]:
@@ -192,6 +203,13 @@ class RayPool:
         import ray
 
         return ray.get([a.pid.remote() for a in self.actors])
+
+    def preload(self, cfg, models: list[str]) -> None:
+        """Every worker loads ``models`` now (each keeps up to `MAX_SUBJECTS`), so that the first
+        units do not wait for them and a model that cannot load fails before any unit runs."""
+        import ray
+
+        ray.get([a.load.remote(cfg, models) for a in self.actors])
 
     def run(self, plan, units: list, bar, subjects: dict | None = None) -> None:
         """Hand ``units`` out to the workers, ``IN_FLIGHT`` at a time each; write each unit's rows

@@ -104,6 +104,9 @@ def test_the_census_command_reads_every_config_field_as_a_flag(tmp_path):
     assert cfg.output_dir == str(tmp_path) and cfg.horizon == gremlins.GremlinConfig().horizon
     ids = parser(census=True).parse_args(["census", "--features", "5", "7", "--out", "x"])
     assert census.from_command_line(None, "x", ids).features == [5, 7]
+    assert census.from_command_line(None, "x", ids).backend == "local"
+    two = parser(census=True).parse_args(["census", "--workers", "2", "--out", "x"])  # workers mean Ray
+    assert census.from_command_line(None, "x", two).backend == "ray"
 
 
 @pytest.mark.parametrize("flags, match", [

@@ -64,10 +64,14 @@ def run(cfg: CensusConfig, subjects: dict | None = None) -> gremlins.GremlinResu
 
 def from_command_line(models: list[str] | None, out: str, namespace: Any) -> CensusConfig:
     """The config of ``gremlinkit census``: ``models`` (the base first), ``out`` and every other
-    field as a flag (`gremlinkit.params.add_flags`)."""
+    field as a flag (`gremlinkit.params.add_flags`); ``--workers`` or ``--address`` without
+    ``--backend`` means the Ray backend."""
     from gremlinkit.params import from_flags
 
     given: dict[str, Any] = {"output_dir": str(out)}
+    if getattr(namespace, "backend", None) is None and (getattr(namespace, "workers", None) is not None
+                                                        or getattr(namespace, "address", None) is not None):
+        given["backend"] = "ray"  # --workers or --address asks for Ray workers
     if models:
         if len(set(models)) < len(models):
             raise ConfigError(f"--models {' '.join(models)} repeats a model")

@@ -189,8 +189,8 @@ def fraction_difference(summary: pd.DataFrame, model: str, reference: str, n_boo
 
 
 def verdict(table: pd.DataFrame, rl: str = "toy-rl", controls: tuple[str, ...] = ("toy-base", "toy-sft"),
-            control: pd.DataFrame | None = None, base: str = "toy-base", power: dict | None = None
-            ) -> tuple[str, dict[str, float]]:
+            control: pd.DataFrame | None = None, base: str = "toy-base", power: dict | None = None,
+            scale: str = "At toy scale") -> tuple[str, dict[str, float]]:
     """Apply the decision rule; returns (the sentence for the notebook, the p-values). ``control`` is
     the natural control's summary (one row per model); if it is not persistent in ``base``, where
     its truth holds, the call is "no power". ``power`` (see `planted_power`) adds the planted
@@ -223,10 +223,10 @@ def verdict(table: pd.DataFrame, rl: str = "toy-rl", controls: tuple[str, ...] =
     if call == "no power":
         why = (f"the natural control is not found persistent in {', '.join(blind)}" if blind else
                f"the planted control is detected in only {power['sensitivity']:.0%} of seeds")
-        sentence = f"At toy scale this scan has no power: {why}, so the counts say nothing about the hypothesis. "
+        sentence = f"{scale} this scan has no power: {why}, so the counts say nothing about the hypothesis. "
     else:
         phrase = {"support": "support", "contradict": "contradict", "inconclusive": "are inconclusive about"}[call]
-        sentence = f"At toy scale the data {phrase} the gremlin hypothesis. "
+        sentence = f"{scale} the data {phrase} the gremlin hypothesis. "
     sentence += "; ".join(parts) + f". {p_text}."
     if seen:
         sentence += (" The natural control is found persistent in "
@@ -447,6 +447,8 @@ def run(cfg: GremlinConfig, subjects: dict | None = None) -> GremlinResults:
     """The census, its natural and planted controls, the dose series and the behavioural form. The
     scans' units run where ``cfg.backend`` says; ``subjects`` are loaded models to use (the others
     are loaded where their units run)."""
+    from gremlinkit import providers
+
     check_models(cfg)
     scan_cfg = cfg.scan_config()
     subjects = dict(subjects or {})
@@ -459,6 +461,7 @@ def run(cfg: GremlinConfig, subjects: dict | None = None) -> GremlinResults:
     census = [f for f in census if f not in controls]  # a control is scanned once, and not counted
     planted, power, dose, ablated = pd.DataFrame(), None, pd.DataFrame(), None
     with cfg.runner(subjects) as runner:
+        runner.preload(scan_cfg, cfg.scanned)  # every worker loads the models now: one that cannot fails here
         scan = persistence.scan(dataclasses.replace(scan_cfg, features=census + controls), subjects, runner)
         if cfg.planted_seeds:
             planted = planted_controls(cfg, base, controls[0], len(census), runner=runner)
@@ -479,7 +482,9 @@ def run(cfg: GremlinConfig, subjects: dict | None = None) -> GremlinResults:
     added = persistence.behaviour(scan, words)
     ablated = persistence.behaviour(ablated, words) if ablated is not None else None
     rl, others = roles(cfg)
-    sentence, tests = verdict(table, rl, others, control=control, base=Path(cfg.model).name, power=power)
+    family = providers.family(cfg.model).name
+    sentence, tests = verdict(table, rl, others, control=control, base=Path(cfg.model).name, power=power,
+                              scale="At toy scale" if family == "toy" else f"In the {family} family")
     labels = zoo_tour.feature_summary(*zoo_tour.corpus_features(base, zoo_tour.heldout_corpus(200, cfg.seed, story),
                                                                 story)) if story else NO_LABELS
     res = GremlinResults(scan, summary, census_table(summary, labels, added, ablated), table, sentence, tests,
