@@ -8,8 +8,8 @@ workers without changing a bit of its table, at the same number of torch threads
 Across thread counts, float sums run in another order and values agree to about 1e-6.
 
 The driver writes each unit's rows atomically, as they come back, to one file per unit; a rerun
-skips the units on disk. On Ray, each worker is an actor that holds ``threads`` CPUs (and
-``gpus`` GPUs), computes with as many torch threads, loads each model once and keeps it between units. A
+skips the units on disk. On Ray, each worker is an actor that holds ``threads`` CPUs (and ``gpus``
+GPUs), computes with as many torch threads, loads each model once and keeps it between units. A
 worker that dies (killed, or out of memory) is restarted by Ray (``max_restarts``) and its units
 are retried (``max_task_retries``); nothing is written until a unit's rows arrive, so no row is
 lost or written twice. A unit that raises stops the scan with an error naming the unit, the worker
