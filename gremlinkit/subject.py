@@ -383,6 +383,8 @@ def load(name_or_path: str | Path, *, sae: Any = None, device: str | torch.devic
 
     device = str(device) if device is not None else default_device()
     dtype = _dtype(dtype)
+    if not remote:
+        check_placement(device, dtype)
     name = str(name_or_path)
     entry = providers.find(name, zoo_root)
     if entry is not None and entry.kind == "model":
@@ -405,6 +407,26 @@ def load(name_or_path: str | Path, *, sae: Any = None, device: str | torch.devic
 
         check.raise_on_failure(check.run(subject))
     return subject
+
+
+def check_placement(device: str, dtype: torch.dtype | None) -> None:
+    """A clear error, before anything loads, for a device this machine lacks or a dtype it cannot
+    run there (bfloat16 on a GPU older than Ampere)."""
+    try:
+        where = torch.device(device)
+    except RuntimeError:
+        raise InputError(f"device={device!r} is not a device: use 'cpu', 'cuda', 'cuda:1', ...") from None
+    if where.type != "cuda":
+        return
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise InputError(f"device={device!r}: this machine has no CUDA GPU that torch {torch.__version__} can "
+                         "use; use device='cpu'")
+    if where.index is not None and where.index >= count:
+        raise InputError(f"device={device!r}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+    if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise InputError(f"dtype=bfloat16 cannot run on {device!r} ({torch.cuda.get_device_name(where)}); "
+                         "use dtype='float16' or 'float32'")
 
 
 def _dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:

@@ -130,3 +130,22 @@ def test_a_subject_stays_on_the_device_asked_for_when_a_gpu_is_present(monkeypat
     subject = gremlinkit.load("toy-base", device="cpu")
     assert subject.device.type == "cpu" and subject.model.pipeline.device == torch.device("cpu")
     assert {p.device.type for p in subject.model._module.parameters()} == {"cpu"}
+
+
+@pytest.mark.parametrize("device, dtype, cuda, match", [
+    ("cuda:x", None, 0, r"device='cuda:x' is not a device: use 'cpu', 'cuda'"),
+    ("cuda", None, 0, r"device='cuda': this machine has no CUDA GPU"),
+    ("cuda:2", None, 1, r"device='cuda:2': this machine has 1 CUDA GPU\(s\), cuda:0 to cuda:0"),
+    ("cuda", "bfloat16", 1, r"dtype=bfloat16 cannot run on 'cuda' \(an old GPU\); use dtype='float16'"),
+])
+def test_a_device_or_dtype_the_machine_cannot_run_is_named_before_anything_loads(monkeypatch, device, dtype, cuda,
+                                                                                 match):
+    """Checked against what torch reports (here made to report ``cuda`` GPUs without bfloat16)."""
+    from gremlinkit.errors import InputError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "an old GPU")
+    with pytest.raises(InputError, match=match):
+        gremlinkit.load("toy-base", device=device, dtype=dtype)
