@@ -93,6 +93,13 @@ class Subject:
             warnings.warn(f"this subject has prepends_bos={self.prepends_bos}, but the SAE was trained with "
                           f"prepend_bos={prepend}: load with bos={prepend} to match it", stacklevel=2)
         context = _sae_context_size(sae)
+        unapplied = _sae_unapplied_kwargs(sae)
+        if unapplied:
+            warnings.warn(f"the SAE was trained on a model loaded with {unapplied} (its metadata's "
+                          "model_from_pretrained_kwargs), which TransformerLens applies by rewriting the weights "
+                          f"and so the activations; gremlinkit reads the checkpoint's own activations at {hook!r}, "
+                          "so the SAE may not fit them: `gremlinkit check MODEL --sae SAE` measures its fit",
+                          stacklevel=2)
         if not self.remote and sae.W_enc.device != self.device:
             sae = copy.deepcopy(sae).to(self.device)
         self.sae, self._sae_site, self._sae_context, self._warned_context = sae, hook, context, False
@@ -319,6 +326,22 @@ def _sae_prepend_bos(sae: Any) -> bool | None:
     meta = getattr(getattr(sae, "cfg", None), "metadata", None)
     value = getattr(meta, "prepend_bos", None)
     return None if value is None else bool(value)
+
+
+# TransformerLens's weight processing, which changes the activations an SAE was trained on when on
+# (sae_lens loads its training model without it unless model_from_pretrained_kwargs turns it on)
+PROCESSING = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases",
+              "refactor_factored_attn_matrices")
+PLACEMENT = ("device", "n_devices", "dtype", "torch_dtype", "trust_remote_code", "revision", "first_n_layers")
+
+
+def _sae_unapplied_kwargs(sae: Any) -> dict:
+    """The SAE's ``model_from_pretrained_kwargs`` that may make its training activations differ from
+    the checkpoint's own: processing turned on, and any key gremlinkit does not know. Placement
+    (device, dtype, ...) and processing turned off change no activation."""
+    kwargs = getattr(getattr(getattr(sae, "cfg", None), "metadata", None), "model_from_pretrained_kwargs", None)
+    return {k: v for k, v in (kwargs or {}).items()
+            if k not in PLACEMENT and not (k in PROCESSING and not v) and k != "default_prepend_bos"}
 
 
 def _sae_context_size(sae: Any) -> int | None:

@@ -160,3 +160,32 @@ def test_an_sae_warns_once_when_a_read_passes_its_training_context(gpt2_like, tm
 def test_an_sae_context_size_of_zero_is_refused(gpt2_like, tmp_path):
     with pytest.raises(SiteError, match=r"context_size=0: it must be a positive number of tokens"):
         gremlinkit.load(gpt2_like[0], sae=_sae_with_context(tmp_path, 0), device="cpu")
+
+
+def test_an_sae_trained_on_a_processed_model_warns_naming_what_is_not_applied(gpt2_like, tmp_path):
+    """model_from_pretrained_kwargs that rewrite TransformerLens's weights (so the activations)
+    cannot be applied to the checkpoint's own activations: named at load. Placement, processing
+    turned off and the BOS (read from prepend_bos) change nothing: silent (the negative control)."""
+    import warnings
+
+    from sae_lens import SAE, StandardSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    model, _ = gpt2_like
+
+    def sae_with(kwargs):
+        path = tmp_path / f"sae-{len(list(tmp_path.iterdir()))}"
+        meta = SAEMetadata(hook_name="blocks.1.hook_resid_pre", prepend_bos=True, model_from_pretrained_kwargs=kwargs)
+        SAE.from_dict(StandardSAEConfig(d_in=32, d_sae=64, metadata=meta).to_dict()).save_model(path)
+        return path
+
+    processed = sae_with({"center_writing_weights": True, "fold_ln": False, "dtype": "float32"})
+    with pytest.warns(UserWarning, match=r"loaded with \{'center_writing_weights': True\}.*own activations at "
+                                         r"'blocks.1.hook_resid_pre'"):
+        gremlinkit.load(model, sae=processed, device="cpu")
+    plain = sae_with({"center_writing_weights": False, "fold_ln": False, "dtype": "float32",
+                      "default_prepend_bos": True})
+    with warnings.catch_warnings(record=True) as seen:  # sae_lens itself warns of any such kwargs
+        warnings.simplefilter("always")
+        gremlinkit.load(model, sae=plain, device="cpu")
+    assert not [w for w in seen if "trained on a model loaded with" in str(w.message)]
