@@ -27,6 +27,7 @@ import time
 import torch
 from tqdm import tqdm
 
+from gremlinkit.errors import GremlinkitError
 from gremlinkit.experiments import persistence as ps
 from gremlinkit.results import peak_rss_mb
 
@@ -131,7 +132,7 @@ def units(chunk_sizes: tuple[int, ...] = (256,)) -> dict[str, float]:
     costs = {}
     try:
         where = registry.require("smollm2-135m")
-    except Exception:  # not built here (e.g. on a GPU machine the weights did not travel to)
+    except GremlinkitError:  # not built here (e.g. on a GPU machine the weights did not travel to)
         where = None
         print("  smollm2-135m is not built here: its shape stands in for it below")
     if where is not None:  # on the CPU one unit of each size, no warm-up: a unit takes minutes there

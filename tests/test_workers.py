@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from tqdm import tqdm
 
-from gremlinkit import workers
+from gremlinkit import providers, workers
 from gremlinkit.cli import parser
 from gremlinkit.errors import ConfigError
 from gremlinkit.experiments import census, gremlins
@@ -67,8 +68,7 @@ def test_ray_workers_give_the_local_table_bit_for_bit_through_a_kill_a_resume_an
         # a unit that raises names itself, its worker and the worker's traceback
         plan = ps.plan(dataclasses.replace(cfg, features=[5], n_prompts=2, chunk_size=1), toy)
         broken = dataclasses.replace(plan, cfg=dataclasses.replace(plan.cfg, model="no-such-model"))
-        bar = type("Bar", (), {"update": lambda *a: None, "set_postfix_str": lambda *a: None})()
-        with pytest.raises(workers.WorkerError) as err:
+        with pytest.raises(workers.WorkerError) as err, tqdm(disable=True) as bar:
             one_worker.run(broken, broken.units(), bar)
     killed_cfg = dataclasses.replace(cfg, output_dir=str(tmp_path / "two"))
     with workers.RayPool(workers=2, threads=1) as two_workers:
@@ -153,6 +153,7 @@ def test_a_census_on_a_world_without_topic_stories_runs_without_its_topic_contro
         gremlins.GremlinConfig(model="smollm2-135m", models=[], dose_models=[])
     cfg = gremlins.GremlinConfig(model="smollm2-135m", models=["smollm2-135m-rl"], dose_models=[], control_topic="",
                                  planted_seeds=0)
-    assert cfg.story() is None and gremlins.roles(cfg) == ("smollm2-135m-rl", ("smollm2-135m",))
+    family = providers.family(cfg.model)
+    assert cfg.story() is None and gremlins.roles(cfg, family) == ("smollm2-135m-rl", ("smollm2-135m",))
     with pytest.raises(ConfigError, match=r"'toy-rl-20'.* not in the smollm2 family of 'smollm2-135m'"):
         gremlins.check_models(dataclasses.replace(cfg, dose_models=["toy-rl-20"]))

@@ -411,13 +411,10 @@ def census_table(summary: pd.DataFrame, labels: pd.DataFrame, added: pd.DataFram
 NO_LABELS = pd.DataFrame(columns=["feature", "label", "label_value", "purity"])  # a world without labelled stories
 
 
-def roles(cfg: GremlinConfig) -> tuple[str | None, tuple[str, ...]]:
-    """The scanned model trained by on-policy RL (the first, by its family's record; None if none
+def roles(cfg: GremlinConfig, family) -> tuple[str | None, tuple[str, ...]]:
+    """The scanned model trained by on-policy RL (the first, by ``family``'s record; None if none
     is) and the models it is compared with: every other scanned model."""
-    from gremlinkit import providers
-
     names = [Path(m).name for m in cfg.scanned]
-    family = providers.family(cfg.model)
     rl = next((m for m in names if m in family.names and family.member(m).method == "on-policy RL"), None)
     return rl, tuple(m for m in names if m != rl)
 
@@ -447,9 +444,7 @@ def run(cfg: GremlinConfig, subjects: dict | None = None) -> GremlinResults:
     """The census, its natural and planted controls, the dose series and the behavioural form. The
     scans' units run where ``cfg.backend`` says; ``subjects`` are loaded models to use (the others
     are loaded where their units run)."""
-    from gremlinkit import providers
-
-    check_models(cfg)
+    family = check_models(cfg)
     scan_cfg = cfg.scan_config()
     subjects = dict(subjects or {})
     if cfg.model not in subjects:
@@ -481,10 +476,9 @@ def run(cfg: GremlinConfig, subjects: dict | None = None) -> GremlinResults:
     words = reward_word_ids(base.tokenizer, story) if story else []
     added = persistence.behaviour(scan, words)
     ablated = persistence.behaviour(ablated, words) if ablated is not None else None
-    rl, others = roles(cfg)
-    family = providers.family(cfg.model).name
+    rl, others = roles(cfg, family)
     sentence, tests = verdict(table, rl, others, control=control, base=Path(cfg.model).name, power=power,
-                              scale="At toy scale" if family == "toy" else f"In the {family} family")
+                              scale="At toy scale" if family.name == "toy" else f"In the {family.name} family")
     labels = zoo_tour.feature_summary(*zoo_tour.corpus_features(base, zoo_tour.heldout_corpus(200, cfg.seed, story),
                                                                 story)) if story else NO_LABELS
     res = GremlinResults(scan, summary, census_table(summary, labels, added, ablated), table, sentence, tests,
