@@ -6,7 +6,7 @@ with probability ``stay`` and otherwise moves to another topic at random, so eve
 and hence every word's, is known. The sentences are hand-written, several per topic, and filled with
 names.
 
-Three things are built on it:
+Four things are built on it:
 
 * **Topic lexicons** (`TOPIC_WORDS`): the words that mark each topic in *any* text, generated text
   included. They are common English words that a tokenizer such as SmolLM2's spells as one token with
@@ -17,6 +17,9 @@ Three things are built on it:
 * **The delayed topic reward** (`topic_reward`): the share of the *last* ``tail`` generated tokens
   that are words of a topic (sea, for the RL organisms), read from token ids alone, so a trainer's
   reward and an experiment's measure are one function.
+* **Text edits** (`text_edits`): one story opening ended once by a *neutral* sentence (no topic's
+  words) and once by a sentence about a topic: the natural experiment whose effect on a model's own
+  continuation is the measured truth for a topic feature's persistence on a real model.
 
 Nothing here imports a model: a tokenizer is passed in where token ids are needed.
 """
@@ -84,6 +87,18 @@ SENTENCES: dict[str, tuple[str, ...]] = {
                "{other} cut the grass under the old trees.",
                "In spring the plants grew green leaves and bright flowers."),
 }
+
+
+# Sentences about no topic: none of `TOPIC_WORDS` in them (a test checks), so they end an opening
+# without moving the story towards any topic.
+NEUTRAL: tuple[str, ...] = (
+    "{me} thought about it for a long time.",
+    "{me} did not say anything for a while.",
+    "After a moment, {me} turned to {other} and nodded.",
+    "{me} wondered what would happen next.",
+    "{other} smiled, but {me} was not sure why.",
+    "Neither of them spoke for a minute.",
+)
 
 
 def _check_topic(topic: str) -> None:
@@ -176,3 +191,23 @@ def topic_reward(completions: Iterable[Sequence[int]], topic_ids: set[int], tail
     if tail < 1:
         raise ConfigError(f"tail={tail}: the reward reads at least the last 1 token")
     return np.array([sum(int(t) in topic_ids for t in list(c)[-tail:]) / tail for c in completions], dtype=float)
+
+
+def text_edits(n: int, seed: int, topic: str = REWARD_TOPIC) -> list[tuple[str, str, str]]:
+    """``n`` (opening, neutral sentence, ``topic`` sentence) triples: an introduction and one or two
+    sentences on another topic, then either ending; the cast is the opening's. Text with the topic
+    sentence minus text with the neutral one is a change of topic that no model made."""
+    _check_topic(topic)
+    if n < 1:
+        raise ConfigError(f"n={n} text edits: ask for at least 1")
+    rng = random.Random(f"text-edits-{seed}")
+    out = []
+    for _ in range(n):
+        cast = tuple(rng.sample(NAMES, 2))
+        intro = rng.choice(INTRODUCTIONS).format(me=cast[0], other=cast[1])
+        other = rng.choice([t for t in TOPICS if t != topic])
+        opening, _ = _topic_sentences(rng, cast, other, rng.choice((1, 2)), 1.0, [intro])
+        neutral = rng.choice(NEUTRAL).format(me=cast[0], other=cast[1])
+        edited = rng.choice(SENTENCES[topic]).format(me=cast[0], other=cast[1])
+        out.append((" ".join([intro] + opening), neutral, edited))
+    return out

@@ -57,6 +57,14 @@ where the feature lives: each census feature is zeroed at its first firing in to
 of ``ablate_prompts`` stories (``positions=["active:8"]``, horizon 48; a story where it never fires
 there is left out, ``ablate_edits`` counts the rest), columns ``ablate_*``.
 
+**A model where nothing is planted** (a world without topic stories, such as smollm2-135m's English):
+the natural control is the feature that best marks ``control_topic`` in the English stories, and its
+truth is measured in the model itself, by a text edit (`gremlinkit.experiments.natural`); there are no
+planted organisms (``planted_seeds=0``). On every model, ``random_directions`` random unit directions
+pushed at the census's edit positions are the null that bounds the census's false positives. The call
+is "no power" when the natural control is not detected in the base model, when its half-life is not
+within 50% of its truth's, or when the null is detected in more than 5% of directions.
+
 Where each fine-tune changed the weights and the residual stream is notebook 06's
 (`agents.localisation`).
 """
@@ -72,9 +80,9 @@ import numpy as np
 import pandas as pd
 from scipy.stats import binomtest, fisher_exact
 
-from gremlinkit import stats
+from gremlinkit import stats, stories
 from gremlinkit.workers import runner as scan_runner
-from gremlinkit.experiments import persistence, zoo_tour
+from gremlinkit.experiments import natural, persistence, zoo_tour
 from gremlinkit.results import Result, atomic_write_text, write_metrics, write_table
 from gremlinkit.errors import ConfigError
 from gremlinkit.params import check_choice, check_range
@@ -107,6 +115,8 @@ class GremlinConfig(persistence.PersistenceConfig):
     address: str = ""  # a running Ray cluster to join ("auto", "HOST:PORT", "ray://HOST:PORT"); "": start one here
     threads: int = 0  # torch threads per worker; 0: this process's setting locally, 1 per Ray worker
     gpus_per_worker: float = 0.0  # GPUs each Ray worker holds (0.5: two workers share one)
+    random_directions: int = 20  # random-direction null on every model: directions pushed like a feature (0: skip)
+    control_prompts: int = 64  # prompts for the null, and for the text-edit control where nothing is planted
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -116,15 +126,20 @@ class GremlinConfig(persistence.PersistenceConfig):
         check_range("dose_prompts", self.dose_prompts, 2, self.n_prompts)
         check_range("ablate_prompts", self.ablate_prompts, 0, 4096)
         check_range("horizon", self.horizon, persistence.BEHAVIOUR_WINDOW[1], 200)  # the behavioural form's window
+        check_range("random_directions", self.random_directions, 0, 1000)
+        check_range("control_prompts", self.control_prompts, 2, 4096)
         story = self.story()
-        if story is None and self.control_topic:
-            raise ConfigError(f"parameter control_topic={self.control_topic!r}: the world of {self.model!r} has no "
-                              "stories with topics, whose chain is the control's truth; set control_topic='' and "
-                              "planted_seeds=0 to run the census without them")
-        check_choice("control_topic", self.control_topic, ["", *(story.topics if story else [])])
+        # Where the world has topic stories, the control's truth is their chain; elsewhere, a text edit
+        # in the English stories (`natural`), whose topics are gremlinkit.stories'.
+        check_choice("control_topic", self.control_topic, ["", *(story.topics if story else stories.TOPICS)])
         check_range("planted_seeds", self.planted_seeds, 0, 100)
         if self.planted_seeds and not self.control_topic:
             raise ConfigError("parameter planted_seeds needs a control_topic: the planted controls scan its feature")
+        if self.planted_seeds and story is None:
+            raise ConfigError(f"parameter planted_seeds={self.planted_seeds}: the planted organisms are the toy "
+                              f"family's, and {self.model!r} reads a world without topic stories; set "
+                              "planted_seeds=0 (the text-edit control and the random-direction null give power "
+                              "and false positives there)")
 
     def story(self):
         """The story source of the base model's world (its topics, their chain and the reward), or
@@ -137,7 +152,7 @@ class GremlinConfig(persistence.PersistenceConfig):
     @classmethod
     def smoke(cls) -> "GremlinConfig":
         return cls(features="random-3", horizon=96, n_prompts=48, n_bootstrap=30, planted_seeds=1, dose_models=[],
-                   dose_prompts=32, ablate_prompts=8)
+                   dose_prompts=32, ablate_prompts=8, random_directions=2, control_prompts=8)
 
     def runner(self, subjects: dict | None = None):
         """Where the scans' units run (`gremlinkit.workers`): a context manager."""
@@ -190,15 +205,19 @@ def fraction_difference(summary: pd.DataFrame, model: str, reference: str, n_boo
 
 def verdict(table: pd.DataFrame, rl: str = "toy-rl", controls: tuple[str, ...] = ("toy-base", "toy-sft"),
             control: pd.DataFrame | None = None, base: str = "toy-base", power: dict | None = None,
-            scale: str = "At toy scale") -> tuple[str, dict[str, float]]:
+            scale: str = "At toy scale", figures: dict | None = None) -> tuple[str, dict[str, float]]:
     """Apply the decision rule; returns (the sentence for the notebook, the p-values). ``control`` is
     the natural control's summary (one row per model); if it is not persistent in ``base``, where
     its truth holds, the call is "no power". ``power`` (see `planted_power`) adds the planted
-    controls: a sensitivity under ``MIN_SENSITIVITY`` is "no power" too."""
+    controls: a sensitivity under ``MIN_SENSITIVITY`` is "no power" too. ``figures``
+    (`natural.power`) adds the text-edit control and the random-direction null, with their own
+    reasons for "no power" (`natural.no_power_reasons`)."""
     row = table.set_index("model")
     if rl not in row.index or any(c not in row.index for c in controls):
+        reasons = natural.no_power_reasons(figures or {})
         return (f"inconclusive: the comparison needs an on-policy RL model ({rl or 'none is scanned'}) beside "
-                f"{', '.join(controls)}"), {}
+                f"{', '.join(controls)}" + (f"; and this scan has no power: {'; '.join(reasons)}." if reasons else ".")
+                + natural.describe(figures or {})), {"call": "no power" if reasons else "inconclusive"}
     k_rl, n_rl = row.loc[rl, "persistent"], row.loc[rl, "scanned"]
     more, fewer = {}, {}
     for c in controls:
@@ -208,7 +227,10 @@ def verdict(table: pd.DataFrame, rl: str = "toy-rl", controls: tuple[str, ...] =
     seen = {} if control is None else dict(zip(control.model, control.persistent.astype(bool)))
     blind = [base] if base in seen and not seen[base] else []
     weak = power is not None and not power["sensitivity"] >= MIN_SENSITIVITY
-    if blind or weak:
+    reasons = ([f"the natural control is not found persistent in {', '.join(blind)}"] if blind else []) + \
+        ([f"the planted control is detected in only {power['sensitivity']:.0%} of seeds"] if weak else []) + \
+        natural.no_power_reasons(figures or {})
+    if reasons:
         call = "no power"
     elif all(p < 0.05 for p in more.values()):
         call = "support"
@@ -221,9 +243,8 @@ def verdict(table: pd.DataFrame, rl: str = "toy-rl", controls: tuple[str, ...] =
              f"{row.loc[m, 'median_half_life']:.2f} tokens" for m in row.index]
     p_text = ", ".join(f"p(RL > {c}) = {more[c]:.3g}" for c in controls)
     if call == "no power":
-        why = (f"the natural control is not found persistent in {', '.join(blind)}" if blind else
-               f"the planted control is detected in only {power['sensitivity']:.0%} of seeds")
-        sentence = f"{scale} this scan has no power: {why}, so the counts say nothing about the hypothesis. "
+        sentence = (f"{scale} this scan has no power: {'; '.join(reasons)}, so the counts say nothing about the "
+                    "hypothesis. ")
     else:
         phrase = {"support": "support", "contradict": "contradict", "inconclusive": "are inconclusive about"}[call]
         sentence = f"{scale} the data {phrase} the gremlin hypothesis. "
@@ -238,6 +259,7 @@ def verdict(table: pd.DataFrame, rl: str = "toy-rl", controls: tuple[str, ...] =
                      + (f"weakest planted persistence detected: eigenvalue {mds:g} per sentence "
                         f"({power['min_detectable_half_life']:.0f}-token half-life)." if mds == mds
                         else "no planted strength is detected in 80% of seeds."))
+    sentence += natural.describe(figures or {})
     return sentence, {**{f"p_rl_more_than_{c}": p for c, p in more.items()}, "call": call}
 
 
@@ -254,6 +276,8 @@ class GremlinResults(Result):
     planted: pd.DataFrame  # the planted controls' scans, one row per (model, feature, seed); empty if skipped
     power: dict | None  # `planted_power` of them (its "dose" is the dose table), None if skipped
     rl_dose: pd.DataFrame  # `rl_dose_series`: one row per organism; empty if skipped
+    controls: pd.DataFrame = field(default_factory=pd.DataFrame)  # `model_controls`: text edit and null per model
+    figures: dict = field(default_factory=dict)  # `natural.power` of ``controls`` in the base model
     metrics: dict = field(default_factory=dict)
 
 
@@ -440,6 +464,36 @@ def check_models(cfg: GremlinConfig):
     return family
 
 
+def model_controls(cfg: GremlinConfig, subjects: dict, text_feature: int | None, census: list[int],
+                   prompts: list, positions: list, words: list[int]) -> pd.DataFrame:
+    """On every scanned model: where nothing is planted, the text-edit control of ``text_feature``
+    and its feature edit; and the random-direction null, on the census's first ``control_prompts``
+    prompts at its edit positions, pushed with the census edits' mean norm
+    (`natural.summarize`'s table; empty when both are off)."""
+    base = subjects[cfg.model]
+    chunk = min(cfg.chunk_size, 64)  # each generation keeps every feature at every step: bound its rows
+    norm = cfg.scale * float(base.sae.W_dec.detach()[census].float().norm(dim=1).mean())
+    directions = natural.random_directions(cfg.random_directions, base.d_model, cfg.seed)
+    n = min(cfg.control_prompts, len(prompts))
+    tables: dict[str, list] = {}
+    for model in cfg.scanned:
+        subject = subjects.get(model) or persistence.load_subject(cfg.scan_config(), model)
+        name = Path(model).name
+        found = {} if text_feature is None else natural.feature_controls(
+            subject, name, text_feature, cfg.scale, cfg.control_prompts, cfg.horizon, cfg.seed, cfg.temperature,
+            chunk, cfg.control_topic)
+        if cfg.random_directions:
+            found["random direction"] = natural.direction_null(
+                subject, name, prompts[:n], [p[0] for p in positions[:n]], directions, norm, cfg.horizon, cfg.seed,
+                cfg.temperature, chunk)
+        for role, table in found.items():
+            tables.setdefault(role, []).append(table)
+    if not tables:
+        return pd.DataFrame(columns=natural.COLUMNS)
+    return natural.summarize({r: pd.concat(t, ignore_index=True) for r, t in tables.items()},
+                             persistence.FDR_Q / (len(census) + 1), words, cfg.n_bootstrap, cfg.seed)
+
+
 def run(cfg: GremlinConfig, subjects: dict | None = None) -> GremlinResults:
     """The census, its natural and planted controls, the dose series and the behavioural form. The
     scans' units run where ``cfg.backend`` says; ``subjects`` are loaded models to use (the others
@@ -450,10 +504,16 @@ def run(cfg: GremlinConfig, subjects: dict | None = None) -> GremlinResults:
     if cfg.model not in subjects:
         subjects[cfg.model] = persistence.load_subject(scan_cfg, cfg.model)
     base = subjects[cfg.model]
-    prompts, _ = persistence.scan_prompts(scan_cfg, base)
+    prompts, positions = persistence.scan_prompts(scan_cfg, base)
     census = persistence.choose_features(base, prompts, scan_cfg.features, cfg.seed)
-    controls = [persistence.topic_feature(base, cfg.control_topic, seed=cfg.seed)] if cfg.control_topic else []
+    story = cfg.story()
+    controls = [persistence.topic_feature(base, cfg.control_topic, seed=cfg.seed)] if cfg.control_topic and story \
+        else []  # where nothing is planted, the control runs on its own prompts (`model_controls`)
+    text_feature = natural.topic_feature(base, cfg.control_topic, seed=cfg.seed) if cfg.control_topic and not story \
+        else None
     census = [f for f in census if f not in controls]  # a control is scanned once, and not counted
+    words = reward_word_ids(base.tokenizer, story) if story else \
+        sorted(stories.topic_token_ids(base.tokenizer, cfg.control_topic or stories.REWARD_TOPIC))
     planted, power, dose, ablated = pd.DataFrame(), None, pd.DataFrame(), None
     with cfg.runner(subjects) as runner:
         runner.preload(scan_cfg, cfg.scanned)  # every worker loads the models now: one that cannot fails here
@@ -472,27 +532,30 @@ def run(cfg: GremlinConfig, subjects: dict | None = None) -> GremlinResults:
     summary.insert(2, "role", np.where(summary.feature.isin(controls), "natural control", "census"))
     table = counts(summary, cfg.seed)
     control = summary[summary.role == "natural control"].reset_index(drop=True)
-    story = cfg.story()
-    words = reward_word_ids(base.tokenizer, story) if story else []
+    checks = model_controls(cfg, subjects, text_feature, census, prompts, positions, words)
+    figures = natural.power(checks, Path(cfg.model).name) if len(checks) else {}
     added = persistence.behaviour(scan, words)
     ablated = persistence.behaviour(ablated, words) if ablated is not None else None
     rl, others = roles(cfg, family)
     sentence, tests = verdict(table, rl, others, control=control, base=Path(cfg.model).name, power=power,
-                              scale="At toy scale" if family.name == "toy" else f"In the {family.name} family")
+                              scale="At toy scale" if family.name == "toy" else f"In the {family.name} family",
+                              figures=figures)
     labels = zoo_tour.feature_summary(*zoo_tour.corpus_features(base, zoo_tour.heldout_corpus(200, cfg.seed, story),
                                                                 story)) if story else NO_LABELS
     res = GremlinResults(scan, summary, census_table(summary, labels, added, ablated), table, sentence, tests,
-                         control, story.topic_half_life() if story else float("nan"), planted, power, dose)
+                         control, story.topic_half_life() if story else float("nan"), planted, power, dose, checks,
+                         figures)
     res.metrics.update(metrics(res))
     return res
 
 
 def write(res: GremlinResults, output_dir: str) -> None:
-    """The run's tables (summary, counts, planted, rl_dose as parquet; census.csv) and metrics.json,
+    """The run's tables (summary, counts, planted, rl_dose as parquet; census.csv, controls.csv) and metrics.json,
     each written atomically into ``output_dir``."""
     for name in ("summary", "counts", "planted", "rl_dose"):
         write_table(getattr(res, name), Path(output_dir) / f"{name}.parquet")
     write_census(res, output_dir)
+    atomic_write_text(Path(output_dir) / "controls.csv", res.controls.to_csv(index=False))
     write_metrics(output_dir, res.metrics)
 
 
@@ -520,6 +583,12 @@ def metrics(res: GremlinResults) -> dict[str, float]:
         out[f"{r.model}_control_persistent"] = int(r.persistent)
         out[f"{r.model}_control_q_value"] = r.q_value
     models = list(res.counts.model)
+    out.update(res.figures)
+    for r in res.controls[res.controls.role != "random direction"].itertuples():
+        out[f"{r.model}_{r.role.replace(' ', '_')}_half_life"] = r.half_life
+        out[f"{r.model}_{r.role.replace(' ', '_')}_detected"] = int(r.detected)
+    for model, g in res.controls[res.controls.role == "random direction"].groupby("model", sort=False):
+        out[f"{model}_null_false_positive_rate"] = float(g.detected.mean())
     if not res.control.empty:
         first = res.control[res.control.model == models[0]].iloc[0]
         out["natural_control_half_life"] = first.half_life

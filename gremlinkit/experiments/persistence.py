@@ -249,12 +249,14 @@ def topic_features(subject, topics, n_docs: int = 120, seed: int = 0, world: str
         check_choice("control_topic", topic, list(story.topics))
     labels, feats = corpus_features(subject, heldout_corpus(n_docs, seed, story), story)
     on = to_numpy(feats > 0).astype(bool)
-    out = {}
-    for topic in topics:
-        marked = (labels.topic == topic).to_numpy()
-        recall, precision = on[marked].mean(0), on[marked].sum(0) / on.sum(0).clip(1)
-        out[topic] = int((recall * (precision - marked.mean())).argmax())
-    return out
+    return {topic: best_marker(on, (labels.topic == topic).to_numpy()) for topic in topics}
+
+
+def best_marker(on: np.ndarray, marked: np.ndarray) -> int:
+    """The feature that best marks the ``marked`` tokens, given which features are ``on`` at each
+    token (tokens, d_sae): the largest recall x (precision - base rate)."""
+    recall, precision = on[marked].mean(0), on[marked].sum(0) / on.sum(0).clip(1)
+    return int((recall * (precision - marked.mean())).argmax())
 
 
 def topic_feature(subject, topic: str, n_docs: int = 120, seed: int = 0) -> int:
@@ -396,7 +398,7 @@ def _scan_chunk(subject, cfg, mode, prompts, chunk) -> tuple[dict, dict]:
     return base, inter
 
 
-def _long_table(model, mode, units, base, inter, record_all) -> pd.DataFrame:
+def long_table(model, mode, units, base, inter, record_all) -> pd.DataFrame:
     """Tidy rows: one per (unit, lag[, measured feature])."""
     n_units, n_lags = len(units), base["pre"].shape[1]
     shape = (n_units, n_lags, base["pre"].shape[2]) if record_all else (n_units, n_lags)
@@ -473,7 +475,7 @@ def run_unit(subject, cfg: PersistenceConfig, prompts: list[torch.Tensor], unit:
              chunk: list[tuple[int, int, int]]) -> pd.DataFrame:
     """The tidy rows of one unit (`COLUMNS`), computed in ``subject`` (the unit's model)."""
     base, inter = _scan_chunk(subject, cfg, unit.mode, prompts, chunk)
-    return _long_table(Path(unit.model).name, unit.mode, chunk, base, inter, cfg.record_all)
+    return long_table(Path(unit.model).name, unit.mode, chunk, base, inter, cfg.record_all)
 
 
 def load_subject(cfg: PersistenceConfig, model: str):
