@@ -79,6 +79,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy.stats import binomtest, fisher_exact
+from scipy.stats import t as student_t
 
 from gremlinkit import stats, stories
 from gremlinkit.workers import runner as scan_runner
@@ -173,10 +174,21 @@ class GremlinConfig(persistence.PersistenceConfig):
                                    features=features)
 
 
+def min_detectable_ratio(census: pd.DataFrame) -> float:
+    """The smallest tail that the census's rule could have detected, as a share of the edit's direct
+    effect: per feature, the one-sided t threshold at the bar a single discovery must clear
+    (``FDR_Q / features``) times the tail's standard error, over ``|effect_lag0|``; the median over
+    features. A persistence weaker than this was out of the census's sight."""
+    bar = persistence.FDR_Q / max(len(census), 1)
+    need = student_t.ppf(1 - bar, (census.units - 1).clip(lower=1)) * census.tail_se
+    return float((need / census.effect_lag0.abs()).median())
+
+
 def counts(summary: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     """Per model, over the census (controls left out): persistent features out of scanned, with a
-    Wilson 95% interval, median half-life with a bootstrap interval over features, and the fraction
-    of edits that changed the continuation at all."""
+    Wilson 95% interval, median half-life with a bootstrap interval over features, the fraction of
+    edits that changed the continuation at all, and the smallest detectable tail
+    (`min_detectable_ratio`)."""
     rows = []
     census = summary[summary.role == "census"] if "role" in summary else summary
     for model, g in census.groupby("model", sort=False):
@@ -188,7 +200,8 @@ def counts(summary: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
                      "fraction_low": float(ci.low), "fraction_high": float(ci.high),
                      "median_half_life": float(np.median(hl)),
                      "median_low": med_low, "median_high": med_high,
-                     "divergence": float(g.divergence.mean()) if "divergence" in g else float("nan")})
+                     "divergence": float(g.divergence.mean()) if "divergence" in g else float("nan"),
+                     "min_detectable_ratio": min_detectable_ratio(g) if "tail_se" in g else float("nan")})
     return pd.DataFrame(rows)
 
 
@@ -240,7 +253,9 @@ def verdict(table: pd.DataFrame, rl: str = "toy-rl", controls: tuple[str, ...] =
         call = "inconclusive"
     parts = [f"{m}: {int(row.loc[m, 'persistent'])}/{int(row.loc[m, 'scanned'])} persistent "
              f"(95% CI {row.loc[m, 'fraction_low']:.2f}-{row.loc[m, 'fraction_high']:.2f}), median half-life "
-             f"{row.loc[m, 'median_half_life']:.2f} tokens" for m in row.index]
+             f"{row.loc[m, 'median_half_life']:.2f} tokens"
+             + (f", smallest detectable tail {row.loc[m, 'min_detectable_ratio']:.0%} of the direct effect"
+                if pd.notna(row.loc[m].get("min_detectable_ratio", np.nan)) else "") for m in row.index]
     p_text = ", ".join(f"p(RL > {c}) = {more[c]:.3g}" for c in controls)
     if call == "no power":
         sentence = (f"{scale} this scan has no power: {'; '.join(reasons)}, so the counts say nothing about the "
@@ -576,6 +591,7 @@ def metrics(res: GremlinResults) -> dict[str, float]:
         out[f"{r.model}_persistent_fraction_high"] = r.fraction_high
         out[f"{r.model}_median_half_life"] = r.median_half_life
         out[f"{r.model}_divergence_fraction"] = r.divergence
+        out[f"{r.model}_min_detectable_ratio"] = r.min_detectable_ratio
     for model, g in res.summary[res.summary.role == "census"].groupby("model", sort=False):
         out[f"{model}_mean_abs_effect_lag1"] = float(g.effect_lag1.abs().mean())  # non-zero when edits act
     for r in res.control.itertuples():

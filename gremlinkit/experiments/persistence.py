@@ -545,6 +545,8 @@ def summarize(df: pd.DataFrame, n_bootstrap: int = 200, seed: int = 0) -> pd.Dat
         rows.append({"model": model, "mode": mode, "feature": int(feature), "effect_lag0": float(curve[0]),
                      "effect_lag1": float(curve[1]), "auc": float(np.abs(curve[1:]).sum()),
                      "tail_effect": float(tails.mean()), "tail_effect_post": float(post[:, start:].mean()),
+                     "tail_se": float(tails.std(ddof=1) / np.sqrt(len(tails))) if len(tails) > 1 else float("nan"),
+                     "units": len(tails),
                      "p_value": p, "half_life": min(hl, horizon), "half_life_low": float(min(low, horizon)),
                      "half_life_high": float(min(high, horizon)), "half_life_censored": bool(hl >= horizon),
                      "divergence": float(g.groupby(["prompt_id", "position"]).diverged.first().mean())})
