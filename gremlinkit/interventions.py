@@ -272,6 +272,21 @@ def reconstruction_fit(x: torch.Tensor, x_hat: torch.Tensor) -> dict[str, float]
             "massive_tokens": int(big.sum())}
 
 
+# sae_lens normalisations whose decode reads the statistics of the input that encode stored, then
+# deletes them: the edit's decoder output is scaled back by the input's own norm (or std and mean).
+STATEFUL_NORMS = ("constant_norm_rescale", "layer_norm")
+
+
+def decode_difference(sae: Any, x: torch.Tensor, f_new: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """``sae.decode(f_new) - sae.decode(f)``, in the SAE's own normalisation: where decoding needs
+    the statistics of ``x`` (the input ``f`` was encoded from), they are stored again for the second
+    decode. Zero, bit for bit, wherever ``f_new`` equals ``f``."""
+    new = sae.decode(f_new)
+    if getattr(sae.cfg, "normalize_activations", "none") in STATEFUL_NORMS:
+        sae.encode(x.to(sae_dtype(sae)))  # the first decode consumed them
+    return new - sae.decode(f)
+
+
 def encode_with_pre(sae: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """SAE features of ``x`` and their encoder pre-activations, from one ``sae.encode`` call.
 
@@ -323,7 +338,7 @@ def apply(x: torch.Tensor, ivs: Sequence[Intervention], sae: Any, positions: tor
             f_new[..., iv.feature] = torch.where(m[f_at], edited, current)
         # The difference is taken in the SAE's dtype, and is exactly zero where no edit applies.
         delta = torch.zeros_like(w)
-        delta[f_at] = (sae.decode(f_new) - sae.decode(f)).to(w.dtype)
+        delta[f_at] = decode_difference(sae, x[f_at], f_new, f).to(w.dtype)
         w = w + delta
     for iv, m in live:
         if isinstance(iv, VectorEdit):

@@ -145,6 +145,23 @@ class SiteMap:
         return Site(name, module, io, (layer, _BLOCK_HOOKS[hook]))
 
 
+    def site_of_module(self, path: str) -> str:
+        """The site that is the output of module ``path`` (its input, where ``path`` ends in
+        ``.input``), as SAELens's ``hf_hook_name`` names an activation: ``model.layers.5`` is
+        ``blocks.5.hook_resid_post`` on a Llama."""
+        module, io = path, "output"
+        if path.endswith((".input", ".output")):
+            module, _, io = path.rpartition(".")
+        for name in self.names:
+            site = self.resolve(name)
+            if (site.module, site.io) == (module, io):
+                return name
+        raise SiteError(f"module {path!r} is no site of this {self.model_type} model: its sites are the outputs of "
+                        f"{self.layout.embed!r}, {self.layout.blocks}.L (L in 0..{self.n_layers - 1}) and its "
+                        f"{self.layout.attn!r} and {self.layout.mlp!r}, and {self.layout.final_norm!r}, and the inputs "
+                        f"of {self.layout.blocks}.L ('.input')")
+
+
 def envoy_at(model: Any, path: str) -> Any:
     """The nnsight envoy at a dotted module path."""
     node = model

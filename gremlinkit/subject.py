@@ -80,9 +80,9 @@ class Subject:
         self._attach(sae, site, warn_bos=True)
 
     def _attach(self, sae: Any, site: str | None, warn_bos: bool) -> None:
-        hook = site or sae.cfg.metadata.hook_name
+        hook = site or _sae_hook(sae, self.site_map)
         if hook is None:
-            raise SiteError("the SAE's metadata names no hook_name; pass site= explicitly")
+            raise SiteError("the SAE's metadata names no hook_name or hf_hook_name; pass site= explicitly")
         if site is not None and sae.cfg.metadata.hook_name not in (None, site):
             raise SiteError(f"this SAE was trained for site {sae.cfg.metadata.hook_name!r}, not {site!r}")
         self.site_map.resolve(hook)  # raises for an unknown site
@@ -113,6 +113,26 @@ class Subject:
         batch = make_batch(prompts, self.tokenizer, max_length=self.n_ctx, bos=self.prepends_bos, device=self.device)
         self._check_context(batch.input_ids.shape[1], "a read")
         return batch
+
+    @property
+    def excluded_ids(self) -> list[int]:
+        """Token ids that feature statistics leave out, as SAELens left them out of the SAE's training:
+        where its metadata sets ``exclude_special_tokens``, the tokenizer's special tokens (True) or
+        the ids it lists; else none."""
+        value = getattr(getattr(getattr(self.sae, "cfg", None), "metadata", None), "exclude_special_tokens", None)
+        if not value:
+            return []
+        return sorted(set(self.tokenizer.all_special_ids) if value is True else {int(i) for i in value})
+
+    def counted(self, prompts: Prompts) -> torch.Tensor:
+        """(B, T) True, in prompt indexing, at the tokens that feature statistics count: each prompt's
+        own tokens but a BOS, less `excluded_ids`."""
+        batch = self.batch(prompts)
+        keep = batch.prompt_mask(skip_bos=True)
+        if self.excluded_ids:
+            ids = batch.to_prompt_index(batch.input_ids)
+            keep &= ~torch.isin(ids, torch.tensor(self.excluded_ids, device=ids.device))
+        return keep
 
     def _check_context(self, tokens: int, what: str) -> None:
         """Warn once per SAE when ``what`` reaches past the context the SAE was trained on."""
@@ -290,7 +310,8 @@ class Subject:
     def check_sae(self, prompts: Prompts) -> dict[str, float]:
         """Explained variance, L0 and the next-token loss increase when the SAE is spliced in.
 
-        Every real token counts; a BOS (when the batch has one) is left out, as in training. The
+        Every real token counts; a BOS (when the batch has one) and `excluded_ids` are left out, as in
+        training. The
         explained variance comes pooled over every token and without the massive activations
         (`gremlinkit.interventions.reconstruction_fit`). A wrong site mapping shows as a low explained
         variance and a large loss increase. Statistics are taken in float32 whatever the model's dtype.
@@ -298,7 +319,9 @@ class Subject:
         site = self.sae_site
         batch = self.batch(prompts)
         positions = batch.positions()
-        keep = positions >= int(batch.bos)  # (B, T): every real token, less a BOS
+        keep = positions >= int(batch.bos)  # (B, T): every real token, less a BOS and any excluded id
+        if self.excluded_ids:
+            keep &= ~torch.isin(batch.input_ids, torch.tensor(self.excluded_ids, device=batch.device))
         clean_logits = self.run(prompts)
         with self.model.trace(batch.inputs(), remote=self.remote):
             x = sitemod.read(self.model, self.site_map.resolve(site))
@@ -319,6 +342,21 @@ class Subject:
         sae = f", sae at {self.sae_site} (d_sae={self.d_sae})" if self.sae is not None else ""
         return (f"Subject({self.name!r}, {self.model.config.model_type}, {self.site_map.n_layers} layers, "
                 f"{self.device}, {str(self.dtype).removeprefix('torch.')}, prepends_bos={self.prepends_bos}{sae})")
+
+
+def _sae_hook(sae: Any, site_map: sitemod.SiteMap) -> str | None:
+    """The site an SAE reads: its metadata's ``hook_name``, or the site of the module its
+    ``hf_hook_name`` names where the hook name is absent or not one this model has; an error where
+    both name sites of this model and they differ."""
+    meta = sae.cfg.metadata
+    hook, module = meta.hook_name, getattr(meta, "hf_hook_name", None)
+    if module is None:
+        return hook
+    mapped = site_map.site_of_module(module)
+    if hook is not None and hook in site_map.names and hook != mapped:
+        raise SiteError(f"the SAE's metadata contradicts itself: hook_name={hook!r}, but hf_hook_name={module!r} is "
+                        f"site {mapped!r} of this model")
+    return mapped if hook not in site_map.names else hook
 
 
 def _sae_prepend_bos(sae: Any) -> bool | None:

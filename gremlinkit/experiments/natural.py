@@ -59,11 +59,13 @@ def topic_feature(subject, topic: str = stories.REWARD_TOPIC, n_docs: int = 120,
             doc += piece
             labels += [t] * len(piece)
         ids.append(host_ids(doc))
-    on = []
+    on, kept = [], []
     for start in range(0, n_docs, 16):  # a few documents at a time: only which features are on is kept
         part = ids[start: start + 16]
-        on.append(to_numpy(subject.features(part)[subject.batch(part).prompt_mask(skip_bos=True)] > 0))  # (tokens, d_sae)
-    return persistence.best_marker(np.concatenate(on), np.array(labels) == topic)
+        every, counted = subject.batch(part).prompt_mask(skip_bos=True), subject.counted(part)  # as labelled; counted
+        on.append(to_numpy(subject.features(part)[counted] > 0))  # (tokens, d_sae)
+        kept.append(to_numpy(counted[every]))
+    return persistence.best_marker(np.concatenate(on), (np.array(labels) == topic)[np.concatenate(kept)])
 
 
 def text_edit_prompts(subject, n: int, seed: int, topic: str = stories.REWARD_TOPIC

@@ -309,7 +309,7 @@ def choose_features(subject, prompts: list[torch.Tensor], spec: Any, seed: int) 
             iv.validate(iv.ablate(f), n_rows=1, max_len=[1], d_model=subject.d_model, d_sae=subject.d_sae)
         return [int(f) for f in spec]
     # Only real tokens after BOS: padding reads as zero, and an SAE can encode zero to active features.
-    feats = subject.features(prompts)[subject.batch(prompts).prompt_mask(skip_bos=True)]  # (N, d_sae)
+    feats = subject.features(prompts)[subject.counted(prompts)]  # (N, d_sae)
     freq = (feats > 0).float().mean(0)
     live = torch.nonzero(freq > 0).flatten()
     if spec == "live":
