@@ -26,3 +26,7 @@ class InterventionError(GremlinkitError, ValueError):
 
 class InputError(GremlinkitError, ValueError):
     """Bad prompts or generation arguments."""
+
+
+class HubError(GremlinkitError, OSError):
+    """A model or SAE that could not be fetched from the Hugging Face hub or the SAELens registry."""

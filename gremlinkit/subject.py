@@ -11,7 +11,7 @@ import torch
 
 from gremlinkit import interventions as ivmod
 from gremlinkit import sites as sitemod
-from gremlinkit.errors import InputError, SiteError
+from gremlinkit.errors import HubError, InputError, SiteError
 from gremlinkit.generation import Generation, GumbelMax, SeededGumbel
 from gremlinkit.interventions import Intervention
 from gremlinkit.prompts import Batch, Prompts, make_batch, resolve_bos
@@ -408,7 +408,10 @@ def load_sae(spec: Any, device: str | torch.device = "cpu", dtype: torch.dtype |
     device = str(device)
     if isinstance(spec, (tuple, list)):
         release, sae_id = spec
-        sae = SAE.from_pretrained(release, sae_id, device=device)
+        try:
+            sae = SAE.from_pretrained(release, sae_id, device=device)
+        except (OSError, ValueError) as err:
+            raise HubError(_sae_hub_message(release, sae_id, err)) from err
     elif isinstance(spec, (str, Path)):
         entry = providers.find(str(spec), root)
         sae = SAE.load_from_disk(entry.path if entry is not None else Path(spec), device=device)
@@ -460,7 +463,12 @@ def load(name_or_path: str | Path, *, sae: Any = None, device: str | torch.devic
     kwargs = {} if remote else {"dispatch": True, "device": device}
     if dtype is not None:
         kwargs["dtype"] = dtype
-    model = TransformersModel(str(source), task="text-generation", **kwargs)
+    try:
+        model = TransformersModel(str(source), task="text-generation", **kwargs)
+    except OSError as err:
+        if Path(str(source)).exists():
+            raise
+        raise HubError(_model_hub_message(name, err)) from err
     sae_obj = load_sae(sae, device=device, dtype=sae_dtype, root=zoo_root) if sae not in (None, False) else None
     subject = Subject(model, sae_obj, name=Path(name).name if Path(name).exists() else name, remote=remote, bos=bos)
     if validate:
@@ -468,6 +476,22 @@ def load(name_or_path: str | Path, *, sae: Any = None, device: str | torch.devic
 
         check.raise_on_failure(check.run(subject))
     return subject
+
+
+def _model_hub_message(name: str, err: Exception) -> str:
+    from huggingface_hub import constants
+
+    return (f"could not load model {name!r}: it is no zoo name and no local directory, and the Hugging Face hub "
+            f"did not give it ({str(err).splitlines()[0]}). Tried {constants.ENDPOINT}/{name} and the hub cache "
+            f"{constants.HF_HUB_CACHE}. Offline, download it on a connected machine (`hf download {name} "
+            f"--local-dir DIR`), copy DIR here and load it by path: gremlinkit.load('DIR')")
+
+
+def _sae_hub_message(release: str, sae_id: str, err: Exception) -> str:
+    return (f"could not load SAE {sae_id!r} of release {release!r} through sae_lens's registry of pretrained SAEs "
+            f"and the hub ({str(err).splitlines()[0]}). Offline, save it on a connected machine "
+            f"(`SAE.from_pretrained({release!r}, {sae_id!r}).save_model('DIR')`), copy DIR here and load it by "
+            "path: sae='DIR'")
 
 
 def check_placement(device: str, dtype: torch.dtype | None) -> None:

@@ -82,10 +82,35 @@ def test_loading_local_directories_takes_the_hub_code_path():
 
 def test_a_release_pair_goes_to_sae_lens_pretrained_directory():
     import gremlinkit
+    from gremlinkit.errors import HubError
 
     # sae_lens validates the release against its directory before any download.
-    with pytest.raises(ValueError, match="no-such-release"):
+    with pytest.raises(HubError, match=r"SAE 'blocks.0.hook_resid_pre' of release 'no-such-release' through "
+                                       r"sae_lens's registry.*no-such-release.*sae='DIR'"):
         gremlinkit.load("toy-base", sae=("no-such-release", "blocks.0.hook_resid_pre"))
+
+
+def test_without_the_hub_a_hub_id_names_what_was_tried_and_the_local_way(tmp_path):
+    """As a user on an offline machine meets it: the CLI, a real hub id and a real SAELens release."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)}  # nothing cached, nothing fetched
+    code = ("import gremlinkit\n"
+            "for args in (('openai-community/gpt2', {}), ('toy-base', {'sae': ('gpt2-small-res-jb', "
+            "'blocks.0.hook_resid_pre')})):\n"
+            "    try:\n"
+            "        gremlinkit.load(args[0], device='cpu', **args[1])\n"
+            "    except gremlinkit.GremlinkitError as err:\n"
+            "        print(type(err).__name__, err)\n")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    model, sae = done.stdout.strip().splitlines()[-2:]
+    assert model.startswith("HubError could not load model 'openai-community/gpt2'")
+    assert "Tried https://huggingface.co/openai-community/gpt2 and the hub cache" in model
+    assert "gremlinkit.load('DIR')" in model
+    assert sae.startswith("HubError could not load SAE 'blocks.0.hook_resid_pre' of release 'gpt2-small-res-jb'")
+    assert ".save_model('DIR')" in sae and "sae='DIR'" in sae
 
 
 def test_prompt_mask_marks_each_prompts_own_tokens(toy):
