@@ -92,8 +92,8 @@ def floor(subject, cfg) -> float:
 
     def run():
         with torch.no_grad():
-            for start in range(0, len(rows), cfg.chunk_size):
-                part = rows[start: start + cfg.chunk_size]
+            for start in range(0, len(rows), cfg.chunk):
+                part = rows[start: start + cfg.chunk]
                 if cfg.mode == "teacher_forced":
                     batch = subject.batch([prompts[p][: pos + h + 1] for p, pos in part])
                     hf(**batch.inputs())

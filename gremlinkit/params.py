@@ -83,10 +83,19 @@ class Placement:
     """Where an experiment's models run; every experiment config inherits these two parameters."""
 
     device: str = "auto"  # "auto" (CUDA when available, else CPU), "cpu", "cuda", "cuda:1", ...
-    dtype: str = "auto"  # "auto" (the checkpoint's own), "float32", "bfloat16" or "float16"
+    dtype: str = "auto"  # "auto" (the model's recommended, else the checkpoint's own), "float32", "bfloat16", "float16"
+
+    def recommended(self, name: str) -> Any:
+        """What the provider of this config's model recommends for parameter ``name`` (None if
+        nothing): the value an ``"auto"`` parameter takes (`gremlinkit.providers.settings`)."""
+        from gremlinkit import providers
+
+        model = getattr(self, "model", "") or getattr(self, "base", "")
+        return providers.settings(model).get(name) if isinstance(model, str) else None
 
     def load_kwargs(self) -> dict[str, Any]:
-        """``device`` and ``dtype`` for `gremlinkit.load`, checked: "auto" becomes None."""
+        """``device`` and ``dtype`` for `gremlinkit.load`, checked: "auto" becomes None (CUDA where
+        there is one; the dtype the model's provider recommends, else the checkpoint's own)."""
         import torch
 
         check_choice("dtype", self.dtype, DTYPES)
@@ -96,7 +105,7 @@ class Placement:
             except RuntimeError:
                 raise ConfigError(f"parameter device={self.device!r} is not a device: use {DEVICE_HELP}") from None
         return {"device": None if self.device == "auto" else self.device,
-                "dtype": None if self.dtype == "auto" else self.dtype}
+                "dtype": self.recommended("dtype") if self.dtype == "auto" else self.dtype}
 
 
 class Scope:

@@ -17,7 +17,7 @@ training methods take a family, so the toy family and the smollm2 family go thro
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -43,6 +43,8 @@ class Entry:
     bos: bool | None = None  # the BOS policy a model loads with by default (None: its tokenizer's)
     world: str | None = None  # the world a model was trained on
     family: tuple[str, ...] = ()  # a base model and its fine-tunes, which share its SAE (base first)
+    # What the notebooks' "auto" parameters become for this model (`settings`): dtype, unit_kinds, chunk_size
+    settings: dict = field(default_factory=dict, hash=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,13 @@ class Family:
 def providers() -> tuple[Any, ...]:
     """Every installed provider, in name order."""
     return tuple(ep.load() for ep in sorted(entry_points(group=GROUP), key=lambda ep: ep.name))
+
+
+def settings(model: str) -> dict[str, Any]:
+    """What a notebook's ``"auto"`` parameters become for ``model``: its provider's recommendation
+    (dtype, sign-flip unit kinds, scan chunk size), empty for a model no provider knows."""
+    entry = find(str(model)) if model else None
+    return dict(entry.settings) if entry is not None else {}
 
 
 def find(name: str, root: Path | None = None) -> Entry | None:

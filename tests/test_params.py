@@ -64,3 +64,31 @@ def test_a_notebook_config_loads_in_the_dtype_it_names():
 
     subject = gremlinkit.load("toy-base", **ZooTourConfig(device="cpu", dtype="bfloat16").load_kwargs())
     assert subject.dtype.__str__() == "torch.bfloat16" and subject.device.type == "cpu"
+
+
+def test_auto_parameters_take_the_models_recommended_settings():
+    """"auto" means what the model's provider recommends (smollm2: bf16, MLP and SAE units, chunks of
+    32, so its default runs fit 1.5 GB; the references run it at "auto"), else the old defaults;
+    an explicit value always wins."""
+    from gremlinkit.experiments import persistence, signflip
+    from gremlinkit.zoo.registry import REAL_SETTINGS
+
+    real = signflip.SignFlipConfig(model="smollm2-135m")
+    assert real.load_kwargs()["dtype"] == REAL_SETTINGS["dtype"] == "bfloat16"
+    assert real.kinds == ["mlp", "sae"]
+    assert persistence.PersistenceConfig(model="smollm2-135m").chunk == 32
+    toy = signflip.SignFlipConfig()
+    assert toy.load_kwargs()["dtype"] is None and toy.kinds == list(signflip.UNIT_KINDS)  # the checkpoint's own
+    assert persistence.PersistenceConfig().chunk == 256
+    hub = persistence.PersistenceConfig(model="org/name")  # no provider knows it
+    assert hub.chunk == 256 and hub.load_kwargs()["dtype"] is None
+    explicit = signflip.SignFlipConfig(model="smollm2-135m", dtype="float32", unit_kinds=["direction"])
+    assert explicit.load_kwargs()["dtype"] == "float32" and explicit.kinds == ["direction"]
+    assert persistence.PersistenceConfig(model="smollm2-135m", chunk_size=8).chunk == 8
+    # "auto" and the size it resolves to are one scan: a resume across them finds its units
+    assert persistence.PersistenceConfig(model="smollm2-135m").scan_key() == \
+        persistence.PersistenceConfig(model="smollm2-135m", chunk_size=32).scan_key()
+    with pytest.raises(ConfigError, match=r"unit_kinds=\['residual'\]: 'auto', or a list"):
+        signflip.SignFlipConfig(unit_kinds=["residual"])
+    with pytest.raises(ConfigError, match=r"chunk_size=0 is out of range"):
+        persistence.PersistenceConfig(chunk_size=0)

@@ -486,7 +486,7 @@ def model_controls(cfg: GremlinConfig, subjects: dict, text_feature: int | None,
     prompts at its edit positions, pushed with the census edits' mean norm
     (`natural.summarize`'s table; empty when both are off)."""
     base = subjects[cfg.model]
-    chunk = min(cfg.chunk_size, 64)  # each generation keeps every feature at every step: bound its rows
+    chunk = min(cfg.chunk, 64)  # each generation keeps every feature at every step: bound its rows
     norm = cfg.scale * float(base.sae.W_dec.detach()[census].float().norm(dim=1).mean())
     directions = natural.random_directions(cfg.random_directions, base.d_model, cfg.seed)
     n = min(cfg.control_prompts, len(prompts))

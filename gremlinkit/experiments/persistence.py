@@ -118,7 +118,7 @@ class PersistenceConfig(Placement):
     mode: str = "both"  # "teacher_forced", "on_policy" or "both"
     record_all: bool = False  # also record every other feature, not only the edited one
     temperature: float = 1.0  # on-policy sampling temperature
-    chunk_size: int = 256  # interventions per batched forward, and per file written
+    chunk_size: Any = "auto"  # interventions per batched forward and per file; "auto": the model's recommended, else 256
     n_bootstrap: int = 200  # bootstrap resamples of prompts for half-life intervals
     seed: int = 0  # seeds prompts, random features, sampling noise and the bootstrap
     output_dir: str = "output/03_persistence_scan"  # where chunks, tables and metrics go
@@ -134,7 +134,8 @@ class PersistenceConfig(Placement):
         check_choice("mode", self.mode, (*MODES, "both"))
         check_range("horizon", self.horizon, 1, 200)
         check_range("n_prompts", self.n_prompts, 1, 4096)
-        check_range("chunk_size", self.chunk_size, 1, 4096)
+        if self.chunk_size != "auto":
+            check_range("chunk_size", self.chunk_size, 1, 4096)
         check_range("n_bootstrap", self.n_bootstrap, 10, 10_000)
         if not self.positions or not all(_position_ok(p) for p in self.positions):
             raise ConfigError(f"parameter positions={self.positions!r}: give ints >= 1 (0 is BOS), "
@@ -166,6 +167,12 @@ class PersistenceConfig(Placement):
         return int(p.split(":")[1]) if isinstance(p, str) and p.startswith("active:") else None
 
     @property
+    def chunk(self) -> int:
+        """Interventions per unit: ``chunk_size``, or for "auto" the model's recommended size (small
+        enough that a generation's cache fits a notebook's 1.5 GB on smollm2), else 256."""
+        return int(self.recommended("chunk_size") or 256) if self.chunk_size == "auto" else int(self.chunk_size)
+
+    @property
     def scanned(self) -> list[str]:
         """Every model of the scan, ``model`` first."""
         return [self.model, *self.models]
@@ -191,6 +198,7 @@ class PersistenceConfig(Placement):
         d = dataclasses.asdict(self)
         for k in ("output_dir", "n_bootstrap", *EXECUTION_FIELDS):
             d.pop(k, None)
+        d["chunk_size"] = self.chunk  # as resolved: "auto" and the size it means are one scan
         d["scan_version"] = SCAN_VERSION
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -453,10 +461,10 @@ class Plan:
 
     def units(self) -> list[Unit]:
         return [Unit(m, mode, start) for m in self.cfg.scanned for mode in self.cfg.modes
-                for start in range(0, len(self.interventions), self.cfg.chunk_size)]
+                for start in range(0, len(self.interventions), self.cfg.chunk)]
 
     def chunk(self, unit: Unit) -> list[tuple[int, int, int]]:
-        return self.interventions[unit.start: unit.start + self.cfg.chunk_size]
+        return self.interventions[unit.start: unit.start + self.cfg.chunk]
 
     def path(self, unit: Unit) -> Path:
         return self.directory / f"{unit.key}.parquet"

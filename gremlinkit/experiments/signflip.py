@@ -32,7 +32,7 @@ which is not the same as 0 (no persona at all). This module
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -61,8 +61,9 @@ class SignFlipConfig(Placement):
     trait: str = ""  # the trait whose direction is X ("": the world's first)
     n_docs: int = 60  # reference documents for sign statistics
     n_units: int = 5  # one-sign units searched, most consistent first
-    # families searched: MLP pre-activations, SAE pre-activations, residual mean directions
-    unit_kinds: list = field(default_factory=lambda: list(UNIT_KINDS))
+    # families searched: "auto" (the model's recommended, else all), or of "mlp" (MLP pre-activations),
+    # "sae" (SAE pre-activations) and "direction" (residual mean directions)
+    unit_kinds: Any = "auto"
     prompt_length: int = 8  # searchable tokens (after the BOS, where the model reads one)
     n_steps: int = 20  # search steps per restart
     batch_candidates: int = 64  # candidate prompts evaluated per step (both methods)
@@ -77,8 +78,10 @@ class SignFlipConfig(Placement):
     def __post_init__(self) -> None:
         check_range("n_docs", self.n_docs, 4, 5000)
         check_range("n_units", self.n_units, 1, 100)
-        if not self.unit_kinds or any(k not in UNIT_KINDS for k in self.unit_kinds):
-            raise ConfigError(f"parameter unit_kinds={self.unit_kinds!r}: name one or more of {list(UNIT_KINDS)}")
+        if self.unit_kinds != "auto" and (not isinstance(self.unit_kinds, list) or not self.unit_kinds
+                                          or any(k not in UNIT_KINDS for k in self.unit_kinds)):
+            raise ConfigError(f"parameter unit_kinds={self.unit_kinds!r}: 'auto', or a list of one or more of "
+                              f"{list(UNIT_KINDS)}")
         check_range("prompt_length", self.prompt_length, 1, 64)
         check_range("n_steps", self.n_steps, 1, 2000)
         check_range("batch_candidates", self.batch_candidates, 2, 4096)
@@ -86,6 +89,14 @@ class SignFlipConfig(Placement):
         check_range("n_restarts", self.n_restarts, 1, 100)
         check_range("n_behavior_prompts", self.n_behavior_prompts, 2, 512)
         check_range("max_new_tokens", self.max_new_tokens, 1, 128)
+
+    @property
+    def kinds(self) -> list[str]:
+        """The unit families searched: ``unit_kinds``, or for "auto" the model's recommended ones
+        (MLP and SAE units on smollm2, whose residual mean directions never go negative), else all."""
+        if self.unit_kinds != "auto":
+            return list(self.unit_kinds)
+        return list(self.recommended("unit_kinds") or UNIT_KINDS)
 
     def make_world(self) -> worlds.World:
         world = worlds.resolve(self.world, self.model, seed=self.seed, per_template=PAIRS_PER_TEMPLATE)
@@ -405,7 +416,7 @@ def run(cfg: SignFlipConfig, subject=None) -> SignFlipResults:
     world = cfg.make_world()
     counts, values, directions = reference_values(subject, reference_docs(subject, world, cfg.n_docs, cfg.seed))
     units = units_table(counts, subject.sae_site if subject.sae is not None else None, list(directions))
-    searched = units[units.kind.isin(cfg.unit_kinds)].head(cfg.n_units)
+    searched = units[units.kind.isin(cfg.kinds)].head(cfg.n_units)
     chosen = [(Unit(r.kind, r.site, int(r.index), directions.get(r.site) if r.kind == "direction" else None),
                int(r.majority_sign)) for r in searched.itertuples()]
     trajectories, searches = run_searches(subject, chosen, cfg)

