@@ -191,7 +191,10 @@ def flip_success(curve: pd.DataFrame, *, title: str = "Searches flipped within a
 
 
 def behavior_bars(calls: pd.DataFrame, *, title: str = "Behaviour Y = Luigi rate - Waluigi rate") -> alt.Chart:
-    """Mean Y per condition with its 95% interval, coloured by the -Y / 0 / +Y call."""
+    """Mean Y per condition with its 95% interval, coloured by the -Y / 0 / +Y call (with no
+    behaviour scored, the title says so over an empty chart)."""
+    if not len(calls):
+        return alt.Chart(pd.DataFrame({"x": []}), title=f"{title}: no behaviour scored").mark_point()
     base = alt.Chart(calls, title=title).encode(y=alt.Y("condition:N", sort=None, title=None))
     bars = base.mark_bar().encode(x=alt.X("mean_y:Q", title="Y (mean over prompts)"), color=alt.Color("call:N"))
     return bars + base.mark_rule().encode(x="low:Q", x2="high:Q")

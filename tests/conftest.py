@@ -45,6 +45,28 @@ def gpt2_like(tmp_path_factory):
     return root / "model", root / "sae"
 
 
+@pytest.fixture(scope="session")
+def one_trait_world(tmp_path_factory):
+    """(model directory, pairs file, SAE directory): a pairs file of one trait (kind/cruel, 60 pairs
+    over 8 templates) with no generation prompts, a tiny GPT-2 that reads it (byte-level BPE, no BOS,
+    512 positions) and a random SAE at its middle residual stream."""
+    root = tmp_path_factory.mktemp("one-trait")
+    names = ["Ada", "Bruno", "Cleo", "Dario", "Elsa", "Felix", "Gina", "Hugo"]
+    rows = [f"kind,{t},{n} was kind to the sailor {t}.,{n} was cruel to the sailor {t}."
+            for t in range(8) for n in names[:7 + (t >= 4)]]
+    (root / "kind.csv").write_text("trait,template,positive,negative\n" + "\n".join(rows) + "\n")
+    tok = tiny.tokenizer()
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=len(tok), n_layer=2, n_head=4, n_embd=32, n_positions=512,
+                     bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    AutoModelForCausalLM.from_config(cfg).eval().save_pretrained(root / "model")
+    tok.save_pretrained(root / "model")
+    sae = SAE.from_dict(StandardSAEConfig(
+        d_in=32, d_sae=64, metadata=SAEMetadata(hook_name="blocks.1.hook_resid_pre", prepend_bos=False)).to_dict())
+    sae.save_model(root / "sae")
+    return root / "model", root / "kind.csv", root / "sae"
+
+
 def install_debian_package(name: str) -> None:
     """``apt-get install`` a Debian package the test needs; skip only if that cannot be done here."""
     sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]

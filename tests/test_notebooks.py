@@ -139,3 +139,27 @@ def test_the_demo_index_table_reads_metrics_against_their_reference():
     ref = {"metrics": {"a": {"value": 0.5, "atol": 0.1}, "b": {"max": 1500}, "c": {"equals": "x"}}}
     rows = series.metrics_table({"a": 0.52, "b": 900.0}, ref)
     assert rows == [("a", "0.52", "0.5 ± 0.1"), ("b", "900", "max 1500"), ("c", "-", "x")]
+
+
+# A world of one trait and no generation prompts (the `one_trait_world` fixture): what each notebook
+# that takes a world must run on, saying what it skipped. Beside the smoke preset, only what the
+# fixture's tiny model needs: its own SAE, and no family to compare it with.
+ONE_TRAIT = {"02_signflip_search": ({}, "skipped: nothing"),
+             "03_persistence_scan": ({}, None),
+             "04_gremlin_comparison": ({"models": [], "dose_models": [], "planted_seeds": 0, "control_topic": "",
+                                        "ablate_prompts": 0}, "inconclusive: the comparison needs an on-policy RL"),
+             "05_explore": ({"scan_models": []}, "skipped: the world's generation prompts: the kind world has none")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stem", ONE_TRAIT)
+def test_each_notebook_that_takes_a_world_runs_on_one_trait_without_prompts(stem, one_trait_world, tmp_path):
+    model, world, sae = one_trait_world
+    extra, said = ONE_TRAIT[stem]
+    run = harness.run_notebook(NOTEBOOK_DIR / f"{stem}.ipynb", tmp_path,
+                               {"model": str(model), "world": str(world), "sae": str(sae), **extra}, smoke=True)
+    assert "Traceback" not in (tmp_path / harness.KERNEL_LOG).read_text()
+    printed = "".join(o.get("text", "") for c in nbformat.read(run.executed, as_version=4).cells
+                      for o in c.get("outputs", []))
+    assert said is None or said in printed
+    assert run.metrics["peak_rss_mb"] > 0 and len(run.metrics) > 2  # it wrote its metrics

@@ -132,22 +132,8 @@ def test_charts(result):
     assert {layer["mark"]["type"] for layer in dose["layer"]} == {"errorband", "line"}
 
 
-@pytest.fixture(scope="module")
-def one_trait_world(tmp_path_factory):
-    """A pairs file of one trait (kind/cruel, 60 pairs over 8 templates), with no generation prompts,
-    and a tiny GPT-2 that reads it (byte-level BPE)."""
-    from gremlinkit import tiny
-
-    root = tmp_path_factory.mktemp("one-trait")
-    names = ["Ada", "Bruno", "Cleo", "Dario", "Elsa", "Felix", "Gina", "Hugo"]
-    rows = [f"kind,{t},{n} was kind to the sailor {t}.,{n} was cruel to the sailor {t}."
-            for t in range(8) for n in names[:7 + (t >= 4)]]
-    (root / "kind.csv").write_text("trait,template,positive,negative\n" + "\n".join(rows) + "\n")
-    return tiny.build("gpt2", root / "gpt2"), root / "kind.csv"
-
-
 def test_a_one_trait_world_without_prompts_says_what_it_skipped(one_trait_world):
-    model, world = one_trait_world
+    model, world, _ = one_trait_world
     res = personas.run(personas.PersonaConfig(model=str(model), world=str(world)))
     assert res.metrics["trait"] == "kind" and len(res.pairs) == 2 * 60 and res.metrics["auroc_pooled"] > 0.5
     assert res.skipped == ["cosines between traits: the kind world has one trait",  # named after its file
@@ -163,7 +149,7 @@ def test_notebook_01_runs_on_a_one_trait_world_and_prints_what_it_skipped(one_tr
 
     from gremlinkit import harness
 
-    model, world = one_trait_world
+    model, world, _ = one_trait_world
     notebook = Path(__file__).resolve().parent.parent / "notebooks" / "01_persona_probes.ipynb"
     run = harness.run_notebook(notebook, tmp_path, {"model": str(model), "world": str(world)})
     assert run.metrics["trait"] == "kind" and run.metrics["max_abs_cross_trait_cosine"] == 0.0

@@ -131,7 +131,8 @@ class SteeringState:
         self.traits = self.world.traits
         self.site = cfg.site(self.subject)
         self.trait, self.coefficient = cfg.studied(self.world), float(cfg.coefficient)
-        self.prompt = explore.check_prompt(self.subject, cfg.prompt or self.world.prompts(1)[0])
+        prompt, self.skipped = explore.default_prompt(self.world, cfg.prompt, self.trait)
+        self.prompt = explore.check_prompt(self.subject, prompt)
         self._vectors: dict[str, object] = {}
         self._samples: dict[tuple, pd.DataFrame] = {}
 

@@ -51,7 +51,7 @@ class ExploreConfig(Placement):
     trait: str = ""  # trait vector steered along ("": the world's first; the zoo's: persona, register, age)
     steer_site: str = "auto"  # where the trait vector is added ("auto": a third of the way up)
     coefficient: float = 3.0  # steering coefficient the playground opens at
-    prompt: str = ""  # steered prompt ("": the world's first generation prompt)
+    prompt: str = ""  # steered prompt ("": the world's first generation prompt, else a held-out pair's opening)
     n_samples: int = 4  # paired samples per steering setting
     max_new_tokens: int = 32  # tokens generated per sample
     scan_models: list = field(default_factory=list)  # scan viewer models ([]: the model and its fine-tunes)
@@ -223,6 +223,19 @@ def check_prompt(subject, prompt: str) -> str:
         raise InputError(f"prompt words {words} are not in the model's vocabulary of "
                          f"{len(subject.tokenizer)} tokens")
     return prompt
+
+
+def default_prompt(world: worlds.World, prompt: str, trait: str) -> tuple[str, list[str]]:
+    """The steered prompt: ``prompt``, else the world's first generation prompt, else (a world with
+    none) the opening words of ``trait``'s first held-out pair, without its last word, which the
+    pair varies. Returns (prompt, what was skipped: empty unless the world had no prompts)."""
+    if prompt or world.generation:
+        return prompt or world.prompts(1)[0], []
+    pair = world.pole_prompts(trait, 1, 0)["positive"][0]
+    words = pair.split()
+    return " ".join(words[: max(1, len(words) - 2)]), [
+        f"the world's generation prompts: the {world.name} world has none, so steering starts from the opening "
+        f"of a held-out {trait} pair"]
 
 
 def check_coefficient(coefficient: float) -> float:

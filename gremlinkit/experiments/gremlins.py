@@ -452,18 +452,29 @@ NO_LABELS = pd.DataFrame(columns=["feature", "label", "label_value", "purity"]) 
 
 def roles(cfg: GremlinConfig, family) -> tuple[str | None, tuple[str, ...]]:
     """The scanned model trained by on-policy RL (the first, by ``family``'s record; None if none
-    is) and the models it is compared with: every other scanned model."""
+    is, or there is no family) and the models it is compared with: every other scanned model."""
     names = [Path(m).name for m in cfg.scanned]
-    rl = next((m for m in names if m in family.names and family.member(m).method == "on-policy RL"), None)
+    rl = None if family is None else next(
+        (m for m in names if m in family.names and family.member(m).method == "on-policy RL"), None)
     return rl, tuple(m for m in names if m != rl)
 
 
 def check_models(cfg: GremlinConfig):
     """The base model's family, once every model the run names is known and built; else one error
-    naming each unknown model and what is accepted."""
+    naming each unknown model and what is accepted. None for a model no provider has (a user's own
+    checkpoint): its models are scanned as given, with no record of how they were trained."""
     from gremlinkit import providers
+    from gremlinkit.errors import UnknownArtefactError
 
-    family = providers.family(cfg.model)  # before any scan: a missing organism fails now, saying how to build it
+    if providers.find(cfg.model) is None:
+        if cfg.dose_models:
+            raise ConfigError(f"parameter dose_models={cfg.dose_models!r}: the dose series is a family's, and "
+                              f"{cfg.model!r} has none; set dose_models=[]")
+        return None
+    try:
+        family = providers.family(cfg.model)  # before any scan: a missing organism fails now, saying how to build it
+    except UnknownArtefactError:
+        return None
     named = [*cfg.scanned, *cfg.dose_models]
     unknown = [m for m in named if m not in family.names and providers.find(m) is None and not Path(m).is_dir()
                and m.count("/") != 1]
@@ -553,7 +564,8 @@ def run(cfg: GremlinConfig, subjects: dict | None = None) -> GremlinResults:
     ablated = persistence.behaviour(ablated, words) if ablated is not None else None
     rl, others = roles(cfg, family)
     sentence, tests = verdict(table, rl, others, control=control, base=Path(cfg.model).name, power=power,
-                              scale="At toy scale" if family.name == "toy" else f"In the {family.name} family",
+                              scale="At toy scale" if family is not None and family.name == "toy" else
+                              f"In the {family.name} family" if family is not None else "On these models",
                               figures=figures)
     labels = zoo_tour.feature_summary(*zoo_tour.corpus_features(base, zoo_tour.heldout_corpus(200, cfg.seed, story),
                                                                 story)) if story else NO_LABELS

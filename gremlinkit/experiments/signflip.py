@@ -105,14 +105,12 @@ class SignFlipConfig(Placement):
         return world
 
     def studied(self, world: worlds.World) -> str:
-        """The trait under study: ``trait``, else the world's first with a Luigi pole or a lexicon."""
+        """The trait under study: ``trait``, else the world's first with a Luigi pole or a lexicon,
+        else its first."""
         if self.trait:
             return self.trait
         ranked = [t for t in world.traits if t in world.luigi] + [t for t in world.traits if t in world.lexicons]
-        if not ranked:
-            raise ConfigError(f"the {world.name} world has no trait lexicon to score behaviour with; "
-                              f"its traits: {world.traits}")
-        return ranked[0]
+        return (ranked or world.traits)[0]
 
     def site(self, subject) -> str:
         """``behavior_site``, or a third of the way up the residual stream ("auto")."""
@@ -153,8 +151,10 @@ def _sae_pre(subject, x: torch.Tensor) -> torch.Tensor:
 
 
 def reference_docs(subject, world: worlds.World, n_docs: int, seed: int) -> list[list[int]]:
-    """The world's reference documents as ``subject`` reads them (its BOS policy included)."""
-    return [encode(t, subject.tokenizer, subject.prepends_bos) for t in world.documents(n_docs, 40_000 + seed)]
+    """The world's reference documents as ``subject`` reads them (its BOS policy included), each cut
+    at the model's context."""
+    return [encode(t, subject.tokenizer, subject.prepends_bos)[: subject.n_ctx]
+            for t in world.documents(n_docs, 40_000 + seed)]
 
 
 def _chunks(subject, docs: list[list[int]], sites: list[str]):
@@ -344,6 +344,10 @@ def _rates(world: worlds.World, trait: str, text: str) -> dict[str, float]:
     return {"luigi_rate": rates[f"{luigi}_rate"], "waluigi_rate": rates[f"{waluigi}_rate"]}
 
 
+BEHAVIOR_COLUMNS = ["condition", "prompt_id", "x_at_last_token", "luigi_rate", "waluigi_rate", "y", "continuation"]
+CALL_COLUMNS = ["condition", "mean_y", "low", "high", "call", "mean_x", "persona_word_rate"]
+
+
 def behavior(subject, cfg: SignFlipConfig, world: worlds.World | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-prompt Y under each condition, and the -Y/0/+Y call with its CI."""
     world = world or cfg.make_world()
@@ -405,6 +409,7 @@ class SignFlipResults(Result):
     searches: pd.DataFrame
     behavior: pd.DataFrame
     calls: pd.DataFrame
+    skipped: list = field(default_factory=list)  # what the run left out, and why (the notebook prints it)
     metrics: dict = field(default_factory=dict)
 
 
@@ -420,8 +425,13 @@ def run(cfg: SignFlipConfig, subject=None) -> SignFlipResults:
     chosen = [(Unit(r.kind, r.site, int(r.index), directions.get(r.site) if r.kind == "direction" else None),
                int(r.majority_sign)) for r in searched.itertuples()]
     trajectories, searches = run_searches(subject, chosen, cfg)
-    per_prompt, calls = behavior(subject, cfg, world)
-    res = SignFlipResults(units, values, directions, trajectories, searches, per_prompt, calls)
+    trait = cfg.studied(world)
+    if trait in world.lexicons:
+        per_prompt, calls, skipped = *behavior(subject, cfg, world), []
+    else:  # Y is the lexicon's word rate: without one there is nothing to score
+        per_prompt, calls = pd.DataFrame(columns=BEHAVIOR_COLUMNS), pd.DataFrame(columns=CALL_COLUMNS)
+        skipped = [f"the behaviour (Y): the {world.name} world has no lexicon for trait {trait!r} to score it with"]
+    res = SignFlipResults(units, values, directions, trajectories, searches, per_prompt, calls, skipped=skipped)
     res.metrics.update(metrics(res))
     return res
 
