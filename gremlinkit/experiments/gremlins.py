@@ -80,6 +80,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import binomtest, fisher_exact
 from scipy.stats import t as student_t
+from tqdm.auto import tqdm
 
 from gremlinkit import stats, stories
 from gremlinkit.workers import runner as scan_runner
@@ -502,7 +503,8 @@ def model_controls(cfg: GremlinConfig, subjects: dict, text_feature: int | None,
     directions = natural.random_directions(cfg.random_directions, base.d_model, cfg.seed)
     n = min(cfg.control_prompts, len(prompts))
     tables: dict[str, list] = {}
-    for model in cfg.scanned:
+    for model in tqdm(cfg.scanned, desc="controls", unit="model", disable=text_feature is None and
+                      not cfg.random_directions):
         subject = subjects.get(model) or persistence.load_subject(cfg.scan_config(), model)
         name = Path(model).name
         found = {} if text_feature is None else natural.feature_controls(
