@@ -31,6 +31,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from gremlinkit import sites as sitemod
 from gremlinkit.errors import GremlinkitError
 
 SENTENCES = ["The old sailor looked at the sea and said nothing for a long time.",
@@ -274,6 +275,12 @@ def support(root: Path, families: list[str] | None = None, device: str = "cpu") 
                      "sites": _site_summary(subject.sites), "float32": _verdict(reports[torch.float32]),
                      "bfloat16": _verdict(reports[torch.bfloat16]), "generation with edits": _verdict(generation),
                      "notes": subject.site_map.layout.notes})
+    refused = "refused at load"
+    reasons: dict[str, list[str]] = {}  # families refused for one reason share a row
+    for family, why in sitemod.UNMAPPED.items():
+        reasons.setdefault(why, []).append(family)
+    rows += [{"family": ", ".join(families), "transformers class": "", "sites": "none", "float32": refused,
+              "bfloat16": refused, "generation with edits": refused, "notes": why} for why, families in reasons.items()]
     return pd.DataFrame(rows, columns=SUPPORT_COLUMNS)
 
 

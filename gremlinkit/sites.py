@@ -38,6 +38,7 @@ class Layout:
     mlp_pre: str | None  # module (inside the MLP) whose output is the pre-activation; None: no such site
     notes: str = ""  # what a site means where the family differs from GPT-2's block
     post_norms: bool = False  # the block norms attn_out and mlp_out before adding them to the stream
+    parallel: bool = False  # attention and MLP read the same input, always: the block has no resid_mid
 
 
 _LLAMA = Layout("model.layers", "model.embed_tokens", None, "model.norm", "self_attn", "mlp",
@@ -70,10 +71,27 @@ LAYOUTS: dict[str, Layout] = {
     "olmo2": Layout("model.layers", "model.embed_tokens", None, "model.norm", "self_attn", "mlp", "mlp",
                     "gate_proj", "hook_attn_out and hook_mlp_out are read before the post-norms that the block adds",
                     post_norms=True),
+    # Phi-1/2 and GPT-J: attention and MLP read one layer norm, in parallel, as GPT-NeoX's parallel mode.
+    "phi": Layout("model.layers", "model.embed_tokens", None, "model.final_layernorm", "self_attn", "mlp", None, "fc1",
+                  "attention and MLP read one norm in parallel: no hook_resid_mid; mlp.hook_pre is fc1's output",
+                  parallel=True),
+    "gptj": Layout("transformer.h", "transformer.wte", None, "transformer.ln_f", "attn", "mlp", None, "fc_in",
+                   "attention and MLP read one norm in parallel: no hook_resid_mid; mlp.hook_pre is fc_in's output",
+                   parallel=True),
     "qwen2_moe": Layout("model.layers", "model.embed_tokens", None, "model.norm", "self_attn", "mlp",
                         "post_attention_layernorm", None, _MOE.format(" plus the gated shared expert")),
     "mixtral": Layout("model.layers", "model.embed_tokens", None, "model.norm", "self_attn", "mlp",
                       "post_attention_layernorm", None, _MOE.format("")),
+}
+
+# Families transformers has that the map does not, and why: named in the error and the README's table.
+UNMAPPED: dict[str, str] = {
+    "falcon": "its block is one of three layouts (sequential, parallel with one norm, parallel with two), chosen "
+              "by the config: not mapped yet",
+    "mamba": "state-space mixer blocks: no attention or MLP output for the hook grammar to name",
+    "mamba2": "state-space mixer blocks: no attention or MLP output for the hook grammar to name",
+    "t5": "an encoder-decoder: two residual streams and cross-attention, where the hook grammar names one stream",
+    "bart": "an encoder-decoder: two residual streams and cross-attention, where the hook grammar names one stream",
 }
 
 # Within a block, sites are reached in this order; reads in one trace must follow it.
@@ -99,11 +117,12 @@ class SiteMap:
 
     def __init__(self, model_type: str, n_layers: int, parallel_residual: bool = False):
         if model_type not in LAYOUTS:
-            raise SiteError(f"architecture {model_type!r} has no site layout (gremlinkit.sites.LAYOUTS maps "
+            why = f": {UNMAPPED[model_type]}" if model_type in UNMAPPED else ""
+            raise SiteError(f"architecture {model_type!r} has no site layout{why} (gremlinkit.sites.LAYOUTS maps "
                             f"{', '.join(sorted(LAYOUTS))}); add a Layout row for it, see docs/getting-started.md")
         self.model_type, self.n_layers = model_type, n_layers
         self.layout = LAYOUTS[model_type]
-        self.parallel_residual = parallel_residual
+        self.parallel_residual = parallel_residual or self.layout.parallel
 
     @classmethod
     def for_config(cls, config: Any) -> "SiteMap":

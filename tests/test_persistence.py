@@ -350,3 +350,17 @@ def test_feature_frequencies_ignore_padding(toy):
     feats = torch.cat([toy.features([long])[0, 1:], toy.features([short])[0, 1:]])
     expected = (feats > 0).float().mean(0).argsort(descending=True)[:5].tolist()
     assert both == expected
+
+
+def test_notebook_03s_cells_run_on_a_world_of_one_trait_without_prompts(one_trait_world, tmp_path):
+    """What notebook 03 does, in process, on a pairs file of one trait with no generation prompts:
+    the scan reads the world's documents, and each chart is drawn from its tables."""
+    model, world, sae = one_trait_world
+    cfg = dataclasses.replace(ps.PersistenceConfig.smoke(), model=str(model), world=str(world), sae=str(sae),
+                              output_dir=str(tmp_path))
+    res = ps.run(cfg)
+    assert set(res.summary.feature) == set(res.scan.feature) and len(res.summary) == 3 * len(cfg.modes)
+    assert res.metrics[f"{model.name}_teacher_forced_mean_abs_effect_lag1"] == 0.0  # the null, on this world too
+    for chart in (plots.decay_curves(res.scan), plots.half_life_distribution(res.summary),
+                  plots.feature_lag_heatmap(res.scan)):
+        assert chart.to_dict()["data"]

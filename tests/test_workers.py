@@ -147,9 +147,9 @@ def test_a_resume_with_other_settings_is_refused_naming_them(tmp_path):
 
 
 def test_a_census_on_a_world_without_topic_stories_runs_without_its_topic_controls():
-    """smollm2-135m reads English, which has no topic chain to be a control's truth: the census asks
-    for the controls to be turned off, and then needs no story at all."""
-    with pytest.raises(ConfigError, match=r"control_topic='sea': the world of 'smollm2-135m' has no stories"):
+    """smollm2-135m reads English, which has no topic chain: the planted organisms are the toy's, so
+    the census asks for them to be turned off; its control is then the text edit, or none."""
+    with pytest.raises(ConfigError, match=r"planted_seeds=5: the planted organisms are the toy family's"):
         gremlins.GremlinConfig(model="smollm2-135m", models=[], dose_models=[])
     cfg = gremlins.GremlinConfig(model="smollm2-135m", models=["smollm2-135m-rl"], dose_models=[], control_topic="",
                                  planted_seeds=0)

@@ -34,7 +34,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         table = check.support(Path(tmp))
     atomic_write_text(README, replaced(README.read_text(), check.support_markdown(table)))
-    failed = table[~table[["float32", "bfloat16", "generation with edits"]].apply(
+    mapped = table[table.float32 != "refused at load"]  # the map's families; the rest say why they are not
+    failed = mapped[~mapped[["float32", "bfloat16", "generation with edits"]].apply(
         lambda c: c.str.startswith("pass")).all(axis=1)]
     print(f"{len(table)} families, {len(failed)} failing: {', '.join(failed.family) or 'none'}")
     return 1 if len(failed) else 0
