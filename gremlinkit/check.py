@@ -196,7 +196,8 @@ def _edits(subject: Any, prompts: list[str], _acts: dict) -> list[dict]:
     site = f"blocks.{subject.site_map.n_layers // 2}.hook_resid_post"
     generator = torch.Generator(device=subject.device).manual_seed(0)
     direction = torch.randn(subject.d_model, generator=generator, device=subject.device)
-    scale = float(subject.activations(prompts, site).float().norm(dim=-1).mean())  # the stream's own size
+    stream = _acts[site] if site in _acts else subject.activations(prompts, site)
+    scale = float(stream.float().norm(dim=-1)[subject.batch(prompts).prompt_mask()].mean())  # the stream's own size
     vector = direction / direction.norm() * scale
     base = subject.run(prompts)
     zero = subject.run(prompts, [iv.steer(vector, 0.0, site)])
@@ -216,9 +217,11 @@ def _generation(subject: Any, prompts: list[str], site: str, vector: torch.Tenso
     """Paired generation: a zero edit gives the unedited tokens; the edit changes some, in its row only."""
     from gremlinkit import interventions as iv
 
-    plain = subject.generate(prompts, 4, seed=0).tokens
-    zero = subject.generate(prompts, 4, [iv.steer(vector, 0.0, site)], seed=0).tokens
-    edited = subject.generate(prompts, 4, [iv.steer(vector, 4.0, site, rows=[0])], seed=0).tokens
+    n = len(prompts)  # one batch of three copies: unedited, a zero edit, the edit in the third copy's first row
+    rows = list(range(n))
+    tokens = subject.generate(prompts * 3, 4, [iv.steer(vector, 0.0, site, rows=[n + r for r in rows]),
+                                               iv.steer(vector, 4.0, site, rows=[2 * n])], seed=list(range(n)) * 3).tokens
+    plain, zero, edited = tokens[:n], tokens[n:2 * n], tokens[2 * n:]
     changed, elsewhere = int((edited[0] != plain[0]).sum()), int((edited[1:] != plain[1:]).sum())
     return [_row("generation: a zero edit changes no token", site, int((zero != plain).sum()), "== 0",
                  torch.equal(zero, plain)),
