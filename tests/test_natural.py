@@ -102,8 +102,8 @@ def _controls(truth: float, edit: float, detected: bool, null_hits: int, n_null:
 ])
 def test_power_needs_the_control_near_its_truth_and_a_quiet_null(edit, detected, null_hits, reasons):
     figures = natural.power(_controls(10.0, edit, detected, null_hits), "m")
-    assert figures["natural_control_truth"] == 10.0 and figures["null_directions"] == 20
-    assert figures["null_false_positive_rate"] == null_hits / 20
+    assert figures["natural_control_truth"] == 10.0 and figures["random_directions"] == 20
+    assert figures["random_direction_rate"] == null_hits / 20
     why = natural.no_power_reasons(figures)
     assert len(why) == len(reasons) and all(r in w for r, w in zip(reasons, why))
     table = pd.DataFrame([{"model": m, "persistent": k, "scanned": 32, "fraction": k / 32, "fraction_low": 0.0,

@@ -255,7 +255,7 @@ def verdict(table: pd.DataFrame, rl: str = "toy-rl", controls: tuple[str, ...] =
     parts = [f"{m}: {int(row.loc[m, 'persistent'])}/{int(row.loc[m, 'scanned'])} persistent "
              f"(95% CI {row.loc[m, 'fraction_low']:.2f}-{row.loc[m, 'fraction_high']:.2f}), median half-life "
              f"{row.loc[m, 'median_half_life']:.2f} tokens"
-             + (f", smallest detectable tail {row.loc[m, 'min_detectable_ratio']:.0%} of the direct effect"
+             + (f", smallest detectable tail {100 * row.loc[m, 'min_detectable_ratio']:.2g}% of the direct effect"
                 if pd.notna(row.loc[m].get("min_detectable_ratio", np.nan)) else "") for m in row.index]
     p_text = ", ".join(f"p(RL > {c}) = {more[c]:.3g}" for c in controls)
     if call == "no power":
@@ -618,7 +618,7 @@ def metrics(res: GremlinResults) -> dict[str, float]:
         out[f"{r.model}_{r.role.replace(' ', '_')}_half_life"] = r.half_life
         out[f"{r.model}_{r.role.replace(' ', '_')}_detected"] = int(r.detected)
     for model, g in res.controls[res.controls.role == "random direction"].groupby("model", sort=False):
-        out[f"{model}_null_false_positive_rate"] = float(g.detected.mean())
+        out[f"{model}_random_direction_rate"] = float(g.detected.mean())
     if not res.control.empty:
         first = res.control[res.control.model == models[0]].iloc[0]
         out["natural_control_half_life"] = first.half_life

@@ -184,7 +184,7 @@ def power(controls: pd.DataFrame, base: str) -> dict[str, Any]:
     detection rate (Wilson 95%)."""
     own = controls[controls.model == base]
     null = own[own.role == "random direction"]
-    out: dict[str, Any] = {"null_directions": len(null)}
+    out: dict[str, Any] = {"random_directions": len(null)}
     if "text edit" in set(own.role):
         truth, edit = (own[own.role == r].iloc[0] for r in ("text edit", "feature edit"))
         within = bool(abs(edit.half_life - truth.half_life) <= HALF_LIFE_TOLERANCE * truth.half_life)
@@ -199,8 +199,8 @@ def power(controls: pd.DataFrame, base: str) -> dict[str, Any]:
     if len(null):
         k = int(null.detected.sum())
         ci = binomtest(k, len(null)).proportion_ci(method="wilson")
-        out.update(null_false_positive_rate=k / len(null), null_false_positive_rate_low=float(ci.low),
-                   null_false_positive_rate_high=float(ci.high))
+        out.update(random_direction_rate=k / len(null), random_direction_rate_low=float(ci.low),
+                   random_direction_rate_high=float(ci.high))
     return out
 
 
@@ -215,9 +215,9 @@ def no_power_reasons(figures: dict[str, Any]) -> list[str]:
         why.append(f"the natural control's half-life ({figures['natural_control_half_life']:.1f} tokens) is not "
                    f"within {HALF_LIFE_TOLERANCE:.0%} of its text-edit truth "
                    f"({figures['natural_control_truth']:.1f} tokens)")
-    rate = figures.get("null_false_positive_rate", 0.0)
+    rate = figures.get("random_direction_rate", 0.0)
     if rate > MAX_NULL_RATE:
-        why.append(f"the random-direction null is detected in {rate:.0%} of {figures['null_directions']} directions "
+        why.append(f"the random-direction null is detected in {rate:.0%} of {figures['random_directions']} directions "
                    f"(at most {MAX_NULL_RATE:.0%} allowed)")
     return why
 
@@ -233,8 +233,8 @@ def describe(figures: dict[str, Any]) -> str:
                 f"{'detected' if f['natural_control_detected'] else 'not detected'}, against its text-edit truth of "
                 f"{f['natural_control_truth']:.1f} tokens ({f['natural_control_truth_low']:.1f}-"
                 f"{f['natural_control_truth_high']:.1f}).")
-    if figures.get("null_directions"):
-        out += (f" Random-direction null: {figures['null_false_positive_rate']:.0%} of {figures['null_directions']} "
-                f"directions detected (95% CI {figures['null_false_positive_rate_low']:.0%}-"
-                f"{figures['null_false_positive_rate_high']:.0%}).")
+    if figures.get("random_directions"):
+        out += (f" Random-direction null: {figures['random_direction_rate']:.0%} of {figures['random_directions']} "
+                f"directions detected (95% CI {figures['random_direction_rate_low']:.0%}-"
+                f"{figures['random_direction_rate_high']:.0%}).")
     return out
