@@ -104,7 +104,7 @@ def unit_cost(subject, label: str, units: int = 3, warm_up: int = 1, chunk_size:
         if subject.device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        ps.run_unit(subject, cfg, plan.prompts, unit, plan.chunk(unit))
+        ps.run_unit(subject, cfg, plan.prompts, unit, plan.chunk(unit), plan.values)
         if subject.device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)

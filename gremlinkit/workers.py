@@ -107,8 +107,8 @@ class Local:
         with torch_threads(self.threads):
             for unit in units:
                 subject = self.subjects.get(plan.cfg, unit.model, subjects)
-                write_table(persistence.run_unit(subject, plan.cfg, plan.prompts, unit, plan.chunk(unit)),
-                            plan.path(unit))
+                write_table(persistence.run_unit(subject, plan.cfg, plan.prompts, unit, plan.chunk(unit),
+                                                 plan.values), plan.path(unit))
                 bar.update(1)
 
 
@@ -134,9 +134,9 @@ class ScanWorker:
         """The unit's rows, and where and how fast they were computed."""
         from gremlinkit.experiments import persistence
 
-        cfg, prompts = shared
+        cfg, prompts, values = shared
         t0 = time.perf_counter()
-        table = persistence.run_unit(self.subjects.get(cfg, unit.model), cfg, prompts, unit, chunk)
+        table = persistence.run_unit(self.subjects.get(cfg, unit.model), cfg, prompts, unit, chunk, values)
         return table, {"pid": os.getpid(), "node": socket.gethostname(), "seconds": time.perf_counter() - t0}
 
 
@@ -219,7 +219,7 @@ class RayPool:
 
         if not self.actors:
             raise GremlinkitError("RayPool.run needs the pool started: use `with RayPool(...) as pool:`")
-        shared = ray.put((plan.cfg, plan.prompts))  # sent once, not with every unit
+        shared = ray.put((plan.cfg, plan.prompts, plan.values))  # sent once, not with every unit
         queue, pending = deque(units), {}
         done = defaultdict(lambda: {"units": 0, "interventions": 0, "seconds": 0.0})
 

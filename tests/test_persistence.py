@@ -364,3 +364,28 @@ def test_notebook_03s_cells_run_on_a_world_of_one_trait_without_prompts(one_trai
     for chart in (plots.decay_curves(res.scan), plots.half_life_distribution(res.summary),
                   plots.feature_lag_heatmap(res.scan)):
         assert chart.to_dict()["data"]
+
+
+def test_a_mean_ablation_sets_each_feature_to_its_mean_over_the_prompts(toy, tmp_path):
+    """Beside the zero ablation: the feature clamped to its mean activation over the scan's prompts
+    (zeros included, BOS left out), recomputed here from the features themselves."""
+    from gremlinkit import interventions as iv
+
+    cfg = dataclasses.replace(ps.PersistenceConfig.smoke(), intervention="mean_ablate", mode="teacher_forced",
+                              output_dir=str(tmp_path))
+    plan = ps.plan(cfg, toy)
+    feats = toy.features(plan.prompts)[toy.batch(plan.prompts).prompt_mask(skip_bos=True)]  # (N, d_sae)
+    assert sorted(plan.values) == sorted({f for f, _, _ in plan.interventions})
+    for f, v in plan.values.items():
+        assert v == pytest.approx(float(feats[:, f].mean()), rel=1e-5) and v > 0
+    table = ps.scan(cfg, {cfg.model: toy})
+    f, p, pos = plan.interventions[0]
+    with torch.no_grad():
+        acts = toy.activations([plan.prompts[p][: pos + cfg.horizon + 1]], toy.sae_site,
+                               [iv.clamp(f, plan.values[f], pos=pos)])[0, pos:]
+        pre = toy.encode(acts, pre=True)[:, f]
+    rows = table[(table.feature == f) & (table.prompt_id == p)].sort_values("lag")
+    np.testing.assert_allclose(rows.intervened, pre.numpy(), atol=1e-5)
+    zero = ps.scan(dataclasses.replace(cfg, intervention="ablate", output_dir=str(tmp_path / "zero")), {cfg.model: toy})
+    lag0 = lambda t: t[t.lag == 0].sort_values(["feature", "prompt_id"]).intervened_post.to_numpy()  # noqa: E731
+    assert not np.allclose(lag0(table), lag0(zero))  # a typical value is not none

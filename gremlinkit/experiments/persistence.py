@@ -89,6 +89,7 @@ from gremlinkit.params import Placement, check_choice, check_range
 from gremlinkit.results import Result, own_feature_rows, to_numpy
 
 MODES = ("teacher_forced", "on_policy")
+INTERVENTIONS = ("ablate", "mean_ablate", "add")
 FDR_Q = 0.05  # Benjamini-Hochberg level over the features of one scan
 TAIL_ALPHA = 0.05  # uncorrected level at which a tail is fitted instead of the whole curve
 SCAN_VERSION = 3  # bumped when a chunk's columns change, so old chunks are not resumed into new scans
@@ -110,7 +111,7 @@ class PersistenceConfig(Placement):
     sae: str = "auto"  # one SAE shared by every model; "auto": the model's own
     world: str = "auto"  # where the stories come from: "auto" (the model's), "persona", "english" or a pairs file
     features: Any = "top-8"  # "top-N" by firing frequency, "random-N", "live" (every live one) or a list of ids
-    intervention: str = "add"  # "ablate" or "add"
+    intervention: str = "add"  # "ablate" (to zero), "mean_ablate" (to its mean over the prompts' tokens) or "add"
     scale: float = 32.0  # added to the feature when intervention is "add"
     positions: list = field(default_factory=lambda: ["sentence_end:24"])  # ints, "sentence_end:N" or ["active:N"]
     horizon: int = 32  # tokens followed after the edit
@@ -130,7 +131,7 @@ class PersistenceConfig(Placement):
         if self.model in self.models or len(set(self.models)) < len(self.models):
             raise ConfigError(f"parameter models={self.models!r} repeats a model (model={self.model!r} is scanned "
                               "already)")
-        check_choice("intervention", self.intervention, ("ablate", "add"))
+        check_choice("intervention", self.intervention, INTERVENTIONS)
         check_choice("mode", self.mode, (*MODES, "both"))
         check_range("horizon", self.horizon, 1, 200)
         check_range("n_prompts", self.n_prompts, 1, 4096)
@@ -348,9 +349,12 @@ def _active_units(subject, prompts: list[torch.Tensor], features: list[int], sta
             if fires[p, j]]
 
 
-def _edit(cfg: PersistenceConfig, feature: int, pos: int, row: int) -> iv.FeatureEdit:
+def _edit(cfg: PersistenceConfig, feature: int, pos: int, row: int, values: dict | None = None
+          ) -> iv.FeatureEdit:
     if cfg.intervention == "ablate":
         return iv.ablate(feature, pos=pos, rows=row)
+    if cfg.intervention == "mean_ablate":  # the mean-ablation beside the zero one: a typical value, not none
+        return iv.clamp(feature, values[feature], pos=pos, rows=row)
     return iv.add(feature, cfg.scale, pos=pos, rows=row)
 
 
@@ -377,7 +381,7 @@ def _trajectories(subject, cfg, mode, prompts, rows: list[tuple[int, int]], edit
     return {"pre": out.records["features_pre"], "post": out.records["features"], "tokens": out.tokens}
 
 
-def _scan_chunk(subject, cfg, mode, prompts, chunk) -> tuple[dict, dict]:
+def _scan_chunk(subject, cfg, mode, prompts, chunk, values=None) -> tuple[dict, dict]:
     """Baseline and intervened trajectories for one chunk, in one batch: each baseline row is run
     once, unedited, beside the edited rows (one forward or generation instead of two).
 
@@ -386,7 +390,7 @@ def _scan_chunk(subject, cfg, mode, prompts, chunk) -> tuple[dict, dict]:
     """
     keys = sorted({(p, pos) for _, p, pos in chunk})
     rows = keys + [(p, pos) for _, p, pos in chunk]
-    edits = [_edit(cfg, f, pos, len(keys) + k) for k, (f, _, pos) in enumerate(chunk)]
+    edits = [_edit(cfg, f, pos, len(keys) + k, values) for k, (f, _, pos) in enumerate(chunk)]
     both = _trajectories(subject, cfg, mode, prompts, rows, edits)  # (K + R, H+1, d_sae)
     device = both["pre"].device
     base_rows = torch.tensor([{k: i for i, k in enumerate(keys)}[(p, pos)] for _, p, pos in chunk], device=device)
@@ -454,6 +458,7 @@ class Plan:
     cfg: PersistenceConfig
     prompts: list[torch.Tensor]
     interventions: list[tuple[int, int, int]]
+    values: dict = field(default_factory=dict)  # feature -> the value a mean-ablation sets it to
 
     @property
     def directory(self) -> Path:
@@ -476,13 +481,22 @@ def plan(cfg: PersistenceConfig, first) -> Plan:
     features = choose_features(first, prompts, cfg.features, cfg.seed)
     units = _units(features, positions) if cfg.active_start is None else \
         _active_units(first, prompts, features, cfg.active_start)
-    return Plan(cfg, prompts, units)
+    values = mean_values(first, prompts, features) if cfg.intervention == "mean_ablate" else {}
+    return Plan(cfg, prompts, units, values)
+
+
+def mean_values(subject, prompts: list[torch.Tensor], features: list[int]) -> dict[int, float]:
+    """Each feature's mean activation over the prompts' counted tokens (`Subject.counted`), zeros
+    included: what a mean-ablation sets it to."""
+    feats = subject.features(prompts)[subject.counted(prompts)][:, features].float()  # (N, F)
+    return {f: float(v) for f, v in zip(features, feats.mean(0).tolist())}
 
 
 def run_unit(subject, cfg: PersistenceConfig, prompts: list[torch.Tensor], unit: Unit,
-             chunk: list[tuple[int, int, int]]) -> pd.DataFrame:
-    """The tidy rows of one unit (`COLUMNS`), computed in ``subject`` (the unit's model)."""
-    base, inter = _scan_chunk(subject, cfg, unit.mode, prompts, chunk)
+             chunk: list[tuple[int, int, int]], values: dict | None = None) -> pd.DataFrame:
+    """The tidy rows of one unit (`COLUMNS`), computed in ``subject`` (the unit's model);
+    ``values`` are the plan's mean-ablation values."""
+    base, inter = _scan_chunk(subject, cfg, unit.mode, prompts, chunk, values)
     return long_table(Path(unit.model).name, unit.mode, chunk, base, inter, cfg.record_all)
 
 
