@@ -33,14 +33,20 @@ TEXTS, EOT = tiny.TEXTS, tiny.EOT
 def gpt2_like(tmp_path_factory):
     """(model directory, SAE directory) of a GPT-2-style model whose tokenizer prepends nothing."""
     root = tmp_path_factory.mktemp("gpt2-like")  # an offline stand-in for the hub's gpt2
-    tok = tiny.tokenizer()  # byte-level BPE; adds no BOS
+    return _tiny_gpt2(root, n_positions=64, sae_bos=True)
+
+
+def _tiny_gpt2(root, n_positions: int, sae_bos: bool):
+    """(model directory, SAE directory) under ``root``: a seeded 2-layer GPT-2 of width 32 with a
+    byte-level BPE tokenizer that adds no BOS, and a random SAE at ``blocks.1.hook_resid_pre``."""
+    tok = tiny.tokenizer()
     torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=len(tok), n_layer=2, n_head=4, n_embd=32, n_positions=64,
+    cfg = GPT2Config(vocab_size=len(tok), n_layer=2, n_head=4, n_embd=32, n_positions=n_positions,
                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     AutoModelForCausalLM.from_config(cfg).eval().save_pretrained(root / "model")
     tok.save_pretrained(root / "model")
     sae = SAE.from_dict(StandardSAEConfig(
-        d_in=32, d_sae=64, metadata=SAEMetadata(hook_name="blocks.1.hook_resid_pre", prepend_bos=True)).to_dict())
+        d_in=32, d_sae=64, metadata=SAEMetadata(hook_name="blocks.1.hook_resid_pre", prepend_bos=sae_bos)).to_dict())
     sae.save_model(root / "sae")
     return root / "model", root / "sae"
 
@@ -55,16 +61,8 @@ def one_trait_world(tmp_path_factory):
     rows = [f"kind,{t},{n} was kind to the sailor {t}.,{n} was cruel to the sailor {t}."
             for t in range(8) for n in names[:7 + (t >= 4)]]
     (root / "kind.csv").write_text("trait,template,positive,negative\n" + "\n".join(rows) + "\n")
-    tok = tiny.tokenizer()
-    torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=len(tok), n_layer=2, n_head=4, n_embd=32, n_positions=512,
-                     bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    AutoModelForCausalLM.from_config(cfg).eval().save_pretrained(root / "model")
-    tok.save_pretrained(root / "model")
-    sae = SAE.from_dict(StandardSAEConfig(
-        d_in=32, d_sae=64, metadata=SAEMetadata(hook_name="blocks.1.hook_resid_pre", prepend_bos=False)).to_dict())
-    sae.save_model(root / "sae")
-    return root / "model", root / "kind.csv", root / "sae"
+    model, sae = _tiny_gpt2(root, n_positions=512, sae_bos=False)
+    return model, root / "kind.csv", sae
 
 
 def install_debian_package(name: str) -> None:
