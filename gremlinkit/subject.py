@@ -311,10 +311,10 @@ class Subject:
         """Explained variance, L0 and the next-token loss increase when the SAE is spliced in.
 
         Every real token counts; a BOS (when the batch has one) and `excluded_ids` are left out, as in
-        training. The
-        explained variance comes pooled over every token and without the massive activations
-        (`gremlinkit.interventions.reconstruction_fit`). A wrong site mapping shows as a low explained
-        variance and a large loss increase. Statistics are taken in float32 whatever the model's dtype.
+        training. The explained variance comes pooled over every token and without the massive
+        activations (`gremlinkit.interventions.reconstruction_fit`). A wrong site mapping shows as a
+        low explained variance and a large loss increase. Statistics are taken in float32 whatever
+        the model's dtype.
         """
         site = self.sae_site
         batch = self.batch(prompts)
