@@ -60,7 +60,8 @@ def test_every_intervention_kind_stays_on_the_subjects_device(fake_toy, edits):
 
 def test_batches_masks_and_embeddings_stay_on_the_subjects_device(fake_toy):
     batch = fake_toy.batch(PROMPTS)
-    assert {batch.input_ids.device.type, batch.positions().device.type, batch.prompt_mask(True).device.type} == {"meta"}
+    assert {batch.input_ids.device.type, batch.positions().device.type, batch.prompt_mask(True).device.type,
+            fake_toy.counted(PROMPTS).device.type} == {"meta"}
     oh = fake_toy.one_hot(PROMPTS)
     assert oh.device.type == "meta" and oh.dtype == fake_toy.dtype
     assert fake_toy.run(PROMPTS, embeddings=fake_toy.embed(oh)).device.type == "meta"
