@@ -125,3 +125,23 @@ def test_the_search_vocabulary_excludes_special_tokens_even_without_a_pad_token(
     ok = sf._allowed(subject)
     assert ok.device == subject.device and ok.shape == (len(tok),)
     assert torch.nonzero(~ok).flatten().tolist() == [tok.bos_token_id]
+
+
+def test_a_one_trait_world_without_a_lexicon_skips_the_behaviour_and_says_so(one_trait_world, tmp_path):
+    """Notebook 02's cells, in process, on a pairs file of one trait whose two sides use the same
+    words (who gives to whom), so its lexicon is empty: the sign statistics and the searches run;
+    the behaviour (Y) is left out, named in ``skipped``."""
+    model, _, sae = one_trait_world
+    names = ["Ada", "Bruno", "Cleo", "Dario", "Elsa", "Felix", "Gina", "Hugo"]
+    rows = [f"giving,{t},{a} gave {b} a coin {t}.,{b} gave {a} a coin {t}." for t in range(8)
+            for a, b in zip(names, names[1:] + names[:1])]
+    world = tmp_path / "giving.csv"
+    world.write_text("trait,template,positive,negative\n" + "\n".join(rows) + "\n")
+    cfg = dataclasses.replace(sf.SignFlipConfig.smoke(), model=str(model), world=str(world), sae=str(sae),
+                              output_dir=str(tmp_path))
+    res = sf.run(cfg)
+    assert res.skipped == ["the behaviour (Y): the giving world has no lexicon words for trait 'giving' to score "
+                           "it with"]
+    assert res.calls.empty and res.behavior.empty and len(res.searches) > 0
+    assert "no behaviour scored" in plots.behavior_bars(res.calls).to_dict()["title"]
+    assert plots.search_trajectories(res.trajectories).to_dict()["data"]

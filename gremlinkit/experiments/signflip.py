@@ -426,11 +426,12 @@ def run(cfg: SignFlipConfig, subject=None) -> SignFlipResults:
                int(r.majority_sign)) for r in searched.itertuples()]
     trajectories, searches = run_searches(subject, chosen, cfg)
     trait = cfg.studied(world)
-    if trait in world.lexicons:
+    if any(world.lexicons.get(trait, ())):
         per_prompt, calls, skipped = *behavior(subject, cfg, world), []
-    else:  # Y is the lexicon's word rate: without one there is nothing to score
+    else:  # Y is the lexicon's word rate: without a word to count there is nothing to score
         per_prompt, calls = pd.DataFrame(columns=BEHAVIOR_COLUMNS), pd.DataFrame(columns=CALL_COLUMNS)
-        skipped = [f"the behaviour (Y): the {world.name} world has no lexicon for trait {trait!r} to score it with"]
+        skipped = [f"the behaviour (Y): the {world.name} world has no lexicon words for trait {trait!r} to score "
+                   "it with"]
     res = SignFlipResults(units, values, directions, trajectories, searches, per_prompt, calls, skipped=skipped)
     res.metrics.update(metrics(res))
     return res
