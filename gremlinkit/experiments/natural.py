@@ -41,7 +41,6 @@ from gremlinkit.subject import FEATURE_RECORDS
 
 HALF_LIFE_TOLERANCE = 0.5  # the feature edit's half-life must be within this share of the truth's
 MAX_NULL_RATE = 0.05  # the random-direction null may be detected in at most this share of directions
-ROLES = ("text edit", "feature edit", "random direction")
 COLUMNS = ["model", "role", "feature", "half_life", "half_life_lo", "half_life_hi", "half_life_censored",
            "effect_lag0", "tail_effect", "p_value", "detected", "prevalence_delta", "word_rate_delta", "divergence"]
 
@@ -62,7 +61,8 @@ def topic_feature(subject, topic: str = stories.REWARD_TOPIC, n_docs: int = 120,
     on, kept = [], []
     for start in range(0, n_docs, 16):  # a few documents at a time: only which features are on is kept
         part = ids[start: start + 16]
-        every, counted = subject.batch(part).prompt_mask(skip_bos=True), subject.counted(part)  # as labelled; counted
+        # the labels cover every token but a BOS; the statistics count `Subject.counted`'s tokens
+        every, counted = subject.batch(part).prompt_mask(skip_bos=True), subject.counted(part)
         on.append(to_numpy(subject.features(part)[counted] > 0))  # (tokens, d_sae)
         kept.append(to_numpy(counted[every]))
     return persistence.best_marker(np.concatenate(on), (np.array(labels) == topic)[np.concatenate(kept)])
