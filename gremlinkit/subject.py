@@ -128,11 +128,11 @@ class Subject:
         """(B, T) True, in prompt indexing, at the tokens that feature statistics count: each prompt's
         own tokens but a BOS, less `excluded_ids`."""
         batch = self.batch(prompts)
-        keep = batch.prompt_mask(skip_bos=True)
-        if self.excluded_ids:
-            ids = batch.to_prompt_index(batch.input_ids)
-            keep &= ~torch.isin(ids, torch.tensor(self.excluded_ids, device=ids.device))
-        return keep
+        return batch.prompt_mask(skip_bos=True) & self._not_excluded(batch.to_prompt_index(batch.input_ids))
+
+    def _not_excluded(self, ids: torch.Tensor) -> torch.Tensor:
+        """True where ``ids`` holds no `excluded_ids` token (in whatever indexing ``ids`` is)."""
+        return ~torch.isin(ids, torch.tensor(self.excluded_ids, dtype=ids.dtype, device=ids.device))
 
     def _check_context(self, tokens: int, what: str) -> None:
         """Warn once per SAE when ``what`` reaches past the context the SAE was trained on."""
@@ -319,9 +319,8 @@ class Subject:
         site = self.sae_site
         batch = self.batch(prompts)
         positions = batch.positions()
-        keep = positions >= int(batch.bos)  # (B, T): every real token, less a BOS and any excluded id
-        if self.excluded_ids:
-            keep &= ~torch.isin(batch.input_ids, torch.tensor(self.excluded_ids, device=batch.device))
+        # (B, T): every real token, less a BOS and any excluded id
+        keep = (positions >= int(batch.bos)) & self._not_excluded(batch.input_ids)
         clean_logits = self.run(prompts)
         with self.model.trace(batch.inputs(), remote=self.remote):
             x = sitemod.read(self.model, self.site_map.resolve(site))

@@ -227,11 +227,11 @@ def verdict(table: pd.DataFrame, rl: str = "toy-rl", controls: tuple[str, ...] =
     (`natural.power`) adds the text-edit control and the random-direction null, with their own
     reasons for "no power" (`natural.no_power_reasons`)."""
     row = table.set_index("model")
+    unseen = natural.no_power_reasons(figures or {})  # the text-edit control's and the null's
     if rl not in row.index or any(c not in row.index for c in controls):
-        reasons = natural.no_power_reasons(figures or {})
         return (f"inconclusive: the comparison needs an on-policy RL model ({rl or 'none is scanned'}) beside "
-                f"{', '.join(controls)}" + (f"; and this scan has no power: {'; '.join(reasons)}." if reasons else ".")
-                + natural.describe(figures or {})), {"call": "no power" if reasons else "inconclusive"}
+                f"{', '.join(controls)}" + (f"; and this scan has no power: {'; '.join(unseen)}." if unseen else ".")
+                + natural.describe(figures or {})), {"call": "no power" if unseen else "inconclusive"}
     k_rl, n_rl = row.loc[rl, "persistent"], row.loc[rl, "scanned"]
     more, fewer = {}, {}
     for c in controls:
@@ -242,8 +242,7 @@ def verdict(table: pd.DataFrame, rl: str = "toy-rl", controls: tuple[str, ...] =
     blind = [base] if base in seen and not seen[base] else []
     weak = power is not None and not power["sensitivity"] >= MIN_SENSITIVITY
     reasons = ([f"the natural control is not found persistent in {', '.join(blind)}"] if blind else []) + \
-        ([f"the planted control is detected in only {power['sensitivity']:.0%} of seeds"] if weak else []) + \
-        natural.no_power_reasons(figures or {})
+        ([f"the planted control is detected in only {power['sensitivity']:.0%} of seeds"] if weak else []) + unseen
     if reasons:
         call = "no power"
     elif all(p < 0.05 for p in more.values()):

@@ -124,7 +124,8 @@ def feature_controls(subject, model: str, feature: int, scale: float, n_prompts:
 
 def random_directions(n: int, d_model: int, seed: int) -> torch.Tensor:
     """(n, d_model) random unit directions, drawn on the host from ``seed``."""
-    dirs = torch.randn(n, d_model, generator=torch.Generator().manual_seed(70_000 + seed))
+    # on the host, so a seed means the same directions on every device; `direction_null` moves them
+    dirs = torch.randn(n, d_model, generator=torch.Generator().manual_seed(70_000 + seed), device="cpu")
     return dirs / dirs.norm(dim=1, keepdim=True)
 
 
