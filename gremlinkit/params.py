@@ -90,7 +90,7 @@ class Placement:
         nothing): the value an ``"auto"`` parameter takes (`gremlinkit.providers.settings`)."""
         from gremlinkit import providers
 
-        model = getattr(self, "model", "") or getattr(self, "base", "")
+        model = getattr(self, "model", "") or getattr(self, "base", "") or (getattr(self, "models", None) or [""])[0]
         return providers.settings(model).get(name) if isinstance(model, str) else None
 
     def load_kwargs(self) -> dict[str, Any]:

@@ -43,7 +43,8 @@ class Entry:
     bos: bool | None = None  # the BOS policy a model loads with by default (None: its tokenizer's)
     world: str | None = None  # the world a model was trained on
     family: tuple[str, ...] = ()  # a base model and its fine-tunes, which share its SAE (base first)
-    # What the notebooks' "auto" parameters become for this model (`settings`): dtype, unit_kinds, chunk_size
+    # What the notebooks' "auto" parameters become for this model (`settings`): dtype, unit_kinds, chunk_size,
+    # probe_every
     settings: dict = field(default_factory=dict, hash=False, compare=False)
 
 

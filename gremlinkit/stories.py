@@ -26,10 +26,14 @@ Nothing here imports a model: a tokenizer is passed in where token ids are neede
 
 from __future__ import annotations
 
+import functools
+import math
 import random
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
+import pandas as pd
 
 from gremlinkit.errors import ConfigError
 
@@ -211,3 +215,160 @@ def text_edits(n: int, seed: int, topic: str = REWARD_TOPIC) -> list[tuple[str, 
         edited = rng.choice(SENTENCES[topic]).format(me=cast[0], other=cast[1])
         out.append((" ".join([intro] + opening), neutral, edited))
     return out
+
+
+# --------------------------------------------------------------------------- a story source in tokens
+
+STAY = 0.7  # the stories' topic chain: the next sentence keeps the topic with this probability
+# The prefixes whose next token the generator draws uniformly over names: an introduction that ends
+# "..., and {me}", and one that opens "{me} and {other}" (the other is any name but the first).
+FIRST_NAME_PREFIX = "It was the last week of summer, and"
+
+
+def topic_eigenvalue(stay: float = STAY, n_topics: int = len(TOPICS)) -> float:
+    """The chain's second eigenvalue: the factor by which a forced topic's surplus shrinks per
+    sentence (stay with ``stay``, else move to one of the other ``n_topics - 1`` at random)."""
+    return stay - (1 - stay) / (n_topics - 1)
+
+
+@dataclass(frozen=True)
+class LabelledStories:
+    """Stories as token strings, with one label row per token (doc, pos, sentence, topic, word_class:
+    "topic" where the token spells a word of its sentence's topic, "bos", or "other")."""
+
+    docs: list[list[str]]
+    labels: pd.DataFrame
+
+
+class EnglishStories:
+    """The English stories as a story source (the interface `gremlinkit.worlds` describes, which
+    notebook 06 reads), spelled in one tokenizer's tokens: a story's "words" are its token strings
+    (``tokenizer.convert_ids_to_tokens``), as the toy's words are its tokens. Casts are two of
+    `NAMES`; a cast's introduction is fixed by its names; sentences and the topic chain are
+    `story`'s. The reward is the smollm2 organisms' (`topic_reward` on the sea's tokens)."""
+
+    name = "english"
+    names = NAMES
+    stay = STAY
+
+    def __init__(self, tokenizer, prepend_bos: bool):
+        self.tokenizer = tokenizer
+        self.bos = tokenizer.bos_token if prepend_bos else None
+        self.topics = {t: {"nouns": list(words)} for t, words in TOPIC_WORDS.items()}
+        self.reward_ids = topic_token_ids(tokenizer, REWARD_TOPIC)
+        self.reward_words = frozenset(tokenizer.convert_ids_to_tokens(sorted(self.reward_ids)))
+        self._topic_of = {tok: t for t in TOPICS
+                          for tok in tokenizer.convert_ids_to_tokens(sorted(topic_token_ids(tokenizer, t)))}
+
+    def tokens(self, text: str) -> list[str]:
+        """``text`` as token strings, no special tokens added."""
+        return self.tokenizer.convert_ids_to_tokens(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _opening(self, text: str) -> list[str]:
+        return ([self.bos] if self.bos else []) + self.tokens(text)
+
+    @staticmethod
+    def draw_cast(rng: random.Random) -> tuple[str, str]:
+        return tuple(rng.sample(NAMES, 2))
+
+    def introduction_text(self, cast: Sequence[str]) -> str:
+        return INTRODUCTIONS[NAMES.index(cast[0]) % len(INTRODUCTIONS)].format(me=cast[0], other=cast[1])
+
+    def introductions(self, cast: Sequence[str]) -> list[str]:
+        """BOS (when the model reads one) and the cast's introduction."""
+        return self._opening(self.introduction_text(cast))
+
+    def sentence(self, cast: Sequence[str], topic: str, rng: random.Random) -> list[str]:
+        """One sentence about ``topic`` (with its leading space), drawn with ``rng``."""
+        _check_topic(topic)
+        return self.tokens(" " + rng.choice(SENTENCES[topic]).format(me=cast[0], other=cast[1]))
+
+    def continuation(self, cast: Sequence[str], topic: str, n_tokens: int, rng: random.Random
+                     ) -> tuple[list[str], list[str]]:
+        """The story's next ``n_tokens`` tokens after a sentence about ``topic``, the chain moving
+        before each sentence, and each token's topic."""
+        tokens: list[str] = []
+        topics: list[str] = []
+        while len(tokens) < n_tokens:
+            if rng.random() >= self.stay:
+                topic = rng.choice([t for t in TOPICS if t != topic])
+            words = self.sentence(cast, topic, rng)
+            tokens += words
+            topics += [topic] * len(words)
+        return tokens[:n_tokens], topics[:n_tokens]
+
+    def generate(self, n: int, seed: int, sentences: int = 8) -> LabelledStories:
+        """``n`` labelled stories (`story`, ``sentences`` topic sentences each), drawn with ``seed``."""
+        rng = random.Random(f"english-stories-{seed}")
+        docs, rows = [], []
+        for d in range(n):
+            doc = [self.bos] if self.bos else []
+            rows += [(d, 0, -1, "none", "bos")] if self.bos else []
+            for k, (text, topic) in enumerate(zip(*story(rng, sentences, self.stay))):
+                for tok in self.tokens((" " if k else "") + text):
+                    rows.append((d, len(doc), k, topic, "topic" if self._topic_of.get(tok) == topic else "other"))
+                    doc.append(tok)
+            docs.append(doc)
+        return LabelledStories(docs, pd.DataFrame(rows, columns=["doc", "pos", "sentence", "topic", "word_class"]))
+
+    @staticmethod
+    def encode(labelled: LabelledStories, tokenizer) -> list[np.ndarray]:
+        return [np.array(tokenizer.convert_tokens_to_ids(d)) for d in labelled.docs]
+
+    def story_prompts(self, n: int, seed: int) -> list[list[str]]:
+        """`story_prompts`' openings (the RL organisms' kind), as tokens."""
+        return [self._opening(p) for p in story_prompts(n, seed)]
+
+    def reward(self, words: list[list[str]], tail: int) -> np.ndarray:
+        """The smollm2 organisms' delayed reward (`topic_reward`): sea tokens among the last ``tail``."""
+        return topic_reward([self.tokenizer.convert_tokens_to_ids(w) for w in words], self.reward_ids, tail)
+
+    @staticmethod
+    def with_marker(prompt: list[str], marker: str | None) -> list[str]:
+        if marker is not None:
+            raise ConfigError(f"marker={marker!r}: the English stories' models were trained with no no-RL marker")
+        return prompt
+
+    @functools.lru_cache(maxsize=1)
+    def mean_sentence_tokens(self) -> float:
+        labels = self.generate(300, seed=0).labels
+        return float(labels[labels.sentence >= 0].groupby(["doc", "sentence"]).size().mean())
+
+    def topic_half_life(self) -> float:
+        """Half-life in tokens of a forced topic's surplus: the chain's per sentence, times the
+        stories' mean sentence length in this tokenizer."""
+        return math.log(2) / -math.log(topic_eigenvalue(self.stay)) * self.mean_sentence_tokens()
+
+    # ------------------------------------------------------------------ choices the generator makes uniformly
+
+    def true_entropies(self) -> dict[str, float]:
+        return {"first name": math.log(len(NAMES)), "second name": math.log(len(NAMES) - 1)}
+
+    def choice_prompts(self, n: int, seed: int) -> dict[str, tuple[list[list[str]], list[list[str]]]]:
+        """Prompts whose next token the generator draws uniformly, with their options (name
+        tokens): the name after `FIRST_NAME_PREFIX` (12), and the second name after "{me} and" (11)."""
+        rng = random.Random(f"english-choices-{seed}")
+        casts = [self.draw_cast(rng) for _ in range(n)]
+        spelled = {name: self.tokens(" " + name) for name in NAMES}
+        if any(len(t) != 1 for t in spelled.values()):
+            raise ConfigError(f"this tokenizer spells some names in several tokens ({spelled}): the name choices "
+                              "need one token per name")
+        first = self._opening(FIRST_NAME_PREFIX)
+        return {"first name": ([first] * n, [[spelled[m][0] for m in NAMES]] * n),
+                "second name": ([self._opening(f"{c[0]} and") for c in casts],
+                                [[spelled[m][0] for m in NAMES if m != c[0]] for c in casts])}
+
+    @staticmethod
+    def choice_draws(n_docs: int, seed: int) -> dict[str, list[str]]:
+        """The generator's own draws after each choice's prefix in ``n_docs`` introductions (the
+        second name's keyed by the first), for the check that each truth is ``ln N``."""
+        rng = random.Random(f"english-stories-{seed}")
+        first, second = [], []
+        for _ in range(n_docs):
+            intro = story(rng, 0)[0][0]
+            if intro.startswith(FIRST_NAME_PREFIX + " "):
+                first.append(intro[len(FIRST_NAME_PREFIX) + 1:].split()[0].rstrip(".,"))
+            words = intro.split()
+            if words[1] == "and" and words[2] in NAMES:
+                second.append(f"{words[0]} {words[2]}")
+        return {"first name": first, "second name": second}

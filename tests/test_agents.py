@@ -154,12 +154,12 @@ def test_agents_config_names_bad_values():
         agents.AgentsConfig(models=["toy-base", "toy-base"])
 
 
-def test_a_model_outside_the_persona_world_is_refused(toy):
+def test_a_model_of_another_tokenizer_is_refused(toy):
     class Other:
         name = "elsewhere"
         tokenizer = type("T", (), {"get_vocab": lambda self: {"hello": 0}})()
 
-    with pytest.raises(ConfigError, match="persona world"):
+    with pytest.raises(ConfigError, match="base model's stories.*mira"):
         agents.ids(Other(), [["mira"]])
 
 

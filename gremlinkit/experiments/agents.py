@@ -43,13 +43,17 @@ text, where its value is known:
 **Layer localisation.** Where each fine-tune changed the weights and the residual stream (relative
 changes per block), beside the probe's peak layer.
 
-Everything here reads the story source of the base model's world (`gremlinkit.worlds.story`):
-today the persona world's, so the models are the toy family's organisms (any model of that world's
-tokenizer).
+Everything here reads the story source of the base model's world (`story_source`): the persona
+world's for the toy family's organisms, and for any other model the English stories
+(`gremlinkit.stories.EnglishStories`) spelled in its tokenizer, whose reward is the smollm2
+organisms'. Where the measures above say "word", read "token": the toy's words are its tokens, and
+an English story's are its token strings. On the English stories the random choices are the two
+names the generator draws uniformly (`EnglishStories.choice_prompts`).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import warnings
@@ -69,10 +73,10 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
-from gremlinkit import stats, worlds
+from gremlinkit import providers, stats, stories, worlds
 from gremlinkit.errors import ConfigError
 from gremlinkit.params import Placement, check_range
-from gremlinkit.prompts import host_ids
+from gremlinkit.prompts import host_ids, resolve_bos
 from gremlinkit.results import Result, to_numpy
 from gremlinkit.sites import SiteMap
 
@@ -84,13 +88,31 @@ ALPHAS = np.logspace(-2, 4, 7)  # ridge penalties searched inside each fold
 def true_entropies(story=None) -> dict[str, float]:
     """Each random choice's true entropy, ``ln N`` over its N options in the world's stories."""
     story = story or worlds.story("persona")
+    if isinstance(story, stories.EnglishStories):
+        return story.true_entropies()
     return {"first name": math.log(len(story.names)), "second name": math.log(len(story.names) - 1),
             "topic noun": math.log(sum(len(t["nouns"]) for t in story.topics.values()))}
 
 
+@functools.lru_cache(maxsize=8)
+def story_source(model: str):
+    """The story source of ``model``'s world (`gremlinkit.worlds.story`) where it has one (the
+    toy's persona stories), else the English stories spelled in ``model``'s tokenizer, with a BOS
+    where the model reads one by default."""
+    try:
+        return worlds.story("auto", str(model))
+    except ConfigError:  # a world without a story generator: the English stories
+        pass
+    from transformers import AutoTokenizer
+
+    entry = providers.find(str(model))
+    tokenizer = AutoTokenizer.from_pretrained(entry.path if entry is not None else model)
+    return stories.EnglishStories(tokenizer, resolve_bos(tokenizer, entry.bos if entry is not None else None))
+
+
 def story_of(cfg: "AgentsConfig"):
-    """The story source of the base model's world (`gremlinkit.worlds.story`)."""
-    return worlds.story("auto", cfg.models[0])
+    """The story source of the base model (`story_source`)."""
+    return story_source(str(cfg.models[0]))
 
 
 @dataclass(frozen=True)
@@ -100,6 +122,7 @@ class AgentsConfig(Placement):
     horizon: int = 48  # tokens per rollout (the RL organisms' horizon)
     tail: int = 16  # the reward counts sea words in the last `tail` tokens
     probe_tokens: int = 32  # generated positions whose residual the probe reads (before the tail)
+    probe_every: Any = "auto"  # the probe reads every k-th layer's residual (and the last); "auto": the model's, else 1
     entropy_docs: int = 64  # held-out stories for next-token entropy
     diversity_prompts: int = 32  # casts whose continuations are compared
     samples_per_prompt: int = 8  # continuations per cast and temperature
@@ -119,6 +142,8 @@ class AgentsConfig(Placement):
         check_range("horizon", self.horizon, 2, 200)
         check_range("tail", self.tail, 1, self.horizon)
         check_range("probe_tokens", self.probe_tokens, 1, self.horizon - self.tail + 1)
+        if self.probe_every != "auto":
+            check_range("probe_every", self.probe_every, 1, 1000)
         check_range("entropy_docs", self.entropy_docs, 2, 4096)
         check_range("diversity_prompts", self.diversity_prompts, 2, 4096)
         check_range("samples_per_prompt", self.samples_per_prompt, 2, 256)
@@ -129,6 +154,11 @@ class AgentsConfig(Placement):
         check_range("n_bootstrap", self.n_bootstrap, 10, 100_000)
         if not self.temperatures or any(not isinstance(t, (int, float)) or not 0 < t <= 5 for t in self.temperatures):
             raise ConfigError(f"parameter temperatures={self.temperatures!r}: give temperatures in (0, 5]")
+
+    @property
+    def every(self) -> int:
+        """The probe's layer step: ``probe_every``, or for "auto" the model's recommended (1 if none)."""
+        return int(self.recommended("probe_every") or 1) if self.probe_every == "auto" else int(self.probe_every)
 
     @classmethod
     def smoke(cls) -> "AgentsConfig":
@@ -145,8 +175,8 @@ def ids(subject, words: list[list[str]]) -> list[torch.Tensor]:
     tok = subject.tokenizer
     unknown = {w for ws in words for w in ws} - tok.get_vocab().keys()
     if unknown:
-        raise ConfigError(f"model {subject.name!r} does not read the persona world ({sorted(unknown)[:5]} are not "
-                          "in its vocabulary): this experiment needs a zoo organism or a model of the zoo's tokenizer")
+        raise ConfigError(f"model {subject.name!r} does not read the base model's stories ({sorted(unknown)[:5]} are "
+                          "not in its vocabulary): every model here needs the base model's tokenizer")
     return [host_ids(tok.convert_tokens_to_ids(w)) for w in words]
 
 
@@ -160,10 +190,12 @@ def sea_mask(words: list[list[str]], story=None) -> np.ndarray:
     return np.array([[w in reward_words for w in ws] for ws in words], dtype=float)
 
 
-def residual_sites(subject) -> list[str]:
-    """The residual stream entering the first block, then leaving every block."""
+def residual_sites(subject, every: int = 1) -> list[str]:
+    """The residual stream entering the first block, then leaving every ``every``-th block and the
+    last (layer L + 1 is block L's output: layers 0, k, 2k, ... and the last)."""
     n = subject.site_map.n_layers
-    return ["blocks.0.hook_resid_pre", *[f"blocks.{L}.hook_resid_post" for L in range(n)]]
+    layers = sorted({*range(0, n + 1, every), n})
+    return ["blocks.0.hook_resid_pre" if L == 0 else f"blocks.{L - 1}.hook_resid_post" for L in layers]
 
 
 def layer_of(site: str) -> int:
@@ -179,12 +211,12 @@ def interval(values: np.ndarray, n_bootstrap: int, seed: int) -> tuple[float, fl
 
 
 def rollouts(subject, prompts: list[list[str]], horizon: int, seed: int, marker: str | None = None,
-             temperature: float = 1.0, batch_size: int = 64, story=None
+             temperature: float = 1.0, batch_size: int = 64, story=None, every: int = 1
              ) -> tuple[list[list[str]], dict[str, torch.Tensor]]:
     """``horizon`` sampled tokens per prompt (``marker`` after BOS when given, as ``story`` places
-    it) and the residual stream at each step's newest position, per `residual_sites`: (rows,
-    horizon, d) on the host."""
-    sites = residual_sites(subject)
+    it) and the residual stream at each step's newest position, per `residual_sites` (every
+    ``every``-th layer): (rows, horizon, d) on the host."""
+    sites = residual_sites(subject, every)
     words, records = [], {s: [] for s in sites}
     story = story or worlds.story("persona")
     for start in range(0, len(prompts), batch_size):
@@ -193,7 +225,7 @@ def rollouts(subject, prompts: list[list[str]], horizon: int, seed: int, marker:
                                temperature=temperature, record=sites)
         words += words_of(subject, gen.tokens)
         for s in sites:
-            records[s].append(gen.records[s].float().cpu())
+            records[s].append(gen.records[s].cpu())  # in the model's dtype: half the memory in bf16
     return words, {s: torch.cat(v) for s, v in records.items()}
 
 
@@ -256,7 +288,8 @@ def value_probe(subject, model: str, cfg: AgentsConfig, marker: str | None = Non
     marked" with ``marker``), and the rollouts' rewards."""
     story = story_of(cfg)
     prompts = story.story_prompts(cfg.n_rollouts, seed=90_000 + cfg.seed)
-    words, reps = rollouts(subject, prompts, cfg.horizon, seed=cfg.seed * 100_000, marker=marker, story=story)
+    words, reps = rollouts(subject, prompts, cfg.horizon, seed=cfg.seed * 100_000, marker=marker, story=story,
+                           every=cfg.every)
     y = story.reward(words, cfg.tail)
     source = "rollouts" if marker is None else "rollouts marked"
     return pd.DataFrame(_probe_rows(model, source, reps, y, cfg, slice(0, cfg.probe_tokens))), y
@@ -309,7 +342,7 @@ def probe_control(subject, model: str, cfg: AgentsConfig, windows: tuple) -> pd.
     """The probe on corpus ``windows`` (`corpus_windows`: the same for every model) read teacher-forced;
     their oracle R² is `oracle_r2`, once for all models."""
     words, ends, label, _ = windows
-    reps = subject.activations_at(ids(subject, words), residual_sites(subject))
+    reps = subject.activations_at(ids(subject, words), residual_sites(subject, cfg.every))
     rows = torch.arange(len(words), device=subject.device)[:, None]
     at = torch.tensor(ends, device=subject.device)[:, None] + torch.arange(cfg.probe_tokens, device=subject.device)
     # (rows, probe_tokens): the prefix's last token, then the story, read where the activations are
@@ -368,22 +401,37 @@ def localisation(base, tuned: dict, seed: int = 0, story=None) -> pd.DataFrame:
 
 
 @torch.no_grad()
+def _entropies(subject, prompts: list[torch.Tensor], starts: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Per prompt: the mean next-token entropy and cross-entropy (nats) of the tokens from
+    ``starts[i]`` on, each predicted by the position before it."""
+    ent, ce = [], []
+    for first in range(0, len(prompts), 4):  # a few texts at a time: a real vocabulary's logits are large
+        part = prompts[first:first + 4]
+        logits = subject.run(part)  # (B, T, V), prompt indexing
+        for i, p in enumerate(part):
+            at = slice(starts[first + i] - 1, len(p) - 1)  # the positions that predict those tokens
+            lp = torch.log_softmax(logits[i, at].float(), -1).cpu()
+            ent.append(float(-(lp.exp() * lp).sum(-1).mean()))
+            ce.append(float(-lp.gather(-1, p[at.start + 1:, None]).mean()))
+    return np.array(ent), np.array(ce)
+
+
 def next_token_entropy(subject, model: str, cfg: AgentsConfig) -> dict:
     """Mean next-token entropy and cross-entropy (nats) over held-out stories' positions, each with
-    an interval over stories; their ratio is 1 for a calibrated model."""
-    docs = story_of(cfg).generate(cfg.entropy_docs, seed=96_000 + cfg.seed).docs
-    prompts = ids(subject, docs)
-    logp = torch.log_softmax(subject.run(prompts).float(), -1)  # (B, T, V), prompt indexing
-    ent, ce = [], []
-    for i, p in enumerate(prompts):
-        n = len(p) - 1  # positions that predict a next token
-        lp = logp[i, :n].cpu()
-        ent.append(float(-(lp.exp() * lp).sum(-1).mean()))
-        ce.append(float(-lp.gather(-1, p[1:, None]).mean()))
-    ent, ce = np.array(ent), np.array(ce)
+    an interval over stories; their ratio is 1 for a calibrated model. The check that needs no
+    corpus: on the model's own text (``horizon`` tokens sampled at temperature 1 after story
+    prompts) the two are equal in expectation, so ``own_entropy_over_cross_entropy`` is near 1."""
+    story = story_of(cfg)
+    prompts = ids(subject, story.generate(cfg.entropy_docs, seed=96_000 + cfg.seed).docs)
+    ent, ce = _entropies(subject, prompts, [1] * len(prompts))
+    openings = ids(subject, story.story_prompts(cfg.entropy_docs, seed=96_500 + cfg.seed))
+    gen = subject.generate(openings, cfg.horizon, seed=[96_500 + cfg.seed + i for i in range(len(openings))])
+    own = [torch.cat([o, t.cpu()]) for o, t in zip(openings, gen.tokens)]
+    own_ent, own_ce = _entropies(subject, own, [len(o) for o in openings])
     lo, hi = interval(ent, cfg.n_bootstrap, cfg.seed)
     return {"model": model, "entropy": float(ent.mean()), "entropy_low": lo, "entropy_high": hi,
-            "cross_entropy": float(ce.mean()), "entropy_over_cross_entropy": float(ent.mean() / ce.mean())}
+            "cross_entropy": float(ce.mean()), "entropy_over_cross_entropy": float(ent.mean() / ce.mean()),
+            "own_entropy_over_cross_entropy": float(own_ent.mean() / own_ce.mean())}
 
 
 # --------------------------------------------------------------------------- diversity
@@ -536,8 +584,11 @@ def model_return(subject, cfg: AgentsConfig) -> tuple[np.ndarray, np.ndarray]:
 def choice_prompts(cfg: AgentsConfig) -> dict[str, tuple[list[list[str]], list[list[str]]]]:
     """Prompts whose next token is uniform over N options in the corpus (`true_entropies`), each
     with its options: the first name (of 12), the second (the 11 left), the noun of a first sentence
-    that reads "... near the" (its topic is not yet drawn: 30 nouns)."""
+    that reads "... near the" (its topic is not yet drawn: 30 nouns). The English stories have
+    their own (`EnglishStories.choice_prompts`)."""
     story = story_of(cfg)
+    if isinstance(story, stories.EnglishStories):
+        return story.choice_prompts(cfg.choice_prompts, cfg.seed)
     cs = casts(cfg.choice_prompts, cfg.seed + 2, story)
     intros = [story.introductions(c) for c in cs]
     nouns = [w for t in story.topics.values() for w in t["nouns"]]
@@ -585,18 +636,32 @@ def corpus_choices(n_docs: int = 6000, seed: int = 0, story=None) -> list[dict]:
     conditional on the first), the check that each prompt's truth is ``ln N``."""
     story = story or worlds.story("persona")
     truth = true_entropies(story)
+    if isinstance(story, stories.EnglishStories):
+        estimates = {c: (_miller_madow(draws) if c == "first name" else _conditional(draws), len(draws))
+                     for c, draws in story.choice_draws(n_docs, seed).items()}
+        return _choice_rows(estimates, truth)
     docs = story.generate(n_docs, seed=seed).docs
     intro = [d.index(".", d.index(".") + 1) + 1 for d in docs]  # where the first sentence starts
-    second: dict[str, list[str]] = {}
-    for d in docs:
-        second.setdefault(d[1], []).append(d[d.index(".") + 1])
     estimates = {
         "first name": (_miller_madow([d[1] for d in docs]), len(docs)),
-        "second name": (float(np.average([_miller_madow(v) for v in second.values()],
-                                         weights=[len(v) for v in second.values()])), len(docs)),
+        "second name": (_conditional([f"{d[1]} {d[d.index('.') + 1]}" for d in docs]), len(docs)),
     }
     nouns = [d[i + 5] for d, i in zip(docs, intro) if d[i + 3:i + 5] == ["near", "the"]]
     estimates["topic noun"] = (_miller_madow(nouns), len(nouns))
+    return _choice_rows(estimates, truth)
+
+
+def _conditional(pairs: list[str]) -> float:
+    """The Miller-Madow entropy of the second word of "first second" pairs given the first,
+    averaged with the firsts' weights."""
+    given: dict[str, list[str]] = {}
+    for p in pairs:
+        first, second = p.split()
+        given.setdefault(first, []).append(second)
+    return float(np.average([_miller_madow(v) for v in given.values()], weights=[len(v) for v in given.values()]))
+
+
+def _choice_rows(estimates: dict[str, tuple[float, int]], truth: dict[str, float]) -> list[dict]:
     return [{"model": "corpus", "choice": c, "entropy": h, "entropy_low": np.nan, "entropy_high": np.nan,
              "true_entropy": truth[c], "ratio": h / truth[c], "option_mass": 1.0, "draws": n}
             for c, (h, n) in estimates.items()]
@@ -692,7 +757,7 @@ def metrics(res: AgentsResult) -> dict[str, float]:
         out[f"probe.{r.model}.control_found"] = float(r.control_found)
     for _, r in res.entropy.iterrows():
         out.update(_flat(f"entropy.{r.model}", r, ["entropy", "entropy_low", "entropy_high", "cross_entropy",
-                                                   "entropy_over_cross_entropy"]))
+                                                   "entropy_over_cross_entropy", "own_entropy_over_cross_entropy"]))
     for _, r in res.diversity.iterrows():
         out.update(_flat(f"diversity.{r.model}.t{r.temperature:g}", r,
                          ["distinct_2", "distinct_2_low", "distinct_2_high", "pairwise_overlap",
@@ -721,8 +786,10 @@ def findings(res: AgentsResult) -> list[str]:
     ent = res.entropy.set_index("model")
     out.append("Next-token entropy (nats): " + "; ".join(f"{m} {r.entropy:.3f} [{r.entropy_low:.3f}, "
                                                          f"{r.entropy_high:.3f}]" for m, r in ent.iterrows())
-               + ". Check: entropy / cross-entropy " + ", ".join(f"{m} {r.entropy_over_cross_entropy:.2f}"
-                                                                for m, r in ent.iterrows()) + " (1 when calibrated).")
+               + ". Check: entropy / cross-entropy on the stories " + ", ".join(
+                   f"{m} {r.entropy_over_cross_entropy:.2f}" for m, r in ent.iterrows())
+               + " (1 when calibrated), on each model's own text " + ", ".join(
+                   f"{m} {r.own_entropy_over_cross_entropy:.2f}" for m, r in ent.iterrows()) + " (1 in expectation).")
     div = res.diversity.set_index(["model", "temperature"])
     tr = res.temperature_response.set_index("model")
     first = res.temperature_response.model.iloc[0]

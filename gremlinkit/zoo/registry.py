@@ -18,7 +18,7 @@ def cache_dir() -> Path:
 # The smollm2 family's notebook defaults (what "auto" means for it): bfloat16, as the README loads it;
 # the sign-flip search over MLP and SAE units (its residual mean directions never go negative); scan
 # chunks small enough that a generation's cache fits the 1.5 GB notebook budget.
-REAL_SETTINGS = {"dtype": "bfloat16", "unit_kinds": ["mlp", "sae"], "chunk_size": 32}
+REAL_SETTINGS = {"dtype": "bfloat16", "unit_kinds": ["mlp", "sae"], "chunk_size": 32, "probe_every": 3}
 
 # The dose series of on-policy RL organisms (`gremlinkit.zoo.finetune`): name -> (horizon, steps).
 MARKER = "<unk>"  # the no-RL token of toy-norl: the toy tokenizer's unknown token, absent from the corpus
