@@ -145,3 +145,17 @@ def test_the_topic_feature_marks_the_topic_in_stories_it_was_not_chosen_on(smol)
     on, sea = np.array(on), np.array(sea)
     precision, base_rate = sea[on].mean(), sea.mean()
     assert base_rate < 0.3 and precision > 2 * base_rate  # it fires on sea sentences, chosen on other stories
+
+
+def test_a_family_names_its_base_its_fine_tunes_and_the_controls_its_world_allows():
+    cfg = gremlins.GremlinConfig(family="smollm2")
+    assert (cfg.model, cfg.models, cfg.dose_models, cfg.planted_seeds) == (
+        "smollm2-135m", ["smollm2-135m-sft", "smollm2-135m-rs", "smollm2-135m-rl"], [], 0)
+    toy = gremlins.GremlinConfig(family="toy")  # the toy's defaults: its dose series stays in dose_models
+    plain = gremlins.GremlinConfig()
+    assert (toy.model, toy.models, toy.dose_models, toy.planted_seeds) == (
+        plain.model, plain.models, plain.dose_models, plain.planted_seeds)
+    with pytest.raises(ConfigError, match="family='smollm3'.*'smollm2'"):
+        gremlins.GremlinConfig(family="smollm3")
+    with pytest.raises(ConfigError, match="family='smollm2' and model='gpt2'.*'smollm2-135m'"):
+        gremlins.GremlinConfig(family="smollm2", model="gpt2")

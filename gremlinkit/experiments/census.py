@@ -32,7 +32,7 @@ CONFIG_FILE = "census-config.json"
 
 def settings(cfg: CensusConfig) -> dict[str, Any]:
     """The fields that decide a census's rows: all but where it is written and where it runs."""
-    skip = {"output_dir", *persistence.EXECUTION_FIELDS}
+    skip = {"output_dir", "family", *persistence.EXECUTION_FIELDS}  # `family` fills fields that are recorded
     return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in skip}
 
 

@@ -72,6 +72,7 @@ Where each fine-tune changed the weights and the residual stream is notebook 06'
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,7 @@ from gremlinkit.params import check_choice, check_range
 
 ABLATE_START = 8  # the behavioural ablation looks for each feature's first firing from this token on
 DOSE_MODELS = ("toy-rl-20", "toy-rl-80", "toy-rl-320", "toy-rl-h128-80", "toy-rs")  # built by `zoo build`
+COMPARED_METHODS = ("off-policy SFT", "rejection sampling", "on-policy RL")  # what `family` puts in `models`
 
 
 @dataclass(frozen=True)
@@ -119,8 +121,11 @@ class GremlinConfig(persistence.PersistenceConfig):
     gpus_per_worker: float = 0.0  # GPUs each Ray worker holds (0.5: two workers share one)
     random_directions: int = 20  # random-direction null on every model: directions pushed like a feature (0: skip)
     control_prompts: int = 64  # prompts for the null, and for the text-edit control where nothing is planted
+    family: str = ""  # a model family (e.g. "smollm2"): its base is `model`, its SFT and RL fine-tunes `models`
 
     def __post_init__(self) -> None:
+        if self.family:
+            self._take_family()
         super().__post_init__()
         self.runner()  # checks the backend's fields, and that a cluster answers at ``address``
         check_choice("mode", self.mode, ["on_policy"])
@@ -142,6 +147,32 @@ class GremlinConfig(persistence.PersistenceConfig):
                               f"family's, and {self.model!r} reads a world without topic stories; set "
                               "planted_seeds=0 (the text-edit control and the random-direction null give power "
                               "and false positives there)")
+
+    def _take_family(self) -> None:
+        """Fill ``model``, ``models``, ``dose_models`` and ``planted_seeds`` from ``family``: its
+        base; its first fine-tune of each of `COMPARED_METHODS` that is not a dose model; the dose
+        models it has; and no planted controls where its world has no topic stories."""
+        from gremlinkit import providers, worlds
+        from gremlinkit.errors import UnknownArtefactError
+
+        try:
+            fam = providers.family(self.family)
+        except UnknownArtefactError as err:
+            raise ConfigError(f"parameter family={self.family!r}: {err}") from None
+        if self.model not in (type(self).model, fam.base):
+            raise ConfigError(f"parameters family={self.family!r} and model={self.model!r}: the family names its own "
+                              f"base ({fam.base!r}); set one of the two")
+        dose = [m for m in self.dose_models if m in fam.names]
+        first = {}  # method -> the family's first member trained so (a series' later snapshots are dose models)
+        for m in fam.members:
+            if m.method in COMPARED_METHODS and m.name not in dose:
+                first.setdefault(m.method, m.name)
+        set_ = functools.partial(object.__setattr__, self)
+        set_("model", fam.base)
+        set_("models", [first[method] for method in COMPARED_METHODS if method in first])
+        set_("dose_models", dose)
+        if worlds.resolve(self.world, fam.base).story is None:
+            set_("planted_seeds", 0)
 
     def story(self):
         """The story source of the base model's world (its topics, their chain and the reward), or
