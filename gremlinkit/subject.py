@@ -221,8 +221,10 @@ class Subject:
                 saved[site.name] = x.save()
 
     def run(self, prompts: Prompts, interventions: Sequence[Intervention] = (), *,
-            embeddings: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (batch, pos, vocab) in prompt indexing, with ``interventions`` applied.
+            embeddings: torch.Tensor | None = None, last: bool = False) -> torch.Tensor:
+        """Logits (batch, pos, vocab) in prompt indexing, with ``interventions`` applied; with
+        ``last``, each prompt's last token's alone (batch, vocab), the unembedding run on it alone
+        (transformers' ``logits_to_keep``: a real vocabulary's logits at every position are large).
 
         ``embeddings`` (batch, pos, d_model), in prompt indexing, replace the token embeddings;
         if they require grad the logits are differentiable with respect to them (see `embed`).
@@ -232,13 +234,14 @@ class Subject:
         positions = batch.positions()
         embed = sitemod.envoy_at(self.model, self.site_map.layout.embed)
         grad = embeddings is not None and embeddings.requires_grad
+        inputs = {**batch.inputs(), "logits_to_keep": 1} if last else batch.inputs()  # rows are left-padded
         with torch.set_grad_enabled(grad):
-            with self.model.trace(batch.inputs(), remote=self.remote):
+            with self.model.trace(inputs, remote=self.remote):
                 if embeddings is not None:
                     embed.output = batch.from_prompt_index(embeddings, embed.output)
                 self._edit_sites(plan, (), positions, batch.lengths, None, {})
                 logits = self.model.output.logits.save()
-        return batch.to_prompt_index(logits)
+        return logits[:, -1] if last else batch.to_prompt_index(logits)
 
     def one_hot(self, prompts: Prompts) -> torch.Tensor:
         """(batch, pos, vocab) one-hot tokens in prompt indexing; pass ``embed(one_hot)`` to `run`."""

@@ -160,8 +160,14 @@ def test_census_table_carries_each_features_label():
     assert census.set_index("feature").loc[7, "word_rate_delta"] == 0.05  # joined on (model, feature)
     assert (census.ablate_edits == 0).all() and census.ablate_prevalence_delta.isna().all()  # no ablation run
     ablated = acts.assign(edits=[40, 12], divergence=[0.5, 0.1], prevalence_delta=[-0.2, 0.0])
-    census = gremlins.census_table(summary, labels, acts, ablated).set_index("feature")
+    census = gremlins.census_table(summary, labels, acts, {"ablate": ablated}).set_index("feature")
     assert census.loc[7, "ablate_prevalence_delta"] == -0.2 and census.loc[3, "ablate_edits"] == 12
+    assert (census.ablate_to_mean_edits == 0).all() and census.ablate_to_mean_word_rate_delta.isna().all()
+    to_mean = acts.assign(edits=[40, 11], divergence=[0.2, 0.0], prevalence_delta=[-0.05, 0.0])
+    census = gremlins.census_table(summary, labels, acts, {"ablate": ablated, "ablate_to_mean": to_mean})
+    census = census.set_index("feature")
+    assert census.loc[7, "ablate_to_mean_prevalence_delta"] == -0.05 and census.loc[3, "ablate_to_mean_edits"] == 11
+    assert census.loc[7, "ablate_prevalence_delta"] == -0.2  # each ablation in its own columns
     assert census.loc[7, "top_label"] == "topic=sea"
     assert census.loc[3, "top_label"] == ""  # a feature with no label match
 

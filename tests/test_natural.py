@@ -2,6 +2,7 @@
 each recomputed independently (a teacher-forced re-read of the generated text), and the rule that
 turns their figures into "no power"."""
 
+import copy
 import random
 
 import numpy as np
@@ -159,3 +160,70 @@ def test_a_family_names_its_base_its_fine_tunes_and_the_controls_its_world_allow
         gremlins.GremlinConfig(family="smollm3")
     with pytest.raises(ConfigError, match="family='smollm2' and model='gpt2'.*'smollm2-135m'"):
         gremlins.GremlinConfig(family="smollm2", model="gpt2")
+
+
+def _hf_last_block_and_logits(hf, ids: torch.Tensor, site_block: int, add: torch.Tensor | None, at_final: bool):
+    """Plain transformers: the last block's output and the logits at the last token, with ``add``
+    put on the input of block ``site_block`` (or on the last block's output) at that token."""
+    out = {}
+
+    def pre_hook(module, args, kwargs):
+        h = args[0].clone()
+        h[:, -1] += add.to(h.dtype)
+        return (h, *args[1:]), kwargs
+
+    def post_hook(module, args, output):
+        h = output[0] if isinstance(output, tuple) else output
+        if add is not None and at_final:
+            h = h.clone()
+            h[:, -1] += add.to(h.dtype)
+            output = (h, *output[1:]) if isinstance(output, tuple) else h
+        out["final"] = h[0, -1].float()
+        return output
+
+    blocks = hf.transformer.h
+    hooks = [blocks[-1].register_forward_hook(post_hook)]
+    if add is not None and not at_final:
+        hooks.append(blocks[site_block].register_forward_pre_hook(pre_hook, with_kwargs=True))
+    try:
+        with torch.no_grad():
+            logits = hf(ids[None]).logits[0, -1].float()
+    finally:
+        for h in hooks:
+            h.remove()
+    return out["final"], logits
+
+
+def test_self_repair_reads_each_edit_as_plain_transformers_does(gpt2_like):
+    """Survival and logit ratio of random-direction edits, recomputed with forward hooks on the
+    transformers model (no nnsight), to 1e-4; at the final norm's own input nothing can repair, so
+    both are 1 there."""
+    from transformers import AutoModelForCausalLM
+
+    model_dir, sae_dir = gpt2_like
+    subject = gremlinkit.load(str(model_dir), sae=str(sae_dir))
+    hf = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    prompts = [torch.tensor(subject.tokenizer(t)["input_ids"]) for t in ("the sea was calm today", "a song for the")]
+    positions = [len(p) - 2 for p in prompts]
+    dirs = natural.random_directions(3, subject.d_model, seed=5)
+    table = natural.self_repair(subject, "m", prompts, positions, [], 0.0, dirs, 4.0)
+    assert len(table) == 6 and set(table.role) == {"random direction"}
+    for r in table.itertuples():
+        ids = prompts[r.prompt][: positions[r.prompt] + 1]
+        v = 4.0 * dirs[r.unit]
+        clean_final, clean_logits = _hf_last_block_and_logits(hf, ids, 1, None, False)
+        final, logits = _hf_last_block_and_logits(hf, ids, 1, v, False)  # the SAE's site: blocks.1.hook_resid_pre
+        _, direct = _hf_last_block_and_logits(hf, ids, 1, v, True)
+        survival = float((final - clean_final) @ v / (v @ v))
+        d, dd = logits - clean_logits, direct - clean_logits
+        assert r.survival == pytest.approx(survival, abs=1e-4)
+        assert r.logit_ratio == pytest.approx(float(d @ dd / (dd @ dd)), abs=1e-4)
+        assert r.edit_norm == pytest.approx(4.0, abs=1e-4)
+    final_sae = copy.deepcopy(subject.sae)
+    final_sae.cfg.metadata.hook_name = "blocks.1.hook_resid_post"  # the final norm's input
+    subject.attach_sae(final_sae)
+    at_final = natural.self_repair(subject, "m", prompts, positions, [3], 2.0, dirs, 4.0)
+    assert np.allclose(at_final.survival, 1, atol=1e-5) and np.allclose(at_final.logit_ratio, 1, atol=1e-4)
+    summary = natural.repair_summary(table)
+    assert summary.edits.tolist() == [3] and summary.survival.iloc[0] == pytest.approx(
+        table.groupby("unit").survival.mean().median())

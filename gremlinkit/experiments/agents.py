@@ -611,8 +611,7 @@ def choice_entropy(subject, model: str, cfg: AgentsConfig) -> list[dict]:
     rows, truth = [], true_entropies(story_of(cfg))
     for choice, (prompts, options) in choice_prompts(cfg).items():
         p = ids(subject, prompts)
-        logits = subject.run(p).float()
-        probs = torch.softmax(torch.stack([logits[i, len(x) - 1] for i, x in enumerate(p)]), -1).cpu()
+        probs = torch.softmax(subject.run(p, last=True).float(), -1).cpu()
         opts = [torch.tensor(subject.tokenizer.convert_tokens_to_ids(o), device=probs.device) for o in options]
         on = torch.stack([probs[i, o] for i, o in enumerate(opts)])  # (prompts, N)
         mass = on.sum(-1)

@@ -55,7 +55,16 @@ reward's sea words among the chosen tokens, against the paired no-edit run (cens
 ``prevalence_delta``, ``word_rate_delta`` and their p-values). The same is read for an *ablation*
 where the feature lives: each census feature is zeroed at its first firing in tokens 8-39 of each
 of ``ablate_prompts`` stories (``positions=["active:8"]``, horizon 48; a story where it never fires
-there is left out, ``ablate_edits`` counts the rest), columns ``ablate_*``.
+there is left out, ``ablate_edits`` counts the rest), columns ``ablate_*``; and beside it the
+same feature set to its mean over the census's prompts instead of zero (columns
+``ablate_to_mean_*``): a zero the model never sees can act through being off-distribution, a mean
+cannot.
+
+**Self-repair** (`natural.self_repair`, ``self_repair.csv``). Each census edit and each random
+direction, on the census's first ``repair_prompts`` prompts, read at its own token at the final
+norm's input and at the logits: the share of the edit that survives the later layers along itself,
+and the logit change as a share of the direct change (the edit put at the final norm's input). An
+edit the later layers undo cannot persist however the census reads it.
 
 **A model where nothing is planted** (a world without topic stories, such as smollm2-135m's English):
 the natural control is the feature that best marks ``control_topic`` in the English stories, and its
@@ -79,6 +88,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from scipy.stats import binomtest, fisher_exact
 from scipy.stats import t as student_t
 from tqdm.auto import tqdm
@@ -122,6 +132,7 @@ class GremlinConfig(persistence.PersistenceConfig):
     random_directions: int = 20  # random-direction null on every model: directions pushed like a feature (0: skip)
     control_prompts: int = 64  # prompts for the null, and for the text-edit control where nothing is planted
     family: str = ""  # a model family (e.g. "smollm2"): its base is `model`, its SFT and RL fine-tunes `models`
+    repair_prompts: int = 8  # prompts on which each census edit and random direction is read for self-repair (0: skip)
 
     def __post_init__(self) -> None:
         if self.family:
@@ -135,6 +146,7 @@ class GremlinConfig(persistence.PersistenceConfig):
         check_range("horizon", self.horizon, persistence.BEHAVIOUR_WINDOW[1], 200)  # the behavioural form's window
         check_range("random_directions", self.random_directions, 0, 1000)
         check_range("control_prompts", self.control_prompts, 2, 4096)
+        check_range("repair_prompts", self.repair_prompts, 0, 4096)
         story = self.story()
         # Where the world has topic stories, the control's truth is their chain; elsewhere, a text edit
         # in the English stories (`natural`), whose topics are gremlinkit.stories'.
@@ -198,10 +210,10 @@ class GremlinConfig(persistence.PersistenceConfig):
         return persistence.PersistenceConfig(**{**shared, "features": "live" if self.full else self.features,
                                                 "sae": self.sae_name()})
 
-    def ablation_config(self, features: list[int]) -> persistence.PersistenceConfig:
-        """The behavioural ablation: ``features`` zeroed where each first fires after token 8, for
-        as long as the behavioural window reaches."""
-        return dataclasses.replace(self.scan_config(), intervention="ablate", positions=[f"active:{ABLATE_START}"],
+    def ablation_config(self, features: list[int], intervention: str = "ablate") -> persistence.PersistenceConfig:
+        """The behavioural ablation: ``features`` zeroed (or set to their mean, ``"mean_ablate"``)
+        where each first fires after token 8, for as long as the behavioural window reaches."""
+        return dataclasses.replace(self.scan_config(), intervention=intervention, positions=[f"active:{ABLATE_START}"],
                                    horizon=persistence.BEHAVIOUR_WINDOW[1], n_prompts=self.ablate_prompts,
                                    features=features)
 
@@ -324,6 +336,7 @@ class GremlinResults(Result):
     rl_dose: pd.DataFrame  # `rl_dose_series`: one row per organism; empty if skipped
     controls: pd.DataFrame = field(default_factory=pd.DataFrame)  # `model_controls`: text edit and null per model
     figures: dict = field(default_factory=dict)  # `natural.power` of ``controls`` in the base model
+    self_repair: pd.DataFrame = field(default_factory=pd.DataFrame)  # `natural.self_repair` per model, edit, prompt
     metrics: dict = field(default_factory=dict)
 
 
@@ -449,30 +462,37 @@ def reward_word_ids(tokenizer, story) -> list[int]:
 
 
 BEHAVIOUR_COLUMNS = ["prevalence_delta", "prevalence_delta_p", "word_rate_delta", "word_rate_delta_p"]
+# The behavioural ablations, side by side: column prefix -> the scan's intervention (to zero, and to the
+# feature's mean over the prompts' tokens, which keeps what the feature usually contributes)
+ABLATIONS = {"ablate": "ablate", "ablate_to_mean": "mean_ablate"}
 CENSUS_COLUMNS = ["model", "role", "feature", "half_life", "half_life_lo", "half_life_hi", "half_life_censored",
                   "tail_effect", "p_value", "q_value", "persistent", "divergence", *BEHAVIOUR_COLUMNS,
-                  "ablate_edits", "ablate_divergence", *[f"ablate_{c}" for c in BEHAVIOUR_COLUMNS], "top_label",
+                  *[f"{a}_{c}" for a in ABLATIONS for c in ["edits", "divergence", *BEHAVIOUR_COLUMNS]], "top_label",
                   "label_purity"]
 
 
 def census_table(summary: pd.DataFrame, labels: pd.DataFrame, added: pd.DataFrame,
-                 ablated: pd.DataFrame | None = None) -> pd.DataFrame:
+                 ablated: dict[str, pd.DataFrame] | None = None) -> pd.DataFrame:
     """The census as one tidy table: a row per (model, feature), with its behavioural form
-    (`persistence.behaviour`) after the scan's edit (``added``) and after the ablation where it
-    fires (``ablated``, columns ``ablate_*``; NaN when skipped), and the label each feature fires
-    on most purely in held-out stories (`zoo_tour.feature_summary`)."""
+    (`persistence.behaviour`) after the scan's edit (``added``) and after each ablation where it
+    fires (``ablated``, keyed by an `ABLATIONS` prefix: columns ``ablate_*`` and
+    ``ablate_to_mean_*``; NaN when skipped), and the label each feature fires on most purely in
+    held-out stories (`zoo_tour.feature_summary`)."""
     top = labels.assign(top_label=labels.label + "=" + labels.label_value)[["feature", "top_label", "purity"]]
     out = summary.astype({"model": str}).rename(columns={"half_life_low": "half_life_lo",
                                                           "half_life_high": "half_life_hi"})
     out = out.merge(added.astype({"model": str})[["model", "feature", *BEHAVIOUR_COLUMNS]], on=["model", "feature"],
                     how="left")
-    if ablated is not None and not ablated.empty:
-        ablated = ablated.astype({"model": str}).rename(
-            columns={c: f"ablate_{c}" for c in ["edits", "divergence", *BEHAVIOUR_COLUMNS]})
-        out = out.merge(ablated, on=["model", "feature"], how="left")
-    else:
-        out = out.assign(ablate_edits=0, ablate_divergence=np.nan, **{f"ablate_{c}": np.nan for c in BEHAVIOUR_COLUMNS})
-    out["ablate_edits"] = out.ablate_edits.fillna(0).astype(int)
+    for prefix in ABLATIONS:
+        table = (ablated or {}).get(prefix)
+        if table is not None and not table.empty:
+            out = out.merge(table.astype({"model": str}).rename(
+                columns={c: f"{prefix}_{c}" for c in ["edits", "divergence", *BEHAVIOUR_COLUMNS]}),
+                on=["model", "feature"], how="left")
+        else:
+            out = out.assign(**{f"{prefix}_edits": 0, f"{prefix}_divergence": np.nan},
+                             **{f"{prefix}_{c}": np.nan for c in BEHAVIOUR_COLUMNS})
+        out[f"{prefix}_edits"] = out[f"{prefix}_edits"].fillna(0).astype(int)
     out = out.merge(top.rename(columns={"purity": "label_purity"}), on="feature", how="left")
     out["top_label"] = out.top_label.fillna("")
     return out[CENSUS_COLUMNS].sort_values(["model", "role", "feature"], ignore_index=True)
@@ -521,16 +541,35 @@ def check_models(cfg: GremlinConfig):
     return family
 
 
+def null_directions(cfg: GremlinConfig, base, census: list[int]) -> tuple[torch.Tensor, float]:
+    """The random-direction null's directions and the norm they are pushed with: the census edits'
+    mean (``scale`` times the census features' mean decoder norm)."""
+    norm = cfg.scale * float(base.sae.W_dec.detach()[census].float().norm(dim=1).mean())
+    return natural.random_directions(cfg.random_directions, base.d_model, cfg.seed), norm
+
+
+def model_self_repair(cfg: GremlinConfig, subjects: dict, census: list[int], prompts: list, positions: list
+                      ) -> pd.DataFrame:
+    """`natural.self_repair` on every scanned model: the census's edits and the random directions
+    at the census's first ``repair_prompts`` prompts' edit positions (empty when 0)."""
+    if not cfg.repair_prompts:
+        return pd.DataFrame(columns=natural.REPAIR_COLUMNS)
+    directions, norm = null_directions(cfg, subjects[cfg.model], census)
+    n = min(cfg.repair_prompts, len(prompts))
+    parts = [natural.self_repair(subjects.get(m) or persistence.load_subject(cfg.scan_config(), m), Path(m).name,
+                                 prompts[:n], [p[0] for p in positions[:n]], census, cfg.scale, directions, norm)
+             for m in tqdm(cfg.scanned, desc="self-repair", unit="model")]
+    return pd.concat(parts, ignore_index=True)
+
+
 def model_controls(cfg: GremlinConfig, subjects: dict, text_feature: int | None, census: list[int],
                    prompts: list, positions: list, words: list[int]) -> pd.DataFrame:
     """On every scanned model: where nothing is planted, the text-edit control of ``text_feature``
     and its feature edit; and the random-direction null, on the census's first ``control_prompts``
     prompts at its edit positions, pushed with the census edits' mean norm
     (`natural.summarize`'s table; empty when both are off)."""
-    base = subjects[cfg.model]
     chunk = min(cfg.chunk, 64)  # each generation keeps every feature at every step: bound its rows
-    norm = cfg.scale * float(base.sae.W_dec.detach()[census].float().norm(dim=1).mean())
-    directions = natural.random_directions(cfg.random_directions, base.d_model, cfg.seed)
+    directions, norm = null_directions(cfg, subjects[cfg.model], census)
     n = min(cfg.control_prompts, len(prompts))
     tables: dict[str, list] = {}
     for model in tqdm(cfg.scanned, desc="controls", unit="model", disable=text_feature is None and
@@ -582,7 +621,8 @@ def run(cfg: GremlinConfig, subjects: dict | None = None) -> GremlinResults:
         if cfg.dose_models:
             dose = rl_dose_series(cfg, scan, census, controls[0] if controls else None, runner=runner)
         if cfg.ablate_prompts:
-            ablated = persistence.scan(cfg.ablation_config(census + controls), subjects, runner)
+            ablated = {prefix: persistence.scan(cfg.ablation_config(census + controls, kind), subjects, runner)
+                       for prefix, kind in ABLATIONS.items()}
     summary = persistence.summarize(scan, cfg.n_bootstrap, cfg.seed)
     order = {Path(m).name: i for i, m in enumerate(cfg.scanned)}  # base first, as the models were given
     summary = summary.sort_values(["model", "feature"], key=lambda c: c.map(order) if c.name == "model" else c,
@@ -591,9 +631,10 @@ def run(cfg: GremlinConfig, subjects: dict | None = None) -> GremlinResults:
     table = counts(summary, cfg.seed)
     control = summary[summary.role == "natural control"].reset_index(drop=True)
     checks = model_controls(cfg, subjects, text_feature, census, prompts, positions, words)
+    repair = model_self_repair(cfg, subjects, census, prompts, positions)
     figures = natural.power(checks, Path(cfg.model).name) if len(checks) else {}
     added = persistence.behaviour(scan, words)
-    ablated = persistence.behaviour(ablated, words) if ablated is not None else None
+    ablated = {k: persistence.behaviour(t, words) for k, t in ablated.items()} if ablated is not None else None
     rl, others = roles(cfg, family)
     sentence, tests = verdict(table, rl, others, control=control, base=Path(cfg.model).name, power=power,
                               scale="At toy scale" if family is not None and family.name == "toy" else
@@ -603,7 +644,7 @@ def run(cfg: GremlinConfig, subjects: dict | None = None) -> GremlinResults:
                                                                 story)) if story else NO_LABELS
     res = GremlinResults(scan, summary, census_table(summary, labels, added, ablated), table, sentence, tests,
                          control, story.topic_half_life() if story else float("nan"), planted, power, dose, checks,
-                         figures)
+                         figures, repair)
     res.metrics.update(metrics(res))
     return res
 
@@ -615,6 +656,7 @@ def write(res: GremlinResults, output_dir: str) -> None:
         write_table(getattr(res, name), Path(output_dir) / f"{name}.parquet")
     write_census(res, output_dir)
     atomic_write_text(Path(output_dir) / "controls.csv", res.controls.to_csv(index=False))
+    atomic_write_text(Path(output_dir) / "self_repair.csv", res.self_repair.to_csv(index=False))
     write_metrics(output_dir, res.metrics)
 
 
@@ -649,6 +691,11 @@ def metrics(res: GremlinResults) -> dict[str, float]:
         out[f"{r.model}_{r.role.replace(' ', '_')}_detected"] = int(r.detected)
     for model, g in res.controls[res.controls.role == "random direction"].groupby("model", sort=False):
         out[f"{model}_random_direction_rate"] = float(g.detected.mean())
+    if len(res.self_repair):
+        for r in natural.repair_summary(res.self_repair).itertuples():
+            role = r.role.replace(" ", "_")
+            out[f"{r.model}_self_repair_survival_{role}"] = r.survival
+            out[f"{r.model}_self_repair_logit_ratio_{role}"] = r.logit_ratio
     if not res.control.empty:
         first = res.control[res.control.model == models[0]].iloc[0]
         out["natural_control_half_life"] = first.half_life
@@ -677,9 +724,10 @@ def metrics(res: GremlinResults) -> dict[str, float]:
     for model, g in census.groupby("model", sort=False):
         out[f"{model}_mean_prevalence_delta"] = float(g.prevalence_delta.mean())
         out[f"{model}_mean_word_rate_delta"] = float(g.word_rate_delta.mean())
-        out[f"{model}_mean_ablate_prevalence_delta"] = float(g.ablate_prevalence_delta.mean())
-        out[f"{model}_mean_ablate_word_rate_delta"] = float(g.ablate_word_rate_delta.mean())
-        out[f"{model}_ablate_divergence"] = float(g.ablate_divergence.mean())
+        for prefix in ABLATIONS:
+            out[f"{model}_mean_{prefix}_prevalence_delta"] = float(g[f"{prefix}_prevalence_delta"].mean())
+            out[f"{model}_mean_{prefix}_word_rate_delta"] = float(g[f"{prefix}_word_rate_delta"].mean())
+            out[f"{model}_{prefix}_divergence"] = float(g[f"{prefix}_divergence"].mean())
     out.update({k: v for k, v in res.tests.items() if k != "call"})
     call = res.tests.get("call")
     out["verdict"] = call

@@ -239,3 +239,58 @@ def describe(figures: dict[str, Any]) -> str:
                 f"directions detected (95% CI {figures['random_direction_rate_low']:.0%}-"
                 f"{figures['random_direction_rate_high']:.0%}).")
     return out
+
+
+REPAIR_COLUMNS = ["model", "role", "unit", "prompt", "edit_norm", "survival", "logit_ratio"]
+
+
+@torch.no_grad()
+def self_repair(subject, model: str, prompts: list[torch.Tensor], positions: list[int], features: Sequence[int],
+                scale: float, directions: torch.Tensor, norm: float, chunk_size: int = 8) -> pd.DataFrame:
+    """Each census edit (``features`` pushed by ``scale``) and each random direction (pushed with
+    ``norm``), made at its prompt's edit position and read there, teacher-forced, twice: at the
+    final norm's input and at the logits. ``survival`` is the share of the edit's change at its
+    site that reaches the final norm's input along itself (1: untouched by the later layers; below
+    1: they undo it, which is self-repair); ``logit_ratio`` is the change in the logits as a share
+    of the *direct* change (the site's change added at the final norm's input instead, so no later
+    layer can react). One row per edit and prompt, in `REPAIR_COLUMNS`."""
+    site, final = subject.sae_site, f"blocks.{subject.site_map.n_layers - 1}.hook_resid_post"
+    cut = [p[: pos + 1] for p, pos in zip(prompts, positions)]  # each edit at its prompt's last token
+
+    def last(x: torch.Tensor, rows: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack([x[r, len(p) - 1] for r, p in enumerate(rows)]).float()
+
+    clean = {k: last(v, cut) for k, v in subject.activations_at(cut, [site, final]).items()}
+    clean_logits = subject.run(cut, last=True).float()
+    units = [("feature", f, p) for f in features for p in range(len(cut))]
+    units += [("random direction", k, p) for k in range(len(directions)) for p in range(len(cut))]
+    rows = []
+    for start in range(0, len(units), chunk_size):
+        chunk = units[start: start + chunk_size]
+        part = [cut[p] for _, _, p in chunk]
+        own = torch.tensor([p for _, _, p in chunk], device=clean_logits.device)
+        edits = [iv.add(u, scale, pos=-1, rows=r) if role == "feature" else
+                 iv.steer(directions[u], norm, site, pos=-1, rows=r) for r, (role, u, _) in enumerate(chunk)]
+        acts = subject.activations_at(part, [site, final], edits)
+        d_site, d_final = (last(acts[k], part) - clean[k][own] for k in (site, final))
+        d_logits = subject.run(part, edits, last=True).float() - clean_logits[own]
+        direct = [iv.steer(d_site[r], 1.0, final, pos=-1, rows=r) for r in range(len(chunk))]
+        d_direct = subject.run(part, direct, last=True).float() - clean_logits[own]
+        survival = (d_final * d_site).sum(1) / d_site.pow(2).sum(1)
+        ratio = (d_logits * d_direct).sum(1) / d_direct.pow(2).sum(1)
+        rows += [{"model": model, "role": role, "unit": int(u), "prompt": int(p), "edit_norm": float(n),
+                  "survival": float(s), "logit_ratio": float(q)}
+                 for (role, u, p), n, s, q in zip(chunk, d_site.norm(dim=1).tolist(), survival.tolist(),
+                                                  ratio.tolist())]
+    return pd.DataFrame(rows, columns=REPAIR_COLUMNS)
+
+
+def repair_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per model and role: the median survival and logit ratio over edits (each edit's mean over
+    its prompts), with their interquartile range."""
+    per_edit = table.groupby(["model", "role", "unit"], sort=False)[["survival", "logit_ratio"]].mean().reset_index()
+    g = per_edit.groupby(["model", "role"], sort=False)
+    out = g.median(numeric_only=True).drop(columns="unit")
+    for q, name in ((0.25, "q1"), (0.75, "q3")):
+        out = out.join(g[["survival", "logit_ratio"]].quantile(q).add_suffix(f"_{name}"))
+    return out.join(g.size().rename("edits")).reset_index()
