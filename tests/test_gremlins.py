@@ -260,3 +260,26 @@ def test_a_dose_organism_not_built_stops_the_run_before_any_scan(tmp_path, monke
     with pytest.raises(gremlinkit.errors.UnknownArtefactError, match="toy-rl-80.*gremlinkit zoo build --missing"):
         gremlins.run(cfg)
     assert not (tmp_path / "out").exists()  # nothing was scanned
+
+
+def test_notebook_04_runs_on_a_one_trait_world_without_a_family(one_trait_world, tmp_path):
+    """Notebook 04's cells, in process, on a pairs file of one trait with no topic stories and a tiny
+    GPT-2 no family has: its models scanned as given, no controls that need stories, the self-repair
+    check and the random directions on it, and a verdict that says why it cannot compare."""
+    from gremlinkit.experiments import natural
+
+    model, world, sae = one_trait_world
+    cfg = dataclasses.replace(gremlins.GremlinConfig.smoke(), model=str(model), world=str(world), sae=str(sae),
+                              models=[], dose_models=[], planted_seeds=0, control_topic="", ablate_prompts=0,
+                              output_dir=str(tmp_path))
+    res = gremlins.run(cfg)
+    assert "inconclusive: the comparison needs an on-policy RL" in res.verdict
+    assert res.control.empty and res.counts.scanned.tolist() == [3]
+    repair = natural.repair_summary(res.self_repair)
+    assert repair.role.tolist() == ["feature", "random direction"] and repair.edits.tolist() == [3, 2]
+    shown = [*res.control.feature.unique(), *res.census[res.census.persistent].nsmallest(6, "q_value").feature]
+    for chart in (plots.persistent_counts(res.counts), plots.half_life_distribution(res.summary),
+                  plots.decay_curves(res.scan, features=shown)):
+        assert chart.to_dict()["data"] or chart.to_dict().get("datasets")
+    gremlins.write(res, cfg.output_dir)
+    assert {"census.csv", "controls.csv", "self_repair.csv", "metrics.json"} <= {p.name for p in tmp_path.iterdir()}

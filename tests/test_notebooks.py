@@ -143,11 +143,10 @@ def test_the_demo_index_table_reads_metrics_against_their_reference():
 
 # A world of one trait and no generation prompts (the `one_trait_world` fixture): what each notebook
 # that takes a world must run on, saying what it skipped. Beside the smoke preset, only what the
-# fixture's tiny model needs: its own SAE, and no family to compare it with. The cells of notebooks 02
-# and 03 are their run, pure plots and a print, so they run in process (test_signflip, test_persistence).
-ONE_TRAIT = {"04_gremlin_comparison": ({"models": [], "dose_models": [], "planted_seeds": 0, "control_topic": "",
-                                        "ablate_prompts": 0}, "inconclusive: the comparison needs an on-policy RL"),
-             "05_explore": ({"scan_models": []}, "skipped: the world's generation prompts: the kind world has none")}
+# fixture's tiny model needs: its own SAE, and no family to compare it with. The cells of notebooks 02,
+# 03 and 04 are their run, pure plots and a print, so they run in process (test_signflip,
+# test_persistence, test_gremlins).
+ONE_TRAIT = {"05_explore": ({"scan_models": []}, "skipped: the world's generation prompts: the kind world has none")}
 
 
 @pytest.mark.slow
