@@ -344,6 +344,17 @@ MIN_SENSITIVITY = 0.8  # the planted control must be detected in this share of s
 PLANTED = ("toy-planted-null", "toy-planted-50", "toy-planted-90")  # from null to strongest
 
 
+def planted_truth(name: str, base_name: str, story) -> tuple[float, float]:
+    """An organism's topic-chain eigenvalue and its topic's half-life in tokens: the corpus's own
+    for the base model, the card's planted truth for a planted organism."""
+    from gremlinkit import providers
+
+    if name == base_name:
+        return story.topic_eigenvalue(story.p_topic_switch), story.topic_half_life()
+    card = providers.card(name)["truth"]
+    return card["eigenvalue"], card["half_life_tokens"]
+
+
 def planted_controls(cfg: GremlinConfig, base, control: int, census_size: int, load=None, runner=None
                      ) -> pd.DataFrame:
     """Scan the control feature in every planted organism and in the base model (the corpus's own
@@ -351,7 +362,6 @@ def planted_controls(cfg: GremlinConfig, base, control: int, census_size: int, l
     seed): the truth, the p-value, whether it is detected at the census's bar, and the half-life.
     ``runner`` runs the scans' units (`gremlinkit.workers`; default: in this process)."""
     from gremlinkit import load as load_subject
-    from gremlinkit import providers
 
     load = load or (lambda name: load_subject(name, sae=cfg.sae_name(), **cfg.load_kwargs()))
     base_name, story = Path(cfg.model).name, cfg.story()
@@ -359,11 +369,7 @@ def planted_controls(cfg: GremlinConfig, base, control: int, census_size: int, l
     bar = persistence.FDR_Q / (census_size + 1)
     rows = []
     for name in (base_name, *PLANTED):
-        if name == base_name:  # the corpus's own chain
-            eigen, truth = story.topic_eigenvalue(story.p_topic_switch), story.topic_half_life()
-        else:
-            card = providers.card(name)["truth"]
-            eigen, truth = card["eigenvalue"], card["half_life_tokens"]
+        eigen, truth = planted_truth(name, base_name, story)
         subject = base if name == base_name else load(name)
         features = sorted(topics) if name == PLANTED[0] else [control]
         for seed in range(cfg.planted_seeds):
@@ -377,6 +383,89 @@ def planted_controls(cfg: GremlinConfig, base, control: int, census_size: int, l
                              "half_life_low": r.half_life_low, "half_life_high": r.half_life_high,
                              "half_life_censored": r.half_life_censored})
     return pd.DataFrame(rows)
+
+
+POWER_CANDIDATES = 3  # per topic: its feature and the next candidates by the same score
+DRIVE_P = 0.05  # a candidate drives its topic where its direct effect is positive at this level
+
+
+def topic_power(cfg: GremlinConfig, base, census_size: int, load=None, runner=None,
+                organisms: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """The census's power over every topic, not its best feature's: each topic's
+    ``POWER_CANDIDATES`` features (`persistence.topic_candidates`) scanned at the census's settings in
+    each planted organism and in the base model, once per scan seed. Per (topic, candidate,
+    organism, seed): its *direct* effect (the change in the topic's word rate over the first
+    sentence after the edit, `persistence.behaviour`, with its p-value), whether it *drives* its topic
+    (that effect positive at ``DRIVE_P``), whether the census's rule detects its persistence (its
+    p-value at the census's bar), and its half-life beside the organism's truth. ``organisms``:
+    which of the planted organisms and the base to scan (all by default)."""
+    from gremlinkit import load as load_subject
+
+    load = load or (lambda name: load_subject(name, sae=cfg.sae_name(), **cfg.load_kwargs()))
+    base_name, story = Path(cfg.model).name, cfg.story()
+    topics = list(story.topics)
+    candidates = persistence.topic_candidates(base, topics, POWER_CANDIDATES, seed=cfg.seed)
+    features = sorted({f for fs in candidates.values() for f in fs})
+    words = {t: [int(i) for i in base.tokenizer.convert_tokens_to_ids([*story.topics[t]["nouns"],
+                                                                        *story.topics[t]["adjs"]])] for t in topics}
+    first = round(story.topic_persistence(story.generate(200, seed=0))["mean_sentence_tokens"])
+    bar = persistence.FDR_Q / (census_size + 1)
+    rows = []
+    for name in organisms or (*PLANTED, base_name):
+        eigen, truth = planted_truth(name, base_name, story)
+        subject = base if name == base_name else load(name)
+        for seed in tqdm(range(cfg.planted_seeds), desc=f"topic power: {name}", unit="seed"):
+            scan_cfg = dataclasses.replace(cfg.scan_config(), model=name, models=[], features=features, seed=seed)
+            scan = persistence.scan(scan_cfg, {name: subject}, runner)
+            summary = persistence.summarize(scan, cfg.n_bootstrap, seed).set_index("feature")
+            for topic, fs in candidates.items():
+                direct = persistence.behaviour(scan[scan.feature.isin(fs)], words[topic], (1, first)) \
+                    .set_index("feature")
+                for rank, f in enumerate(fs):
+                    effect, p = direct.loc[f, "word_rate_delta"], direct.loc[f, "word_rate_delta_p"]
+                    r = summary.loc[f]
+                    rows.append({"topic": topic, "candidate": rank, "feature": f, "model": name, "eigenvalue": eigen,
+                                 "seed": seed, "direct_effect": effect, "direct_p": p,
+                                 "drives": bool(effect > 0 and p <= DRIVE_P), "p_value": r.p_value,
+                                 "detected": bool(r.p_value <= bar), "half_life": r.half_life,
+                                 "truth_half_life": truth})
+    return pd.DataFrame(rows)
+
+
+def topic_power_table(power: pd.DataFrame) -> pd.DataFrame:
+    """Per organism and topic, from `topic_power`: the (candidate, seed) scans that drive the topic,
+    the share of them the census detects (the topic's *sensitivity* where the organism's truth
+    persists, its false-positive rate in the null), their median half-life and the truth's."""
+    driving = power[power.drives]
+    table = driving.groupby(["model", "eigenvalue", "topic"], as_index=False).agg(
+        driving=("detected", "size"), detected=("detected", "mean"), median_half_life=("half_life", "median"),
+        truth_half_life=("truth_half_life", "first"))
+    return table.sort_values(["eigenvalue", "topic"], ascending=[False, True], ignore_index=True)
+
+
+def topic_power_summary(power: pd.DataFrame, n_bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """The census's power from `topic_power`: in the strongest planted organism, the median over
+    topics of each topic's sensitivity among the scans that drive it, with a bootstrap interval
+    over topics; the planted null's false-positive rate among its driving scans (where the truth
+    applies) and over every scan; and the candidates that drive nothing in the strongest organism,
+    which are no evidence either way."""
+    table = topic_power_table(power)
+    values = table[table.model == PLANTED[-1]].detected.to_numpy()
+    rng = np.random.default_rng(seed)
+    boots = np.median(rng.choice(values, (n_bootstrap, len(values))), axis=1) if len(values) else np.array([np.nan])
+    null = power[power.model == PLANTED[0]]
+    out: dict[str, Any] = {
+        "median_topic_sensitivity": float(np.median(values)) if len(values) else float("nan"),
+        "median_topic_sensitivity_low": float(np.quantile(boots, 0.025)),
+        "median_topic_sensitivity_high": float(np.quantile(boots, 0.975)),
+        "driving_topics": len(values), "topics": int(power.topic.nunique())}
+    for key, rows in (("null_false_positive_rate", null[null.drives]), ("null_false_positive_rate_all", null)):
+        ci = binomtest(int(rows.detected.sum()), max(len(rows), 1)).proportion_ci(method="wilson")
+        out.update({key: float(rows.detected.mean()) if len(rows) else float("nan"), f"{key}_low": float(ci.low),
+                    f"{key}_high": float(ci.high), f"{key}_tests": len(rows)})
+    strongest = power[power.model == PLANTED[-1]].groupby(["topic", "feature"]).drives.any()
+    out["non_driving"] = [f"{t}:{f}" for (t, f), d in strongest.items() if not d]
+    return out
 
 
 def planted_power(planted: pd.DataFrame, control: int) -> dict[str, float]:

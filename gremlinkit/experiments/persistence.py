@@ -244,6 +244,22 @@ def expected_topic_half_life(p_switch: float | None = None, n_topics: int | None
 # --------------------------------------------------------------------------- the scan
 
 
+def topic_candidates(subject, topics, k: int = 3, n_docs: int = 120, seed: int = 0, world: str = "persona"
+                     ) -> dict[str, list[int]]:
+    """Per topic, the ``k`` SAE features that mark it best on held-out stories of ``world``, by the
+    score `topic_features` ranks by (the first is its choice); the stories are encoded once."""
+    from gremlinkit import worlds
+    from gremlinkit.experiments.zoo_tour import corpus_features, heldout_corpus
+
+    story = worlds.story(world)
+    for topic in topics:
+        check_choice("control_topic", topic, list(story.topics))
+    labels, feats = corpus_features(subject, heldout_corpus(n_docs, seed, story), story)
+    on = to_numpy(feats > 0).astype(bool)
+    return {topic: [int(f) for f in np.argsort(-marker_scores(on, (labels.topic == topic).to_numpy()),
+                                               kind="stable")[:k]] for topic in topics}
+
+
 def topic_features(subject, topics, n_docs: int = 120, seed: int = 0, world: str = "persona") -> dict[str, int]:
     """Per topic, the SAE feature that best marks it on held-out stories of ``world``, by their
     labels: the largest recall x (precision - base rate), so a generic feature that fires everywhere
@@ -261,11 +277,16 @@ def topic_features(subject, topics, n_docs: int = 120, seed: int = 0, world: str
     return {topic: best_marker(on, (labels.topic == topic).to_numpy()) for topic in topics}
 
 
-def best_marker(on: np.ndarray, marked: np.ndarray) -> int:
-    """The feature that best marks the ``marked`` tokens, given which features are ``on`` at each
-    token (tokens, d_sae): the largest recall x (precision - base rate)."""
+def marker_scores(on: np.ndarray, marked: np.ndarray) -> np.ndarray:
+    """How well each feature marks the ``marked`` tokens, given which features are ``on`` at each
+    token (tokens, d_sae): recall x (precision - base rate)."""
     recall, precision = on[marked].mean(0), on[marked].sum(0) / on.sum(0).clip(1)
-    return int((recall * (precision - marked.mean())).argmax())
+    return recall * (precision - marked.mean())
+
+
+def best_marker(on: np.ndarray, marked: np.ndarray) -> int:
+    """The feature that best marks the ``marked`` tokens (the largest `marker_scores`)."""
+    return int(marker_scores(on, marked).argmax())
 
 
 def topic_feature(subject, topic: str, n_docs: int = 120, seed: int = 0) -> int:
