@@ -173,7 +173,7 @@ def test_census_table_carries_each_features_label():
 
 
 def _planted_rows(rates: dict[str, tuple[float, int]], null_hits: int, seeds: int = 5) -> pd.DataFrame:
-    """A `planted_controls` table: per model (eigenvalue, detections of feature 1 out of ``seeds``), and
+    """A `planted_rows` table: per model (eigenvalue, detections of feature 1 out of ``seeds``), and
     a null with six topic features of which ``null_hits`` (model, seed) pairs are detected."""
     rows = []
     for model, (eig, hits) in rates.items():
@@ -207,6 +207,34 @@ def test_a_planted_control_seen_in_too_few_seeds_means_no_power():
     sentence, tests = gremlins.verdict(table, power={**power, "sensitivity": 1.0, "min_detectable_strength": 0.76,
                                                      "min_detectable_half_life": 32.4})
     assert tests["call"] == "support" and "eigenvalue 0.76 per sentence (32-token half-life)" in sentence
+
+
+def _power_scans(rows: list[tuple[str, str, float, bool]]) -> pd.DataFrame:
+    """A `topic_power` table of driving scans: (model, topic, direct effect, detected) each."""
+    return pd.DataFrame([{"model": m, "eigenvalue": 0.9, "topic": t, "feature": i, "candidate": 0, "seed": 0,
+                          "direct_effect": d, "drives": True, "detected": det, "topic_state_detected": det,
+                          "half_life": 50.0, "truth_half_life": 84.6} for i, (m, t, d, det) in enumerate(rows)])
+
+
+def test_a_typical_topic_seen_in_too_few_scans_means_no_power_with_its_smallest_detectable_edit():
+    """By hand: at 0.9 the sea is seen in 2/2 scans, food and music in 1/2 each: the median topic in
+    50%; the null's one driving scan is not seen. Sorted by direct effect (0.09 .. 0.01), the scans at
+    or above 0.05 are seen in 4/5 = 80%, and none lower reach it again (4/6)."""
+    power = _power_scans([("toy-planted-90", "sea", 0.09, True), ("toy-planted-90", "sea", 0.08, True),
+                          ("toy-planted-90", "food", 0.07, True), ("toy-planted-90", "music", 0.06, True),
+                          ("toy-planted-90", "food", 0.05, False), ("toy-planted-90", "music", 0.01, False),
+                          ("toy-planted-null", "sea", 0.05, False)])
+    summary = gremlins.topic_power_summary(power)
+    assert summary["median_topic_sensitivity"] == 0.5 and summary["driving_topics"] == 3
+    assert summary["topic_null_false_positive_rate"] == 0.0 and summary["topic_null_false_positive_rate_tests"] == 1
+    assert summary["min_detectable_direct_effect"] == 0.05
+    planted = {"sensitivity": 1.0, "seeds": 5, "null_false_positive_rate": 0.0, "null_tests": 30,
+               "min_detectable_strength": 0.76, "min_detectable_half_life": 32.4}
+    sentence, tests = gremlins.verdict(_table(12, 1, 2), power={**planted, **summary})
+    assert tests["call"] == "no power" and "a typical topic's driving features are detected in 50%" in sentence
+    assert "by 0.050 or more" in sentence
+    summary["median_topic_sensitivity"] = 0.8
+    assert gremlins.verdict(_table(12, 1, 2), power={**planted, **summary})[1]["call"] == "support"
 
 
 def test_dose_row_reads_the_tail_ratio_and_the_persistent_fraction():
@@ -304,6 +332,16 @@ def test_topic_power_reads_every_topic_against_its_planted_truth(toy, tmp_path):
     assert sorted(strong.index[strong.detected > 0]) == ["music", "sea"]
     summary = gremlins.topic_power_summary(power)
     assert summary["median_topic_sensitivity"] == 0.0 and summary["driving_topics"] == 6
-    assert summary["null_false_positive_rate"] == 0.0 and summary["null_false_positive_rate_tests"] >= 3
+    assert summary["topic_null_false_positive_rate"] == 0.0 and summary["topic_null_false_positive_rate_tests"] >= 3
+    # the topic's own state over the tail: the sea's edit leaves more sea words 24-96 tokens on at 0.9 and
+    # not in the null; at 48 prompts no topic's state clears the census's bar (0.05 / 33), in either
+    sea = power[(power.feature == first["sea"]) & (power.topic == "sea")].set_index("model")
+    assert sea.loc["toy-planted-90", "tail_word_rate_delta"] > 0 and sea.loc["toy-planted-90", "tail_word_p"] < 0.01
+    assert sea.loc["toy-planted-null", "tail_word_p"] > 0.05
+    assert summary["median_topic_state_sensitivity"] == 0.0 and summary["topic_state_null_false_positive_rate_all"] == 0
+    planted = gremlins.planted_rows(power, first["sea"])  # the planted controls: the sea's feature, the null's six
+    assert sorted(planted.model.unique()) == ["toy-planted-90", "toy-planted-null"]
+    assert (planted[planted.model == "toy-planted-90"].feature == first["sea"]).all()
+    assert sorted(planted[planted.model == "toy-planted-null"].feature) == sorted(first.values())
     # the sea's own feature drives it; music's chosen feature does not (its third candidate does)
     assert f"sea:{first['sea']}" not in summary["non_driving"] and f"music:{first['music']}" in summary["non_driving"]

@@ -27,13 +27,25 @@ correction. Reported: the *sensitivity* (detection rate in toy-planted-90), the 
 rate* (detection rate over the null's topic features and seeds, whose truth is no persistence), and
 the *minimum detectable strength* (the weakest eigenvalue detected in >= 80% of seeds).
 
+**Power over every topic, not the best feature** (`topic_power`, ``power.csv``). In toy-planted-90
+every topic re-emits itself, not only the sea. So each topic's three best features (by the score
+that chose the control) are scanned in the same organisms and seeds, and each scan is read twice:
+for its *direct* effect (the topic's word rate over the first sentence after the edit, against the
+paired run) and for persistence at the census's bar. The planted truth applies where the edit
+drives its topic (a positive direct effect at p <= 0.05); there, a topic's *sensitivity* is the
+share of its driving scans detected in toy-planted-90, and the census's power is the median over
+topics (`topic_power_summary`, with a bootstrap interval over topics). Candidates that drive
+nothing are named and are no evidence either way. The planted controls above are read from the same
+scans (`planted_rows`).
+
 **Decision rule, fixed before looking.** A feature is persistent by the rule of the persistence
 module (the edit's own sign persists in the tail, BH q <= 0.05). The hypothesis predicts more
 persistent features in toy-rl than in toy-base, and more than in toy-sft. Each comparison is a
 one-sided Fisher exact test on the census counts at alpha = 0.05. The call is:
 
-* *no power* when the natural control is not found persistent in the base model, or the planted
-  control is detected in fewer than 80% of seeds, whatever the counts;
+* *no power* when the natural control is not found persistent in the base model, the planted
+  control is detected in fewer than 80% of seeds, or the median topic's driving features are
+  detected in fewer than 80% of their planted scans, whatever the counts;
 * *support* when both tests pass;
 * *contradict* when toy-rl has fewer persistent features than either control with p < 0.05;
 * *inconclusive* otherwise.
@@ -266,7 +278,8 @@ def verdict(table: pd.DataFrame, rl: str = "toy-rl", controls: tuple[str, ...] =
     """Apply the decision rule; returns (the sentence for the notebook, the p-values). ``control`` is
     the natural control's summary (one row per model); if it is not persistent in ``base``, where
     its truth holds, the call is "no power". ``power`` (see `planted_power`) adds the planted
-    controls: a sensitivity under ``MIN_SENSITIVITY`` is "no power" too. ``figures``
+    controls: a sensitivity under ``MIN_SENSITIVITY`` is "no power" too, the sea feature's and the
+    median over topics (`topic_power_summary`) where it is given. ``figures``
     (`natural.power`) adds the text-edit control and the random-direction null, with their own
     reasons for "no power" (`natural.no_power_reasons`)."""
     row = table.set_index("model")
@@ -284,8 +297,13 @@ def verdict(table: pd.DataFrame, rl: str = "toy-rl", controls: tuple[str, ...] =
     seen = {} if control is None else dict(zip(control.model, control.persistent.astype(bool)))
     blind = [base] if base in seen and not seen[base] else []
     weak = power is not None and not power["sensitivity"] >= MIN_SENSITIVITY
+    typical = power is not None and "median_topic_sensitivity" in power and \
+        not power["median_topic_sensitivity"] >= MIN_SENSITIVITY
     reasons = ([f"the natural control is not found persistent in {', '.join(blind)}"] if blind else []) + \
-        ([f"the planted control is detected in only {power['sensitivity']:.0%} of seeds"] if weak else []) + unseen
+        ([f"the planted control is detected in only {power['sensitivity']:.0%} of seeds"] if weak else []) + \
+        ([f"a typical topic's driving features are detected in {power['median_topic_sensitivity']:.0%} of scans "
+          f"where their persistence is planted (the median over {power['driving_topics']} topics; "
+          f"{MIN_SENSITIVITY:.0%} needed)"] if typical else []) + unseen
     if reasons:
         call = "no power"
     elif all(p < 0.05 for p in more.values()):
@@ -317,6 +335,17 @@ def verdict(table: pd.DataFrame, rl: str = "toy-rl", controls: tuple[str, ...] =
                      + (f"weakest planted persistence detected: eigenvalue {mds:g} per sentence "
                         f"({power['min_detectable_half_life']:.0f}-token half-life)." if mds == mds
                         else "no planted strength is detected in 80% of seeds."))
+    if power is not None and "median_topic_sensitivity" in power:
+        sentence += (f" Over every topic (each topic's driving features in {PLANTED[-1]}): median sensitivity "
+                     f"{power['median_topic_sensitivity']:.0%} (95% CI {power['median_topic_sensitivity_low']:.0%}-"
+                     f"{power['median_topic_sensitivity_high']:.0%}, {power['driving_topics']} topics), null "
+                     f"{power['topic_null_false_positive_rate']:.1%} of {power['topic_null_false_positive_rate_tests']}"
+                     f" driving scans; the topic's own words over the tail are detected in a median "
+                     f"{power['median_topic_state_sensitivity']:.0%}, null "
+                     f"{power['topic_state_null_false_positive_rate_all']:.1%}. "
+                     + (f"An edit is seen in {MIN_SENSITIVITY:.0%} of planted scans when it raises its topic's words "
+                        f"in the next sentence by {mde:.3f} or more." if (mde := power["min_detectable_direct_effect"])
+                        == mde else f"No size of edit is seen in {MIN_SENSITIVITY:.0%} of planted scans."))
     sentence += natural.describe(figures or {})
     return sentence, {**{f"p_rl_more_than_{c}": p for c, p in more.items()}, "call": call}
 
@@ -337,6 +366,7 @@ class GremlinResults(Result):
     controls: pd.DataFrame = field(default_factory=pd.DataFrame)  # `model_controls`: text edit and null per model
     figures: dict = field(default_factory=dict)  # `natural.power` of ``controls`` in the base model
     self_repair: pd.DataFrame = field(default_factory=pd.DataFrame)  # `natural.self_repair` per model, edit, prompt
+    topic_power: pd.DataFrame = field(default_factory=pd.DataFrame)  # `topic_power`: every topic's candidates
     metrics: dict = field(default_factory=dict)
 
 
@@ -353,36 +383,6 @@ def planted_truth(name: str, base_name: str, story) -> tuple[float, float]:
         return story.topic_eigenvalue(story.p_topic_switch), story.topic_half_life()
     card = providers.card(name)["truth"]
     return card["eigenvalue"], card["half_life_tokens"]
-
-
-def planted_controls(cfg: GremlinConfig, base, control: int, census_size: int, load=None, runner=None
-                     ) -> pd.DataFrame:
-    """Scan the control feature in every planted organism and in the base model (the corpus's own
-    chain), and every topic's feature in the null, once per scan seed. One row per (model, feature,
-    seed): the truth, the p-value, whether it is detected at the census's bar, and the half-life.
-    ``runner`` runs the scans' units (`gremlinkit.workers`; default: in this process)."""
-    from gremlinkit import load as load_subject
-
-    load = load or (lambda name: load_subject(name, sae=cfg.sae_name(), **cfg.load_kwargs()))
-    base_name, story = Path(cfg.model).name, cfg.story()
-    topics = {f: t for t, f in persistence.topic_features(base, list(story.topics), seed=cfg.seed).items()}
-    bar = persistence.FDR_Q / (census_size + 1)
-    rows = []
-    for name in (base_name, *PLANTED):
-        eigen, truth = planted_truth(name, base_name, story)
-        subject = base if name == base_name else load(name)
-        features = sorted(topics) if name == PLANTED[0] else [control]
-        for seed in range(cfg.planted_seeds):
-            scan_cfg = dataclasses.replace(cfg.scan_config(), model=name, models=[], features=features, seed=seed)
-            summary = persistence.summarize(persistence.scan(scan_cfg, {name: subject}, runner), cfg.n_bootstrap,
-                                            seed)
-            for r in summary.itertuples():
-                rows.append({"model": name, "eigenvalue": eigen, "truth_half_life": truth, "feature": r.feature,
-                             "topic": topics.get(r.feature, ""), "seed": seed, "p_value": r.p_value,
-                             "detected": bool(r.p_value <= bar), "half_life": r.half_life,
-                             "half_life_low": r.half_life_low, "half_life_high": r.half_life_high,
-                             "half_life_censored": r.half_life_censored})
-    return pd.DataFrame(rows)
 
 
 POWER_CANDIDATES = 3  # per topic: its feature and the next candidates by the same score
@@ -418,18 +418,31 @@ def topic_power(cfg: GremlinConfig, base, census_size: int, load=None, runner=No
             scan_cfg = dataclasses.replace(cfg.scan_config(), model=name, models=[], features=features, seed=seed)
             scan = persistence.scan(scan_cfg, {name: subject}, runner)
             summary = persistence.summarize(scan, cfg.n_bootstrap, seed).set_index("feature")
+            horizon = int(scan.lag.max())
             for topic, fs in candidates.items():
-                direct = persistence.behaviour(scan[scan.feature.isin(fs)], words[topic], (1, first)) \
+                edits = scan[scan.feature.isin(fs)]
+                direct = persistence.behaviour(edits, words[topic], (1, first)).set_index("feature")
+                tail = persistence.behaviour(edits, words[topic], (stats.tail_start(horizon), horizon)) \
                     .set_index("feature")
                 for rank, f in enumerate(fs):
                     effect, p = direct.loc[f, "word_rate_delta"], direct.loc[f, "word_rate_delta_p"]
+                    state, state_p = tail.loc[f, "word_rate_delta"], one_sided(*tail.loc[f, ["word_rate_delta",
+                                                                                           "word_rate_delta_p"]])
                     r = summary.loc[f]
                     rows.append({"topic": topic, "candidate": rank, "feature": f, "model": name, "eigenvalue": eigen,
                                  "seed": seed, "direct_effect": effect, "direct_p": p,
                                  "drives": bool(effect > 0 and p <= DRIVE_P), "p_value": r.p_value,
                                  "detected": bool(r.p_value <= bar), "half_life": r.half_life,
-                                 "truth_half_life": truth})
+                                 "half_life_low": r.half_life_low, "half_life_high": r.half_life_high,
+                                 "half_life_censored": r.half_life_censored, "truth_half_life": truth,
+                                 "tail_word_rate_delta": state, "tail_word_p": state_p,
+                                 "topic_state_detected": bool(state_p <= bar)})
     return pd.DataFrame(rows)
+
+
+def one_sided(delta: float, p_two_sided: float) -> float:
+    """The one-sided p-value that an effect is positive, from its two-sided t-test's ``p_two_sided``."""
+    return p_two_sided / 2 if delta > 0 else 1 - p_two_sided / 2
 
 
 def topic_power_table(power: pd.DataFrame) -> pd.DataFrame:
@@ -439,7 +452,7 @@ def topic_power_table(power: pd.DataFrame) -> pd.DataFrame:
     driving = power[power.drives]
     table = driving.groupby(["model", "eigenvalue", "topic"], as_index=False).agg(
         driving=("detected", "size"), detected=("detected", "mean"), median_half_life=("half_life", "median"),
-        truth_half_life=("truth_half_life", "first"))
+        truth_half_life=("truth_half_life", "first"), topic_state_detected=("topic_state_detected", "mean"))
     return table.sort_values(["eigenvalue", "topic"], ascending=[False, True], ignore_index=True)
 
 
@@ -448,29 +461,53 @@ def topic_power_summary(power: pd.DataFrame, n_bootstrap: int = 1000, seed: int 
     topics of each topic's sensitivity among the scans that drive it, with a bootstrap interval
     over topics; the planted null's false-positive rate among its driving scans (where the truth
     applies) and over every scan; and the candidates that drive nothing in the strongest organism,
-    which are no evidence either way."""
+    which are no evidence either way. The same figures for the topic's own state (its word rate over
+    the tail, ``topic_state``): where that is detected and the feature is not, the chain persists
+    and the feature's statistic misses it."""
     table = topic_power_table(power)
-    values = table[table.model == PLANTED[-1]].detected.to_numpy()
+    strong, null = table[table.model == PLANTED[-1]], power[power.model == PLANTED[0]]
+    out: dict[str, Any] = {"driving_topics": len(strong), "topics": int(power.topic.nunique())}
     rng = np.random.default_rng(seed)
-    boots = np.median(rng.choice(values, (n_bootstrap, len(values))), axis=1) if len(values) else np.array([np.nan])
-    null = power[power.model == PLANTED[0]]
-    out: dict[str, Any] = {
-        "median_topic_sensitivity": float(np.median(values)) if len(values) else float("nan"),
-        "median_topic_sensitivity_low": float(np.quantile(boots, 0.025)),
-        "median_topic_sensitivity_high": float(np.quantile(boots, 0.975)),
-        "driving_topics": len(values), "topics": int(power.topic.nunique())}
-    for key, rows in (("null_false_positive_rate", null[null.drives]), ("null_false_positive_rate_all", null)):
-        ci = binomtest(int(rows.detected.sum()), max(len(rows), 1)).proportion_ci(method="wilson")
-        out.update({key: float(rows.detected.mean()) if len(rows) else float("nan"), f"{key}_low": float(ci.low),
-                    f"{key}_high": float(ci.high), f"{key}_tests": len(rows)})
+    for read, name in (("detected", "topic"), ("topic_state_detected", "topic_state")):
+        values = strong[read].to_numpy()
+        boots = np.median(rng.choice(values, (n_bootstrap, len(values))), axis=1) if len(values) else [np.nan]
+        out.update({f"median_{name}_sensitivity": float(np.median(values)) if len(values) else float("nan"),
+                    f"median_{name}_sensitivity_low": float(np.quantile(boots, 0.025)),
+                    f"median_{name}_sensitivity_high": float(np.quantile(boots, 0.975))})
+        for key, rows in ((f"{name}_null_false_positive_rate", null[null.drives]),
+                          (f"{name}_null_false_positive_rate_all", null)):
+            ci = binomtest(int(rows[read].sum()), max(len(rows), 1)).proportion_ci(method="wilson")
+            out.update({key: float(rows[read].mean()) if len(rows) else float("nan"), f"{key}_low": float(ci.low),
+                        f"{key}_high": float(ci.high), f"{key}_tests": len(rows)})
+    out["min_detectable_direct_effect"] = min_detectable_direct_effect(power[power.model == PLANTED[-1]])
     strongest = power[power.model == PLANTED[-1]].groupby(["topic", "feature"]).drives.any()
     out["non_driving"] = [f"{t}:{f}" for (t, f), d in strongest.items() if not d]
     return out
 
 
+def min_detectable_direct_effect(power: pd.DataFrame, min_scans: int = 5) -> float:
+    """The smallest direct effect ``d`` (a change in the topic's word rate over the next sentence)
+    such that the driving scans of ``power`` whose edit moves the topic by at least ``d`` are
+    detected in ``MIN_SENSITIVITY`` of cases, over at least ``min_scans`` scans (NaN if none is)."""
+    driving = power[power.drives].sort_values("direct_effect", ascending=False)
+    rate = driving.detected.cumsum().to_numpy() / np.arange(1, len(driving) + 1)
+    ok = [i for i in range(min_scans - 1, len(driving)) if rate[i] >= MIN_SENSITIVITY]
+    return float(driving.direct_effect.iloc[max(ok)]) if ok else float("nan")
+
+
+def planted_rows(power: pd.DataFrame, control: int) -> pd.DataFrame:
+    """The planted controls' table, read from `topic_power`'s scans: the control feature in every
+    planted organism and the base, and every topic's own feature in the null, one row per (model,
+    feature, seed)."""
+    own = power[(power.candidate == 0) & ((power.model == PLANTED[0]) | (power.feature == control))]
+    return own.drop_duplicates(["model", "feature", "seed"])[
+        ["model", "eigenvalue", "truth_half_life", "feature", "topic", "seed", "p_value", "detected", "half_life",
+         "half_life_low", "half_life_high", "half_life_censored"]].reset_index(drop=True)
+
+
 def planted_power(planted: pd.DataFrame, control: int) -> dict[str, float]:
     """Sensitivity, null false-positive rate (with Wilson intervals), the dose table's detection
-    rates, and the minimum detectable strength, from `planted_controls`."""
+    rates, and the minimum detectable strength, from `planted_rows`."""
     own = planted[planted.feature == control]
     dose = own.groupby(["eigenvalue", "model"], as_index=False).agg(
         detection_rate=("detected", "mean"), median_half_life=("half_life", "median"),
@@ -700,13 +737,14 @@ def run(cfg: GremlinConfig, subjects: dict | None = None) -> GremlinResults:
     census = [f for f in census if f not in controls]  # a control is scanned once, and not counted
     words = reward_word_ids(base.tokenizer, story) if story else \
         sorted(stories.topic_token_ids(base.tokenizer, cfg.control_topic or stories.REWARD_TOPIC))
-    planted, power, dose, ablated = pd.DataFrame(), None, pd.DataFrame(), None
+    planted, power, dose, ablated, topics = pd.DataFrame(), None, pd.DataFrame(), None, pd.DataFrame()
     with cfg.runner(subjects) as runner:
         runner.preload(scan_cfg, cfg.scanned)  # every worker loads the models now: one that cannot fails here
         scan = persistence.scan(dataclasses.replace(scan_cfg, features=census + controls), subjects, runner)
-        if cfg.planted_seeds:
-            planted = planted_controls(cfg, base, controls[0], len(census), runner=runner)
-            power = planted_power(planted, controls[0])
+        if cfg.planted_seeds:  # every topic's candidates; the planted controls are the control's rows
+            topics = topic_power(cfg, base, len(census), runner=runner)
+            planted = planted_rows(topics, controls[0])
+            power = {**planted_power(planted, controls[0]), **topic_power_summary(topics, seed=cfg.seed)}
         if cfg.dose_models:
             dose = rl_dose_series(cfg, scan, census, controls[0] if controls else None, runner=runner)
         if cfg.ablate_prompts:
@@ -733,7 +771,7 @@ def run(cfg: GremlinConfig, subjects: dict | None = None) -> GremlinResults:
                                                                 story)) if story else NO_LABELS
     res = GremlinResults(scan, summary, census_table(summary, labels, added, ablated), table, sentence, tests,
                          control, story.topic_half_life() if story else float("nan"), planted, power, dose, checks,
-                         figures, repair)
+                         figures, repair, topics)
     res.metrics.update(metrics(res))
     return res
 
@@ -746,6 +784,7 @@ def write(res: GremlinResults, output_dir: str) -> None:
     write_census(res, output_dir)
     atomic_write_text(Path(output_dir) / "controls.csv", res.controls.to_csv(index=False))
     atomic_write_text(Path(output_dir) / "self_repair.csv", res.self_repair.to_csv(index=False))
+    atomic_write_text(Path(output_dir) / "power.csv", res.topic_power.to_csv(index=False))
     write_metrics(output_dir, res.metrics)
 
 
@@ -801,10 +840,13 @@ def metrics(res: GremlinResults) -> dict[str, float]:
                     for k, v in (("", d["difference"]), ("_low", d["low"]), ("_high", d["high"]))})
     if res.power is not None:
         out.update({("positive_control_" + k if k.startswith("sensitivity") else k): v
-                    for k, v in res.power.items() if k != "dose"})
+                    for k, v in res.power.items() if k not in ("dose", "non_driving")})
         for r in res.power["dose"].itertuples():
             out[f"dose_{r.model}_detection_rate"] = r.detection_rate
             out[f"dose_{r.model}_median_half_life"] = r.median_half_life
+    if len(res.topic_power):
+        for r in topic_power_table(res.topic_power).itertuples():
+            out[f"topic_sensitivity_{r.model}_{r.topic}"] = r.detected
     for r in res.rl_dose.itertuples():
         for k in ("tail_ratio", "tail_ratio_low", "tail_ratio_high", "persistent_fraction", "reward", "kl_to_base"):
             if pd.notna(getattr(r, k)):  # toy-base has no reward of its own on a card
