@@ -150,3 +150,19 @@ def test_a_device_or_dtype_the_machine_cannot_run_is_named_before_anything_loads
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "an old GPU")
     with pytest.raises(InputError, match=match):
         gremlinkit.load("toy-base", device=device, dtype=dtype)
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_half_precision_on_a_cpu_without_its_matmul_is_named_at_load(monkeypatch, native):
+    """oneDNN says whether this CPU multiplies bfloat16 natively (here made to say so, or not):
+    without it, loading in bfloat16 warns and names float32; float32 never warns."""
+    import warnings
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gremlinkit.load("toy-base", device="cpu", dtype="bfloat16", sae=False)
+        gremlinkit.load("toy-base", device="cpu", dtype="float32", sae=False)
+    slow = [w for w in caught if "no native half-precision matmul" in str(w.message)]
+    assert len(slow) == (0 if native else 1)
+    assert native or "dtype=bfloat16" in str(slow[0].message) and "dtype='float32'" in str(slow[0].message)
