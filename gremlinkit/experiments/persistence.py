@@ -265,16 +265,8 @@ def topic_features(subject, topics, n_docs: int = 120, seed: int = 0, world: str
     labels: the largest recall x (precision - base rate), so a generic feature that fires everywhere
     (precision ~ the base rate) does not win. A topic persists by the stories' own switching chain
     (:func:`expected_topic_half_life`), which makes such a feature a positive control for scans.
-    The stories are encoded once for every topic."""
-    from gremlinkit import worlds
-    from gremlinkit.experiments.zoo_tour import corpus_features, heldout_corpus
-
-    story = worlds.story(world)
-    for topic in topics:
-        check_choice("control_topic", topic, list(story.topics))
-    labels, feats = corpus_features(subject, heldout_corpus(n_docs, seed, story), story)
-    on = to_numpy(feats > 0).astype(bool)
-    return {topic: best_marker(on, (labels.topic == topic).to_numpy()) for topic in topics}
+    The stories are encoded once for every topic (the first of `topic_candidates`)."""
+    return {topic: fs[0] for topic, fs in topic_candidates(subject, topics, 1, n_docs, seed, world).items()}
 
 
 def marker_scores(on: np.ndarray, marked: np.ndarray) -> np.ndarray:
