@@ -518,19 +518,17 @@ def check_placement(device: str, dtype: torch.dtype | None) -> None:
                          "use dtype='float16' or 'float32'")
 
 
-def warn_slow_half_precision(dtype: torch.dtype | None) -> bool:
-    """Warn (and return True) when ``dtype`` is a half precision this CPU has no native matmul for:
+def warn_slow_half_precision(dtype: torch.dtype | None) -> None:
+    """Warn when ``dtype`` is a half precision this CPU has no native matmul for:
     without AVX-512 BF16/FP16 (oneDNN's test), torch multiplies bfloat16 and float16 matrices on a
     slow path, measured 9x (bfloat16) and 8x (float16) slower than float32 on an AVX2 CPU for a
     smollm2-sized layer. Half precision still halves the memory; float32 is the fast choice there."""
     native = {torch.bfloat16: torch.ops.mkldnn._is_mkldnn_bf16_supported,
               torch.float16: torch.ops.mkldnn._is_mkldnn_fp16_supported}.get(dtype)
-    if native is None or native():
-        return False
-    warnings.warn(f"dtype={str(dtype).removeprefix('torch.')} on this CPU ({torch.backends.cpu.get_cpu_capability()}, "
-                  "no native half-precision matmul) runs several times slower than float32; use dtype='float32' "
-                  "where memory allows", stacklevel=4)
-    return True
+    if native is not None and not native():
+        warnings.warn(f"dtype={str(dtype).removeprefix('torch.')} on this CPU "
+                      f"({torch.backends.cpu.get_cpu_capability()}, no native half-precision matmul) runs several "
+                      "times slower than float32; use dtype='float32' where memory allows", stacklevel=4)
 
 
 def _dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:

@@ -336,18 +336,23 @@ def verdict(table: pd.DataFrame, rl: str = "toy-rl", controls: tuple[str, ...] =
                         f"({power['min_detectable_half_life']:.0f}-token half-life)." if mds == mds
                         else "no planted strength is detected in 80% of seeds."))
     if power is not None and "median_topic_sensitivity" in power:
-        sentence += (f" Over every topic (each topic's driving features in {PLANTED[-1]}): median sensitivity "
-                     f"{power['median_topic_sensitivity']:.0%} (95% CI {power['median_topic_sensitivity_low']:.0%}-"
-                     f"{power['median_topic_sensitivity_high']:.0%}, {power['driving_topics']} topics), null "
-                     f"{power['topic_null_false_positive_rate']:.1%} of {power['topic_null_false_positive_rate_tests']}"
-                     f" driving scans; the topic's own words over the tail are detected in a median "
-                     f"{power['median_topic_state_sensitivity']:.0%}, null "
-                     f"{power['topic_state_null_false_positive_rate_all']:.1%}. "
-                     + (f"An edit is seen in {MIN_SENSITIVITY:.0%} of planted scans when it raises its topic's words "
-                        f"in the next sentence by {mde:.3f} or more." if (mde := power["min_detectable_direct_effect"])
-                        == mde else f"No size of edit is seen in {MIN_SENSITIVITY:.0%} of planted scans."))
+        sentence += topic_power_sentence(power)
     sentence += natural.describe(figures or {})
     return sentence, {**{f"p_rl_more_than_{c}": p for c, p in more.items()}, "call": call}
+
+
+def topic_power_sentence(power: dict[str, Any]) -> str:
+    """The verdict's words on the power over every topic (`topic_power_summary`'s figures)."""
+    p, mde = power, power["min_detectable_direct_effect"]
+    smallest = (f"An edit is seen in {MIN_SENSITIVITY:.0%} of planted scans when it raises its topic's words in the "
+                f"next sentence by {mde:.3f} or more." if mde == mde else
+                f"No size of edit is seen in {MIN_SENSITIVITY:.0%} of planted scans.")
+    return (f" Over every topic (each topic's driving features in {PLANTED[-1]}): median sensitivity "
+            f"{p['median_topic_sensitivity']:.0%} (95% CI {p['median_topic_sensitivity_low']:.0%}-"
+            f"{p['median_topic_sensitivity_high']:.0%}, {p['driving_topics']} topics), null "
+            f"{p['topic_null_false_positive_rate']:.1%} of {p['topic_null_false_positive_rate_tests']} driving scans; "
+            f"the topic's own words over the tail are detected in a median {p['median_topic_state_sensitivity']:.0%}, "
+            f"null {p['topic_state_null_false_positive_rate_all']:.1%}. {smallest}")
 
 
 @dataclass
@@ -464,7 +469,7 @@ def topic_power_summary(power: pd.DataFrame, n_bootstrap: int = 1000, seed: int 
     which are no evidence either way. The same figures for the topic's own state (its word rate over
     the tail, ``topic_state``): where that is detected and the feature is not, the chain persists
     and the feature's statistic misses it."""
-    table = topic_power_table(power)
+    table, scans = topic_power_table(power), power[power.model == PLANTED[-1]]
     strong, null = table[table.model == PLANTED[-1]], power[power.model == PLANTED[0]]
     out: dict[str, Any] = {"driving_topics": len(strong), "topics": int(power.topic.nunique())}
     rng = np.random.default_rng(seed)
@@ -479,9 +484,9 @@ def topic_power_summary(power: pd.DataFrame, n_bootstrap: int = 1000, seed: int 
             ci = binomtest(int(rows[read].sum()), max(len(rows), 1)).proportion_ci(method="wilson")
             out.update({key: float(rows[read].mean()) if len(rows) else float("nan"), f"{key}_low": float(ci.low),
                         f"{key}_high": float(ci.high), f"{key}_tests": len(rows)})
-    out["min_detectable_direct_effect"] = min_detectable_direct_effect(power[power.model == PLANTED[-1]])
-    strongest = power[power.model == PLANTED[-1]].groupby(["topic", "feature"]).drives.any()
-    out["non_driving"] = [f"{t}:{f}" for (t, f), d in strongest.items() if not d]
+    out["min_detectable_direct_effect"] = min_detectable_direct_effect(scans)
+    out["non_driving"] = [f"{t}:{f}" for (t, f), d in scans.groupby(["topic", "feature"]).drives.any().items()
+                          if not d]
     return out
 
 
