@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any, Sequence
 
 import torch
 
+from gremlinkit import cpu_half
 from gremlinkit import interventions as ivmod
 from gremlinkit import sites as sitemod
 from gremlinkit.errors import HubError, InputError, SiteError
@@ -40,6 +42,7 @@ class Subject:
         self._sae_site: str | None = None
         self._sae_context: int | None = None  # the SAE's training context (its metadata's context_size)
         self._warned_context = False
+        self.float32_matmuls = False  # half-precision matmuls run in float32 (`load`'s choice on a CPU)
         if sae is not None:
             self._attach(sae, None, warn_bos=False)  # resolve_bos has already named any conflict
 
@@ -252,7 +255,8 @@ class Subject:
     def embed(self, one_hot: torch.Tensor) -> torch.Tensor:
         """Token embeddings of (possibly relaxed) one-hot tokens: ``one_hot @ W_E``, in the model's dtype."""
         weight = sitemod.envoy_at(self.model, self.site_map.layout.embed).weight
-        return one_hot.to(device=weight.device, dtype=weight.dtype) @ weight
+        with cpu_half.Float32Matmul() if self.float32_matmuls else contextlib.nullcontext():
+            return one_hot.to(device=weight.device, dtype=weight.dtype) @ weight
 
     # ----------------------------------------------------------------- generating
     @torch.no_grad()
@@ -429,7 +433,8 @@ def default_device() -> str:
 
 def load(name_or_path: str | Path, *, sae: Any = None, device: str | torch.device | None = None,
          dtype: torch.dtype | str | None = None, bos: bool | None = None, remote: bool = False,
-         sae_dtype: torch.dtype | None = None, zoo_root: Path | None = None, validate: bool = False) -> Subject:
+         sae_dtype: torch.dtype | None = None, zoo_root: Path | None = None, validate: bool = False,
+         float32_matmuls: bool | None = None) -> Subject:
     """Load a model by a provider's name (the zoo's), local HF directory or hub id, with an optional SAE.
 
     ``device=None`` is CUDA when available, else the CPU; ``dtype=None`` is the checkpoint's own
@@ -438,6 +443,10 @@ def load(name_or_path: str | Path, *, sae: Any = None, device: str | torch.devic
 
     A zoo model comes with its zoo SAE unless ``sae=False``. Hub ids go through nnsight's own
     loading path (``TransformersModel``), exactly as local directories do.
+
+    ``float32_matmuls`` runs a half-precision model's matrix products in float32, rounding each result
+    back (`gremlinkit.cpu_half`): ``None`` turns it on for a CPU without a native half-precision matmul,
+    where it is several times faster and keeps half precision's memory.
 
     ``validate=True`` runs the self-check (`gremlinkit.check`: sites against transformers' hidden
     states, edits, generation, the SAE's fit) and raises one `gremlinkit.check.CheckError` listing
@@ -473,6 +482,11 @@ def load(name_or_path: str | Path, *, sae: Any = None, device: str | torch.devic
         raise HubError(_model_hub_message(name, err)) from err
     sae_obj = load_sae(sae, device=device, dtype=sae_dtype, root=zoo_root) if sae not in (None, False) else None
     subject = Subject(model, sae_obj, name=Path(name).name if Path(name).exists() else name, remote=remote, bos=bos)
+    if float32_matmuls is None:
+        float32_matmuls = not remote and subject.device.type == "cpu" and not cpu_half.native_matmul(subject.dtype)
+    if float32_matmuls:
+        cpu_half.float32_matmuls(model._module)
+    subject.float32_matmuls = bool(float32_matmuls)
     if validate:
         from gremlinkit import check
 
@@ -503,8 +517,6 @@ def check_placement(device: str, dtype: torch.dtype | None) -> None:
         where = torch.device(device)
     except RuntimeError:
         raise InputError(f"device={device!r} is not a device: use 'cpu', 'cuda', 'cuda:1', ...") from None
-    if where.type == "cpu":
-        warn_slow_half_precision(dtype)
     if where.type != "cuda":
         return
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -516,19 +528,6 @@ def check_placement(device: str, dtype: torch.dtype | None) -> None:
     if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
         raise InputError(f"dtype=bfloat16 cannot run on {device!r} ({torch.cuda.get_device_name(where)}); "
                          "use dtype='float16' or 'float32'")
-
-
-def warn_slow_half_precision(dtype: torch.dtype | None) -> None:
-    """Warn when ``dtype`` is a half precision this CPU has no native matmul for:
-    without AVX-512 BF16/FP16 (oneDNN's test), torch multiplies bfloat16 and float16 matrices on a
-    slow path, measured 9x (bfloat16) and 8x (float16) slower than float32 on an AVX2 CPU for a
-    smollm2-sized layer. Half precision still halves the memory; float32 is the fast choice there."""
-    native = {torch.bfloat16: torch.ops.mkldnn._is_mkldnn_bf16_supported,
-              torch.float16: torch.ops.mkldnn._is_mkldnn_fp16_supported}.get(dtype)
-    if native is not None and not native():
-        warnings.warn(f"dtype={str(dtype).removeprefix('torch.')} on this CPU "
-                      f"({torch.backends.cpu.get_cpu_capability()}, no native half-precision matmul) runs several "
-                      "times slower than float32; use dtype='float32' where memory allows", stacklevel=4)
 
 
 def _dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
