@@ -14,6 +14,7 @@ import gremlinkit
 from gremlinkit import interventions as iv
 from gremlinkit import stories
 from gremlinkit.errors import ConfigError
+from gremlinkit.prompts import encode
 from gremlinkit.experiments import gremlins, natural, persistence
 
 
@@ -45,16 +46,19 @@ def _teacher_forced_pre(subject, prompt: torch.Tensor, generated: np.ndarray, ed
 
 def test_text_edit_and_feature_edit_rows_are_their_generated_runs_reread(toy):
     feature, scale, horizon = 5, 8.0, 6
+    site, coeff = "blocks.1.hook_resid_pre", 3.0
     tables = natural.feature_controls(toy, "toy-base", feature, scale, n_prompts=3, horizon=horizon, seed=1,
-                                      chunk_size=2)
+                                      chunk_size=2, steer=(site, coeff))
     neutral, edited = natural.text_edit_prompts(toy, 3, seed=1)
-    for role, prompts, push in (("text edit", edited, False), ("feature edit", neutral, True)):
+    spans, direction = natural.neutral_spans(toy, 3, seed=1), natural.topic_direction(toy, site, seed=1)
+    for role, prompts in (("text edit", edited), ("feature edit", neutral), ("sentence steer", neutral)):
         table = tables[role]
         assert len(table) == 3 * (horizon + 1) and set(table.lag) == set(range(horizon + 1))
         for r in range(3):
             rows = table[table.prompt_id == r].sort_values("lag")
             assert (rows.position == len(prompts[r]) - 1).all()
-            edits = [iv.add(feature, scale, pos=len(prompts[r]) - 1)] if push else []  # at the prompt's last token
+            edits = {"text edit": [], "feature edit": [iv.add(feature, scale, pos=len(prompts[r]) - 1)],
+                     "sentence steer": [iv.steer(direction, coeff, site, pos=[spans[r]])]}[role]
             pre = _teacher_forced_pre(toy, prompts[r], rows.intervened_token.to_numpy(), edits)[:, feature]
             np.testing.assert_allclose(rows.intervened.to_numpy(), pre.numpy(), atol=1e-4)
             base = _teacher_forced_pre(toy, neutral[r], rows.token.to_numpy())[:, feature]
@@ -227,3 +231,25 @@ def test_self_repair_reads_each_edit_as_plain_transformers_does(gpt2_like):
     summary = natural.repair_summary(table)
     assert summary.edits.tolist() == [3] and summary.survival.iloc[0] == pytest.approx(
         table.groupby("unit").survival.mean().median())
+
+
+def test_the_topic_direction_is_the_difference_of_sentence_means_in_transformers_hidden_states(toy):
+    """`topic_direction` against transformers' own hidden states, prompt by prompt: the mean over the
+    sea sentences' tokens minus the mean over the neutral sentences', after the same openings; and
+    the neutral spans are exactly the tokens after each opening."""
+    n, seed, layer = 6, 2, 1
+    held = 61_000 + seed
+    neutral, edited = natural.text_edit_prompts(toy, n, held)
+    triples = stories.text_edits(n, 30_000 + held)
+    sums = []
+    for prompts in (edited, neutral):
+        rows = []
+        for (opening, _, _), ids in zip(triples, prompts):
+            start = len(encode(opening, toy.tokenizer, toy.prepends_bos))  # the opening as the prompt begins
+            hidden = toy.model._module(ids[None], output_hidden_states=True).hidden_states[layer][0]
+            rows.append(hidden[start:].float())
+        sums.append(torch.cat(rows).mean(0))
+    got = natural.topic_direction(toy, f"blocks.{layer}.hook_resid_pre", n=n, seed=seed)
+    torch.testing.assert_close(got, sums[0] - sums[1], atol=1e-4, rtol=1e-4)
+    spans = natural.neutral_spans(toy, n, held)
+    assert [s[-1] + 1 for s in spans] == [len(p) for p in neutral] and all(len(s) >= 3 for s in spans)

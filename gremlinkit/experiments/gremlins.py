@@ -709,7 +709,7 @@ def model_controls(cfg: GremlinConfig, subjects: dict, text_feature: int | None,
         name = Path(model).name
         found = {} if text_feature is None else natural.feature_controls(
             subject, name, text_feature, cfg.scale, cfg.control_prompts, cfg.horizon, cfg.seed, cfg.temperature,
-            chunk, cfg.control_topic)
+            chunk, cfg.control_topic, steer=(natural.steer_site(subject), natural.STEER_COEFF))
         if cfg.random_directions:
             found["random direction"] = natural.direction_null(
                 subject, name, prompts[:n], [p[0] for p in positions[:n]], directions, norm, cfg.horizon, cfg.seed,

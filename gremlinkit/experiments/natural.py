@@ -15,6 +15,13 @@ prompts, and the tail test. The control gives the census power when, in the base
 edit is detected at the census's bar and its half-life is within ``HALF_LIFE_TOLERANCE`` (50%) of
 the truth's. The fine-tunes were trained towards sea words, so in them both are reported, not required.
 
+**The sentence steer.** Where the feature edit does not make the model take the topic up, it says
+nothing about whether the census's read could see persistence. The sentence steer asks that: the
+neutral sentence's every token gets `STEER_COEFF` times the topic's direction (`topic_direction`:
+topic sentences' mean residual minus neutral sentences', on openings no control uses) at an early
+layer (`steer_site`), and the feature is read as for the other two. It is reported beside them, not
+required.
+
 **The random-direction null.** ``n`` random unit directions at the SAE's site, each pushed at the
 census's own edit positions with the norm of the feature edit (``scale`` times the feature's decoder
 norm), and read as the census reads a feature: the projection on the direction, edited run minus
@@ -39,6 +46,8 @@ from gremlinkit.prompts import encode, host_ids
 from gremlinkit.results import to_numpy
 from gremlinkit.subject import FEATURE_RECORDS
 
+STEER_DEPTH = 1 / 15  # the sentence steer's layer, as a share of the model's depth (smollm2-135m: 2 of 30)
+STEER_COEFF = 4.0  # and its size, in multiples of the topic's direction (sea minus neutral sentences)
 HALF_LIFE_TOLERANCE = 0.5  # the feature edit's half-life must be within this share of the truth's
 MAX_NULL_RATE = 0.05  # the random-direction null may be detected in at most this share of directions
 COLUMNS = ["model", "role", "feature", "half_life", "half_life_lo", "half_life_hi", "half_life_censored",
@@ -80,6 +89,38 @@ def text_edit_prompts(subject, n: int, seed: int, topic: str = stories.REWARD_TO
     return [ids(f"{o} {neutral}") for o, neutral, _ in triples], [ids(f"{o} {edited}") for o, _, edited in triples]
 
 
+def _sentence_starts(subject, n: int, seed: int, topic: str) -> list[int]:
+    """Where the last sentence starts in each of `text_edit_prompts`'s prompts (after the opening)."""
+    return [len(encode(o, subject.tokenizer, subject.prepends_bos)) for o, _, _ in stories.text_edits(n, 30_000 + seed,
+                                                                                                       topic)]
+
+
+def neutral_spans(subject, n: int, seed: int, topic: str = stories.REWARD_TOPIC) -> list[list[int]]:
+    """The positions of each neutral sentence in `text_edit_prompts`'s neutral prompts."""
+    neutral, _ = text_edit_prompts(subject, n, seed, topic)
+    return [list(range(k, len(p))) for k, p in zip(_sentence_starts(subject, n, seed, topic), neutral)]
+
+
+@torch.no_grad()
+def topic_direction(subject, site: str, n: int = 64, seed: int = 0, topic: str = stories.REWARD_TOPIC
+                    ) -> torch.Tensor:
+    """(d,) on the subject's device: the mean residual at ``site`` over a ``topic`` sentence's tokens
+    minus the mean over a neutral sentence's, each ending the same ``n`` story openings. The
+    openings are drawn with their own seed, apart from the controls'."""
+    held = 61_000 + seed  # text_edit_prompts adds 30_000 to its seed: openings no control uses
+    starts = _sentence_starts(subject, n, held, topic)
+    means = []
+    for prompts in text_edit_prompts(subject, n, held, topic)[::-1]:  # the topic's sentences, then the neutral
+        acts = subject.activations(prompts, site).float()  # (n, pos, d) in prompt indexing
+        means.append(torch.cat([acts[r, k: len(p)] for r, (k, p) in enumerate(zip(starts, prompts))]).mean(0))
+    return means[0] - means[1]
+
+
+def steer_site(subject) -> str:
+    """The sentence steer's site: the residual stream at `STEER_DEPTH` of the model's depth."""
+    return f"blocks.{max(1, round(subject.site_map.n_layers * STEER_DEPTH))}.hook_resid_pre"
+
+
 def _seeds(seed: int, rows: Sequence[int]) -> list[int]:
     return [seed * 1_000_003 + r * 1009 for r in rows]  # an edited run and its pair share a stream
 
@@ -99,16 +140,20 @@ def _pair_table(model: str, units: list[tuple[int, int, int]], base: dict, edite
 
 
 def feature_controls(subject, model: str, feature: int, scale: float, n_prompts: int, horizon: int, seed: int,
-                     temperature: float = 1.0, chunk_size: int = 64, topic: str = stories.REWARD_TOPIC
-                     ) -> dict[str, pd.DataFrame]:
+                     temperature: float = 1.0, chunk_size: int = 64, topic: str = stories.REWARD_TOPIC,
+                     steer: tuple[str, float] | None = None) -> dict[str, pd.DataFrame]:
     """The text edit (the truth) and the feature edit, each paired with the neutral run: two tables
-    in `persistence.COLUMNS`, keyed by role."""
+    in `persistence.COLUMNS`, keyed by role. With ``steer=(site, coeff)`` a third, "sentence steer":
+    ``coeff`` times the topic's direction at ``site`` (`topic_direction`) added at every token of the
+    neutral sentence, which stands where the text edit writes a topic sentence; read the same way."""
     neutral, edited = text_edit_prompts(subject, n_prompts, seed, topic)
+    spans = neutral_spans(subject, n_prompts, seed, topic) if steer else []
+    direction = topic_direction(subject, steer[0], seed=seed, topic=topic) if steer else None
 
     def read(records: dict) -> dict:
         return {"pre": records["features_pre"][:, :, feature], "post": records["features"][:, :, feature]}
 
-    tables: dict[str, list] = {"text edit": [], "feature edit": []}
+    tables: dict[str, list] = {"text edit": [], "feature edit": [], **({"sentence steer": []} if steer else {})}
     for start in range(0, n_prompts, chunk_size):
         rows = list(range(start, min(start + chunk_size, n_prompts)))
         seeds = _seeds(seed, rows)
@@ -119,6 +164,11 @@ def feature_controls(subject, model: str, feature: int, scale: float, n_prompts:
         tables["text edit"].append(_pair_table(model, [(feature, r, len(edited[r]) - 1) for r in rows], base, truth))
         tables["feature edit"].append(_pair_table(model, [(feature, r, len(neutral[r]) - 1) for r in rows], base,
                                                   push))
+        if steer:
+            steered = _run(subject, [neutral[r] for r in rows], read, horizon, seeds, temperature,
+                           [iv.steer(direction, steer[1], steer[0], pos=[spans[r] for r in rows])])
+            tables["sentence steer"].append(_pair_table(model, [(feature, r, len(neutral[r]) - 1) for r in rows],
+                                                        base, steered))
     return {role: pd.concat(parts, ignore_index=True) for role, parts in tables.items()}
 
 
@@ -197,6 +247,14 @@ def power(controls: pd.DataFrame, base: str) -> dict[str, Any]:
                     "natural_control_half_life_low": float(edit.half_life_lo),
                     "natural_control_half_life_high": float(edit.half_life_hi),
                     "natural_control_detected": int(edit.detected), "natural_control_within_tolerance": int(within)})
+    if "sentence steer" in set(own.role):
+        steer = own[own.role == "sentence steer"].iloc[0]
+        out.update({"natural_control_steer_half_life": float(steer.half_life),
+                    "natural_control_steer_half_life_low": float(steer.half_life_lo),
+                    "natural_control_steer_half_life_high": float(steer.half_life_hi),
+                    "natural_control_steer_tail_effect": float(steer.tail_effect),
+                    "natural_control_steer_detected": int(steer.detected),
+                    "natural_control_steer_word_rate_delta": float(steer.word_rate_delta)})
     if len(null):
         k = int(null.detected.sum())
         ci = binomtest(k, len(null)).proportion_ci(method="wilson")
@@ -234,6 +292,11 @@ def describe(figures: dict[str, Any]) -> str:
                 f"{'detected' if f['natural_control_detected'] else 'not detected'}, against its text-edit truth of "
                 f"{f['natural_control_truth']:.1f} tokens ({f['natural_control_truth_low']:.1f}-"
                 f"{f['natural_control_truth_high']:.1f}).")
+    if "natural_control_steer_half_life" in figures:
+        f = figures
+        out += (f" A neutral sentence steered toward the topic: half-life {f['natural_control_steer_half_life']:.1f} "
+                f"tokens ({f['natural_control_steer_half_life_low']:.1f}-{f['natural_control_steer_half_life_high']:.1f}"
+                f"), {'detected' if f['natural_control_steer_detected'] else 'not detected'}.")
     if figures.get("random_directions"):
         out += (f" Random-direction null: {figures['random_direction_rate']:.0%} of {figures['random_directions']} "
                 f"directions detected (95% CI {figures['random_direction_rate_low']:.0%}-"
