@@ -20,7 +20,7 @@ def gumbel_noise(seed: int, steps: int, vocab: int, device: torch.device | str =
     It is drawn by the CPU generator and then moved, so a seed gives the same noise on every device.
     """
     gen = torch.Generator().manual_seed(seed)
-    u = torch.rand(steps, vocab, generator=gen).clamp_(1e-20, 1 - 1e-7)
+    u = torch.rand(steps, vocab, generator=gen, device="cpu").clamp_(1e-20, 1 - 1e-7)
     return (-torch.log(-torch.log(u))).to(device)
 
 
@@ -42,7 +42,8 @@ class SeededGumbel:
             if step != self.step + 1:
                 raise RuntimeError(f"Gumbel noise for step {step} was asked for after step {self.step}: "
                                    "steps must come in order")
-            u = torch.stack([torch.rand(self.vocab, generator=g) for g in self.generators]).clamp_(1e-20, 1 - 1e-7)
+            u = torch.stack([torch.rand(self.vocab, generator=g, device="cpu")  # the CPU generator's stream
+                             for g in self.generators]).clamp_(1e-20, 1 - 1e-7)
             self.noise, self.step = (-torch.log(-torch.log(u))).to(self.device)[self.rows], step
         return self.noise
 

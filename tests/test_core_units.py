@@ -94,7 +94,7 @@ def test_gumbel_noise_is_minus_log_minus_log_of_the_seeded_uniforms():
 
 
 def test_gumbel_noise_stays_finite_at_the_ends_of_the_unit_interval(monkeypatch):
-    monkeypatch.setattr(torch, "rand", lambda *shape, generator=None: torch.tensor([[0.0, 1.0]]))
+    monkeypatch.setattr(torch, "rand", lambda *shape, generator=None, device=None: torch.tensor([[0.0, 1.0]]))
     noise = gumbel_noise(0, 1, 2)
     assert torch.isfinite(noise).all() and noise[0, 0] < -3 and noise[0, 1] > 15
 
@@ -301,7 +301,7 @@ def test_a_site_map_has_resid_mid_unless_the_residual_is_parallel():
 def test_seeded_gumbel_stays_finite_at_the_ends_of_the_unit_interval(monkeypatch):
     from gremlinkit.generation import SeededGumbel
 
-    monkeypatch.setattr(torch, "rand", lambda *shape, generator=None: torch.tensor([0.0, 1.0]))
+    monkeypatch.setattr(torch, "rand", lambda *shape, generator=None, device=None: torch.tensor([0.0, 1.0]))
     noise = SeededGumbel([0], vocab=2).at(0)
     assert torch.isfinite(noise).all() and noise[0, 0] < -3 and noise[0, 1] > 15
 
