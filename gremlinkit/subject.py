@@ -460,6 +460,9 @@ def load(name_or_path: str | Path, *, sae: Any = None, device: str | torch.devic
     dtype = _dtype(dtype)
     if not remote:
         check_placement(device, dtype)
+    if float32_matmuls and (remote or torch.device(device).type != "cpu"):
+        raise InputError(f"float32_matmuls=True is for a model on this machine's CPU, not on {device!r}"
+                         f"{' (remote)' if remote else ''}; leave it None")
     name = str(name_or_path)
     entry = providers.find(name, zoo_root)
     if entry is not None and entry.kind == "model":

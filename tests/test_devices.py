@@ -20,6 +20,7 @@ except ImportError:  # torch before 2.13 raises a plain RuntimeError for a devic
 
 import gremlinkit
 from gremlinkit import interventions as iv
+from gremlinkit.errors import InputError
 from gremlinkit.generation import GumbelMax, gumbel_noise
 from gremlinkit.prompts import make_batch
 
@@ -165,6 +166,8 @@ def test_half_precision_on_a_cpu_without_its_matmul_runs_matmuls_in_float32(monk
     assert logits.dtype == torch.bfloat16
     error = (logits.float() - reference).norm() / reference.norm()
     assert error < 0.02, f"relative L2 error {error:.4f} against float32"
+    with pytest.raises(InputError, match=r"float32_matmuls=True is for a model on this machine's CPU, not on 'meta'"):
+        gremlinkit.load("toy-base", device="meta", dtype="bfloat16", sae=False, float32_matmuls=True)
     forced = gremlinkit.load("toy-base", device="cpu", dtype="bfloat16", sae=False, float32_matmuls=native)
     assert forced.float32_matmuls is native
     assert not torch.equal(forced.run(PROMPTS), logits)  # the two paths round differently
