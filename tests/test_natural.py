@@ -44,7 +44,7 @@ def _teacher_forced_pre(subject, prompt: torch.Tensor, generated: np.ndarray, ed
     return subject.encode(acts, pre=True)
 
 
-def test_text_edit_and_feature_edit_rows_are_their_generated_runs_reread(toy):
+def test_text_edit_feature_edit_and_sentence_steer_rows_are_their_generated_runs_reread(toy):
     feature, scale, horizon = 5, 8.0, 6
     site, coeff = "blocks.1.hook_resid_pre", 3.0
     tables = natural.feature_controls(toy, "toy-base", feature, scale, n_prompts=3, horizon=horizon, seed=1,
@@ -241,15 +241,16 @@ def test_the_topic_direction_is_the_difference_of_sentence_means_in_transformers
     held = 61_000 + seed
     neutral, edited = natural.text_edit_prompts(toy, n, held)
     triples = stories.text_edits(n, 30_000 + held)
-    sums = []
+    means = []
     for prompts in (edited, neutral):
         rows = []
         for (opening, _, _), ids in zip(triples, prompts):
             start = len(encode(opening, toy.tokenizer, toy.prepends_bos))  # the opening as the prompt begins
-            hidden = toy.model._module(ids[None], output_hidden_states=True).hidden_states[layer][0]
+            with torch.no_grad():
+                hidden = toy.model._module(ids[None], output_hidden_states=True).hidden_states[layer][0]
             rows.append(hidden[start:].float())
-        sums.append(torch.cat(rows).mean(0))
+        means.append(torch.cat(rows).mean(0))
     got = natural.topic_direction(toy, f"blocks.{layer}.hook_resid_pre", n=n, seed=seed)
-    torch.testing.assert_close(got, sums[0] - sums[1], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got, means[0] - means[1], atol=1e-4, rtol=1e-4)
     spans = natural.neutral_spans(toy, n, held)
     assert [s[-1] + 1 for s in spans] == [len(p) for p in neutral] and all(len(s) >= 3 for s in spans)
